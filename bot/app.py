@@ -1,0 +1,85 @@
+"""The app factory. The lifespan owns the store, the engine and the adapter watcher; tests inject a
+fake generator or a store through `create_app` instead of patching."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from bot.adapters import AdapterManager
+from bot.basemodel import resolve_base_model
+from bot.chat import ChatService
+from bot.engine import Engine
+from bot.generator import Generator, HFGenerator
+from bot.routes import chat, feedback, ops
+from bot.settings import Settings
+from feedback.db import Store, open_store
+from feedback.repo import NotFound
+
+log = logging.getLogger(__name__)
+
+
+async def _start(app: FastAPI) -> None:
+    """Load the model, then the active adapter, then mark ready and keep watching for swaps."""
+    state = app.state
+    try:
+        await state.engine.load()
+    except Exception:  # noqa: BLE001 — /readyz reports it; /healthz keeps answering
+        log.exception("model failed to load")
+        return
+    await state.adapters.sync_once()
+    state.ready = True
+    log.info("ready: serving adapter %s", state.adapters.active_version)
+    await state.adapters.run()
+
+
+def _lifespan(settings: Settings, generator: Generator, store: Store | None):
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        own_store = store is None
+        state = app.state
+        state.store = store or open_store(settings.db_url)
+        state.engine = Engine(generator)
+        state.adapters = AdapterManager(state.engine, state.store, settings.adapters_dir,
+                                        settings.adapter_poll_seconds)
+        state.chat = ChatService(settings, state.store, state.engine, state.adapters)
+        state.ready = False
+        task = asyncio.create_task(_start(app))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            state.engine.close()
+            if own_store:
+                state.store.dispose()
+    return lifespan
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(NotFound)
+    async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return JSONResponse({"detail": "Internal error; it has been logged."}, status_code=500)
+
+
+def create_app(settings: Settings | None = None, generator: Generator | None = None,
+               store: Store | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if generator is None:
+        generator = HFGenerator(resolve_base_model(settings.base_model, settings.model_cache), settings.device)
+    app = FastAPI(title="supportloop", lifespan=_lifespan(settings, generator, store))
+    app.state.settings = settings
+    for module in (ops, chat, feedback):
+        app.include_router(module.router)
+    _install_error_handlers(app)
+    return app

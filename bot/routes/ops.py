@@ -1,0 +1,29 @@
+"""Liveness, readiness and the demo page."""
+from __future__ import annotations
+
+from importlib import resources
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> JSONResponse:
+    state = request.app.state
+    if state.ready:
+        return JSONResponse({"status": "ready", "adapter_version": state.adapters.active_version})
+    if state.engine.load_error:
+        return JSONResponse({"status": "error", "detail": state.engine.load_error}, status_code=503)
+    return JSONResponse({"status": "loading"}, status_code=503)
+
+
+@router.get("/", response_class=HTMLResponse)
+def index() -> str:
+    return resources.files("widget").joinpath("index.html").read_text(encoding="utf-8")

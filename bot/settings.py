@@ -1,0 +1,41 @@
+"""Settings from `SUPPORTLOOP_*` environment variables (pydantic-settings). Built by the caller,
+never at import time."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a friendly, concise customer-support assistant. Answer the customer's question "
+    "accurately in one or two sentences."
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SUPPORTLOOP_", extra="ignore")
+
+    data_dir: Path = Field(Path("var"), description="holds the SQLite database and the adapter registry")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; overrides the SQLite file")
+    base_model: Path | None = Field(None, description="a local Hugging Face checkpoint folder; "
+                                    "default: the pulled SmolLM2-135M-Instruct")
+    model_cache: Path = Field(Path("~/.cache/supportloop").expanduser(),
+                              description="where `supportloop model pull` writes the default model")
+    device: str = Field("auto", description="auto, cpu or cuda")
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_new_tokens: int = Field(128, ge=1, le=4096)
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy (reproducible answers)")
+    max_message_chars: int = Field(2000, ge=1, description="longest accepted customer message")
+    adapter_poll_seconds: float = Field(2.0, gt=0, description="how often the server checks the "
+                                        "store for a newly promoted adapter")
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'supportloop.db').resolve()}"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"

@@ -1,0 +1,180 @@
+"""The server with a fake generator injected through the app factory: protocol, feedback, errors, swaps."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from bot.app import create_app
+from feedback import repo
+from feedback.models import StaffRole
+from tests.conftest import wait_until
+from tests.fakes import FakeGenerator
+
+
+@pytest.fixture
+def fake() -> FakeGenerator:
+    return FakeGenerator()
+
+
+@pytest.fixture
+def client(settings, fake, store):
+    app = create_app(settings, generator=fake, store=store)
+    with TestClient(app) as client:
+        wait_until(lambda: client.get("/readyz").status_code == 200)
+        yield client
+
+
+def _ask(ws, text: str) -> list[dict]:
+    """Send a message; collect frames up to and including `done` or `error`."""
+    ws.send_text(json.dumps({"type": "user_message", "text": text}))
+    frames = []
+    while not frames or frames[-1]["type"] not in ("done", "error"):
+        frames.append(ws.receive_json())
+    return frames
+
+
+def test_websocket_frame_sequence(client, fake):
+    fake.enqueue("Check-in is from 3pm.")
+    with client.websocket_connect("/ws/chat") as ws:
+        frames = _ask(ws, "When is check-in?")
+    assert [f["type"] for f in frames] == ["session", "token", "token", "token", "token", "done"]
+    assert "".join(f["text"] for f in frames if f["type"] == "token") == "Check-in is from 3pm."
+    done = frames[-1]
+    assert done["adapter_version"] == "base" and done["completion_tokens"] == 4
+    transcript = client.app.state.store
+    with transcript.session() as s:
+        messages = repo.list_messages(s, conversation_id=frames[0]["session_id"])
+    assert [(m.role.value, m.text, m.adapter_version) for m in messages] == [
+        ("user", "When is check-in?", None), ("assistant", "Check-in is from 3pm.", "base")]
+    assert messages[1].id == done["message_id"]
+
+
+def test_hello_resumes_session_with_context(client, fake):
+    fake.enqueue("First answer.", "Second answer.")
+    with client.websocket_connect("/ws/chat") as ws:
+        session_id = _ask(ws, "First question")[0]["session_id"]
+    with client.websocket_connect("/ws/chat") as ws:
+        ws.send_text(json.dumps({"type": "hello", "session_id": session_id}))
+        assert ws.receive_json() == {"type": "session", "session_id": session_id}
+        frames = _ask(ws, "Second question")
+    assert frames[0]["type"] == "token"  # the session was announced once, by hello
+    context = [(m["role"], m["content"]) for m in fake.requests[-1].messages]
+    assert context[1:] == [("user", "First question"), ("assistant", "First answer."), ("user", "Second question")]
+    assert context[0][0] == "system"
+
+
+@pytest.mark.parametrize("raw, code", [
+    ("not json", "bad_frame"),
+    (json.dumps({"type": "teleport"}), "bad_frame"),
+    (json.dumps({"type": "user_message"}), "bad_frame"),
+    (json.dumps({"type": "user_message", "text": "   "}), "empty_message"),
+    (json.dumps({"type": "user_message", "text": "x" * 201}), "message_too_long"),
+])
+def test_bad_frames_get_error_and_connection_stays_usable(client, raw, code):
+    with client.websocket_connect("/ws/chat") as ws:
+        ws.send_text(raw)
+        error = ws.receive_json()
+        assert error["type"] == "error" and error["code"] == code and error["message"]
+        assert "Traceback" not in error["message"]
+        assert _ask(ws, "still there?")[-1]["type"] == "done"
+
+
+def test_binary_frame_is_refused(client):
+    with client.websocket_connect("/ws/chat") as ws:
+        ws.send_bytes(b"\x00\x01")
+        assert ws.receive_json()["code"] == "bad_frame"
+
+
+def test_rest_chat_and_feedback(client, fake):
+    fake.enqueue("Yes, pets are welcome.")
+    reply = client.post("/api/chat", json={"message": "Can I bring my dog?"}).json()
+    assert reply["reply"] == "Yes, pets are welcome." and reply["adapter_version"] == "base"
+    follow = client.post("/api/chat", json={"session_id": reply["session_id"], "message": "Thanks"}).json()
+    assert follow["session_id"] == reply["session_id"]
+    vote = client.post(f"/api/messages/{reply['message_id']}/feedback",
+                       json={"thumb": "down", "reason": "wrong", "comment": "No pets."})
+    assert vote.status_code == 200 and vote.json()["thumb"] == "down"
+
+
+@pytest.mark.parametrize("body, status", [
+    ({"message": ""}, 422), ({"message": "y" * 201}, 422), ({}, 422), ({"message": 5}, 422)])
+def test_rest_chat_rejects_bad_input(client, body, status):
+    response = client.post("/api/chat", json=body)
+    assert response.status_code == status and response.json()["detail"]
+
+
+def test_feedback_errors(client):
+    missing = client.post("/api/messages/nope/feedback", json={"thumb": "up"})
+    assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+    message_id = client.post("/api/chat", json={"message": "hi"}).json()["message_id"]
+    assert client.post(f"/api/messages/{message_id}/feedback", json={"thumb": "sideways"}).status_code == 422
+    assert client.post(f"/api/messages/{message_id}/feedback",
+                       json={"thumb": "down", "reason": "boring"}).status_code == 422
+
+
+def test_corrections_need_a_valid_staff_token(client, store):
+    with store.session() as s:
+        _, token = repo.create_staff(s, name="dee", role=StaffRole.agent)
+    reply = client.post("/api/chat", json={"message": "When is breakfast?"}).json()
+    url = f"/api/messages/{reply['message_id']}/corrections"
+    body = {"text": "Breakfast is 7-10am.", "approve": True}
+    assert client.post(url, json=body).status_code == 401
+    wrong = client.post(url, json=body, headers={"Authorization": "Bearer slt_wrong"})
+    assert wrong.status_code == 401 and "wrong" in wrong.json()["detail"]
+    ok = client.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
+    assert ok.status_code == 201 and ok.json()["status"] == "approved" and ok.json()["staff"] == "dee"
+    auth = {"Authorization": f"Bearer {token}"}
+    assert client.post("/api/messages/nope/corrections", json=body, headers=auth).status_code == 404
+    assert client.post(url, json={"text": "  ", "approve": True}, headers=auth).status_code == 422
+    with store.session() as s:
+        user_message = repo.list_messages(s, conversation_id=reply["session_id"])[0]
+    refused = client.post(f"/api/messages/{user_message.id}/corrections", json=body, headers=auth)
+    assert refused.status_code == 422 and "assistant" in refused.json()["detail"]
+
+
+def _publish(store, folder, version: str, valid: bool = True) -> None:
+    path = folder / version
+    path.mkdir(parents=True)
+    if valid:
+        (path / "adapter_config.json").write_text("{}")
+    with store.session() as s:
+        repo.register_adapter(s, version=version, path=str(path), base_model="tiny", parent=None,
+                              dataset_hash=None, metrics={}, activate=True)
+
+
+def test_server_swaps_to_newly_active_adapter(client, settings, store, fake):
+    assert client.post("/api/chat", json={"message": "hi"}).json()["adapter_version"] == "base"
+    _publish(store, settings.adapters_dir, "v1-a")
+    wait_until(lambda: client.get("/readyz").json()["adapter_version"] == "v1-a")
+    assert client.post("/api/chat", json={"message": "hi"}).json()["adapter_version"] == "v1-a"
+    _publish(store, settings.adapters_dir, "v2-b")
+    wait_until(lambda: client.get("/readyz").json()["adapter_version"] == "v2-b")
+    assert list(fake.adapters) == ["v2-b"]  # the drained old version was unloaded
+
+
+def test_refused_adapter_keeps_old_version_serving(client, settings, store):
+    _publish(store, settings.adapters_dir, "v1-broken", valid=False)
+    manager = client.app.state.adapters
+    wait_until(lambda: "v1-broken" in manager.refused)
+    assert "adapter_config.json" in manager.refused["v1-broken"]
+    assert client.post("/api/chat", json={"message": "hi"}).json()["adapter_version"] == "base"
+
+
+def test_ready_only_after_model_loaded(settings, store):
+    fake = FakeGenerator()
+    fake.release_load.clear()
+    with TestClient(create_app(settings, generator=fake, store=store)) as client:
+        assert client.get("/healthz").status_code == 200
+        loading = client.get("/readyz")
+        assert loading.status_code == 503 and loading.json()["status"] == "loading"
+        busy = client.post("/api/chat", json={"message": "hi"})
+        assert busy.status_code == 503 and "loading" in busy.json()["detail"]
+        fake.release_load.set()
+        wait_until(lambda: client.get("/readyz").status_code == 200)
+
+
+def test_demo_page_is_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "/ws/chat" in page.text and "textContent" in page.text

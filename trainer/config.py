@@ -1,0 +1,40 @@
+"""Round configuration as documented dataclasses (TRL style: `field(metadata={"help": ...})`)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class LoraSettings:
+    r: int = field(default=16, metadata={"help": "LoRA rank."})
+    alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling = alpha / r)."})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    target_modules: str = field(default="all-linear",
+                                metadata={"help": "'all-linear' or comma-separated module names."})
+
+
+@dataclass
+class SFTSettings:
+    epochs: int = field(default=10, metadata={"help": "Passes over the round's examples."})
+    min_steps: int = field(default=24, metadata={"help": "At least this many optimizer steps, so a round "
+                                                 "with a handful of corrections still learns them."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (LoRA tolerates high rates)."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per optimizer step."})
+    max_length: int = field(default=1024, metadata={"help": "Longest tokenized example; longer are cut."})
+    seed: int = field(default=0, metadata={"help": "Seed for reproducible rounds."})
+
+
+@dataclass
+class RoundConfig:
+    database_url: str = field(metadata={"help": "The feedback store's SQLAlchemy URL."})
+    adapters_dir: Path = field(metadata={"help": "The adapter registry folder (one subfolder per version)."})
+    base_model: Path = field(metadata={"help": "The base model's checkpoint folder."})
+    device: str = field(default="auto", metadata={"help": "auto, cpu or cuda."})
+    activate: bool = field(default=True, metadata={"help": "Make the new adapter the active version."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    sft: SFTSettings = field(default_factory=SFTSettings)
+
+    def to_dict(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
