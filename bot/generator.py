@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -102,6 +103,7 @@ class HFGenerator:
         self.model_path = Path(model_path)
         self.device_setting = device
         self.model = self.tokenizer = None
+        self.peft = None  # the PeftModel wrapping `model` once an adapter is loaded
         self.adapters: set[str] = set()
 
     def load(self) -> None:
@@ -131,41 +133,45 @@ class HFGenerator:
         return {"input_ids": input_ids.to(self.device),
                 "attention_mask": encoded["attention_mask"][:, -budget:].to(self.device)}
 
-    def _select(self, version: str) -> None:
+    @contextmanager
+    def _serving(self, version: str):
+        """The model to generate with for `version`; 'base' runs with every adapter disabled."""
         if version == BASE_VERSION:
-            if self.adapters:
-                self.model.disable_adapters()
+            with self.peft.disable_adapter() if self.peft is not None else nullcontext():
+                yield self.model
             return
         if version not in self.adapters:
             raise AdapterError(f"adapter {version!r} is not loaded")
-        self.model.set_adapter(version)
-        self.model.enable_adapters()
+        self.peft.set_adapter(version)
+        yield self.peft
 
     def generate(self, request: GenerationRequest, emit: Callable[[str], None],
                  cancel: threading.Event) -> GenerationResult:
         import torch
 
-        self._select(request.adapter_version)
         inputs = self._encode(request.messages, request.max_new_tokens)
         streamer = Utf8Streamer(self.tokenizer, emit)
         sampling = ({"do_sample": True, "temperature": request.temperature}
                     if request.temperature > 0 else {"do_sample": False})
-        with torch.inference_mode():
-            self.model.generate(**inputs, max_new_tokens=request.max_new_tokens, streamer=streamer,
-                                stopping_criteria=[_CancelCriteria(cancel)],
-                                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                                **sampling)
+        with self._serving(request.adapter_version) as model, torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=request.max_new_tokens, streamer=streamer,
+                           stopping_criteria=[_CancelCriteria(cancel)], pad_token_id=self._pad_id(), **sampling)
         return GenerationResult(text=streamer.sent.strip(), adapter_version=request.adapter_version,
                                 prompt_tokens=int(inputs["input_ids"].shape[1]),
                                 completion_tokens=len(streamer.token_ids))
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
 
     def load_adapter(self, version: str, path: Path) -> None:
         """Load and validate an adapter under its own name; on any failure it is removed again."""
         if version in self.adapters:
             return
         try:
-            self.model.load_adapter(str(path), adapter_name=version, hotswap=False)
+            self._load_weights(version, path)
         except Exception as exc:  # noqa: BLE001 — any load failure is a refusal, with its reason
+            self._discard_partial(version)
             raise AdapterError(f"adapter {version} at {path} failed to load: {exc}") from exc
         self.adapters.add(version)
         try:
@@ -174,10 +180,33 @@ class HFGenerator:
             self.unload_adapter(version)
             raise
 
+    def _load_weights(self, version: str, path: Path) -> None:
+        from peft import PeftModel
+
+        if self.peft is None:
+            self.peft = PeftModel.from_pretrained(self.model, str(path), adapter_name=version, is_trainable=False)
+        else:
+            self.peft.load_adapter(str(path), adapter_name=version, is_trainable=False)
+        self.peft.eval()
+
+    def _discard_partial(self, version: str) -> None:
+        """Undo what a failed load left behind: a half-added adapter, or LoRA layers injected into
+        the bare model by a failed first `PeftModel.from_pretrained`."""
+        if self.peft is not None:
+            if version in self.peft.peft_config:
+                self.peft.delete_adapter(version)
+            return
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for parent in list(self.model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, BaseTunerLayer):
+                    setattr(parent, name, child.get_base_layer())
+
     def _validate(self, version: str) -> None:
         import torch
 
-        for name, param in self.model.named_parameters():
+        for name, param in self.peft.named_parameters():
             if f".{version}." in name and not torch.isfinite(param).all():
                 raise AdapterError(f"adapter {version} has non-finite weights in {name}")
         probe = GenerationRequest(PROBE_MESSAGES, adapter_version=version, max_new_tokens=8)
@@ -186,6 +215,10 @@ class HFGenerator:
             raise AdapterError(f"adapter {version} generated nothing for the probe prompt")
 
     def unload_adapter(self, version: str) -> None:
-        if version in self.adapters:
-            self.model.delete_adapter(version)
-            self.adapters.discard(version)
+        if version not in self.adapters:
+            return
+        self.adapters.discard(version)
+        if self.adapters:
+            self.peft.delete_adapter(version)
+        else:  # the last one: give back the plain base model
+            self.model, self.peft = self.peft.unload(), None

@@ -71,7 +71,7 @@ def train_sft(records: list[dict], *, base_model: Path, out_dir: Path, device: s
     """Train a LoRA adapter on `records` and save it (adapter weights and config only) to `out_dir`."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
     from trl import SFTTrainer
 
     set_seed(sft.seed)
@@ -85,6 +85,7 @@ def train_sft(records: list[dict], *, base_model: Path, out_dir: Path, device: s
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(records),
                              processing_class=tokenizer, peft_config=lora_config(lora),
                              callbacks=[_loss_callback(losses, log)])
+        trainer.remove_callback(PrinterCallback)  # our callback logs each step once, in our format
         trainer.train()
         trainer.model.save_pretrained(out_dir)
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"

@@ -1,0 +1,56 @@
+"""The `supportloop` command line, run as a user runs it (the installed console script)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from feedback import repo
+from feedback.db import open_store
+from feedback.tokens import hash_token
+
+CLI = str(Path(sys.executable).parent / "supportloop")
+
+
+def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=300)
+
+
+@pytest.mark.parametrize("args, expected", [
+    ((), "serve"), (("serve",), "--port"), (("model", "pull"), "SUPPORTLOOP_MODEL_CACHE"),
+    (("staff", "add"), "--role"), (("train",), "--epochs")])
+def test_every_command_has_help(args, expected):
+    result = _run(*args, "--help")
+    assert result.returncode == 0 and expected in result.stdout
+
+
+def test_staff_add_prints_token_once_and_stores_its_hash(tmp_path):
+    env = {"SUPPORTLOOP_DATA_DIR": str(tmp_path)}
+    result = _run("staff", "add", "erin", "--role", "admin", env=env)
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip().splitlines()[-1]
+    store = open_store(f"sqlite:///{tmp_path / 'supportloop.db'}")
+    with store.session() as session:
+        staff = repo.staff_by_token(session, token=token)
+        assert staff.name == "erin" and staff.role.value == "admin" and staff.token_hash == hash_token(token)
+    store.dispose()
+    again = _run("staff", "add", "erin", env=env)
+    assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_train_without_corrections_says_so(tiny_model, tmp_path):
+    result = _run("train", "--quiet", env={"SUPPORTLOOP_DATA_DIR": str(tmp_path),
+                                            "SUPPORTLOOP_BASE_MODEL": str(tiny_model)})
+    assert result.returncode == 3 and "No approved corrections" in result.stderr
+
+
+def test_missing_model_gives_clear_error(tmp_path):
+    env = {"SUPPORTLOOP_DATA_DIR": str(tmp_path), "SUPPORTLOOP_MODEL_CACHE": str(tmp_path / "empty-cache")}
+    result = _run("train", env=env)
+    assert result.returncode == 2 and "supportloop model pull" in result.stderr and "Traceback" not in result.stderr
+    custom = _run("serve", env={**env, "SUPPORTLOOP_BASE_MODEL": str(tmp_path)})
+    assert custom.returncode == 2 and "no config.json" in custom.stderr

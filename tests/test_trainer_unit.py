@@ -1,0 +1,105 @@
+"""The trainer on a tiny random-weight model: datasets, a training step, publishing, adapter round trip."""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bot.generator import HFGenerator, GenerationRequest
+from feedback import repo
+from feedback.models import AdapterStatus, Role
+from trainer.config import LoraSettings, RoundConfig, SFTSettings
+from trainer.hardware import cpu_has_fast_bf16, precision_args
+from trainer.publish import MANIFEST
+from trainer.round import NothingToTrain, run_round
+from trainer.sft import plan_steps, train_sft
+
+RECORDS = [
+    {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "When is check-in?"}],
+     "completion": [{"role": "assistant", "content": "Check-in is from 3:30pm to 9:00pm."}]},
+    {"prompt": [{"role": "user", "content": "Is parking free?"}],
+     "completion": [{"role": "assistant", "content": "No, parking costs extra."}]},
+]
+FAST = SFTSettings(epochs=1, min_steps=3, learning_rate=1e-2, batch_size=2, max_length=128)
+
+
+def test_plan_steps_has_a_floor():
+    assert plan_steps(2, SFTSettings(epochs=10, min_steps=24, batch_size=8)) == 24
+    assert plan_steps(48, SFTSettings(epochs=10, min_steps=24, batch_size=8)) == 60
+
+
+def test_precision_on_cpu_is_fp32_without_amx(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags: avx512f avx512_bf16\n")
+    assert not cpu_has_fast_bf16(cpuinfo)
+    cpuinfo.write_text("flags: avx512f amx_bf16 amx_tile\n")
+    assert cpu_has_fast_bf16(cpuinfo)
+    args = precision_args("cpu")
+    assert args["use_cpu"] and not args["gradient_checkpointing"] and not args["fp16"]
+    assert args["bf16"] == cpu_has_fast_bf16()
+
+
+def test_training_step_changes_lora_weights_and_logs_loss(tiny_model, tmp_path):
+    logs: list[str] = []
+    stats = train_sft(RECORDS, base_model=tiny_model, out_dir=tmp_path / "adapter", device="cpu",
+                      lora=LoraSettings(r=4, alpha=8), sft=FAST, log=logs.append, progress=False)
+    assert stats.steps == 3 and len(stats.losses) == 3 and all(loss > 0 for loss in stats.losses)
+    assert stats.precision in ("fp32", "bf16") and logs[0].startswith("step 1/3 loss")
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    lora_b = [t for name, t in weights.items() if "lora_B" in name]
+    assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # lora_B starts at zero; training moved it
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["r"] == 4
+
+
+def _correct(store, question: str, answer: str, correction: str) -> None:
+    with store.session() as s:
+        conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt="Be brief.")
+        repo.add_message(s, conversation_id=conversation.id, role=Role.user, text=question)
+        message = repo.add_message(s, conversation_id=conversation.id, role=Role.assistant, text=answer,
+                                   adapter_version="base")
+        staff = repo.staff_by_token(s, token="x") or repo.create_staff(s, name=f"s-{message.id[:6]}")[0]
+        repo.add_correction(s, message_id=message.id, staff_id=staff.id, text=correction, approve=True)
+
+
+def _config(store, tiny_model, tmp_path) -> RoundConfig:
+    return RoundConfig(database_url=store.url, adapters_dir=tmp_path / "adapters", base_model=tiny_model,
+                       device="cpu", progress=False, lora=LoraSettings(r=4, alpha=8), sft=FAST)
+
+
+def test_round_without_corrections_is_skipped_and_recorded(store, tiny_model, tmp_path):
+    with pytest.raises(NothingToTrain, match="approved corrections"):
+        run_round(_config(store, tiny_model, tmp_path), log=lambda _l: None)
+    from feedback.models import TrainingRun
+    from sqlmodel import select
+    with store.session() as s:
+        runs = list(s.exec(select(TrainingRun)))
+    assert [r.outcome for r in runs] == ["skipped"] and runs[0].finished_at is not None
+
+
+def test_round_publishes_registers_and_serves(store, tiny_model, tmp_path):
+    _correct(store, "When is check-in?", "At noon.", "Check-in is from 3:30pm to 9:00pm.")
+    config = _config(store, tiny_model, tmp_path)
+    first = run_round(config, log=lambda _l: None)
+    second = run_round(config, log=lambda _l: None)
+    assert first.version != second.version and second.parent == first.version and first.parent == "base"
+    assert sorted(p.name for p in config.adapters_dir.iterdir()) == sorted([first.version, second.version])
+    manifest = json.loads((second.path / MANIFEST).read_text())
+    assert manifest["version"] == second.version and manifest["examples"] == 1
+    assert manifest["base_model"].startswith(tiny_model.name + "@")
+    with store.session() as s:
+        active = repo.active_adapter(s)
+        assert active.version == second.version and active.status == AdapterStatus.active
+        assert json.loads(active.metrics_json)["steps"] == 3
+
+    generator = HFGenerator(tiny_model, device="cpu")
+    generator.load()
+    generator.load_adapter(second.version, second.path)
+    request = GenerationRequest([{"role": "user", "content": "When is check-in?"}],
+                                adapter_version=second.version, max_new_tokens=5)
+    result = generator.generate(request, lambda _t: None, threading.Event())
+    assert result.adapter_version == second.version and result.completion_tokens > 0
+    assert torch.is_tensor(next(generator.model.parameters()))
