@@ -91,11 +91,28 @@ def _convert(gguf: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def _fsync_tree(folder: Path) -> None:
+def resolve_device(device: str) -> str:
+    """'auto' → 'cuda' when a GPU is present, else 'cpu'; anything else as given."""
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file below `folder`, then the folder itself, to disk."""
     for path in folder.rglob("*"):
         if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+            fsync_path(path)
+    fsync_path(folder)
 
 
 def pull_default_model(model_cache: Path, *, install: bool = True, progress: bool = True) -> Path:
@@ -117,10 +134,12 @@ def pull_default_model(model_cache: Path, *, install: bool = True, progress: boo
         bar.update()
         bar.set_postfix_str("writing")
         (work / COMPLETE_MARKER).write_text(f"from {gguf.name}\n")
-        _fsync_tree(work)
+        fsync_tree(work)
+        work.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
         if target.exists():  # an earlier, interrupted pull
             shutil.rmtree(target)
         os.replace(work, target)
+        fsync_path(target.parent)
         bar.update()
     finally:
         bar.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from bot.basemodel import resolve_device
 from feedback.models import BASE_VERSION
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,6 @@ class _CancelCriteria:
         return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool)
 
 
-def pick_device(device: str) -> str:
-    import torch
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 class HFGenerator:
     """A causal LM from a local checkpoint folder, with LoRA adapters loaded side by side by version."""
 
@@ -110,7 +104,7 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.device = pick_device(self.device_setting)
+        self.device = resolve_device(self.device_setting)
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)

@@ -15,13 +15,6 @@ def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return "amx_bf16" in flags
 
 
-def resolve_device(device: str) -> str:
-    import torch
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def precision_args(device: str) -> dict:
     """TrainingArguments fields for `device` ('cpu' or 'cuda')."""
     import torch

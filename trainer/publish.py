@@ -10,6 +10,8 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bot.basemodel import fsync_path, fsync_tree
+
 MANIFEST = "supportloop.json"
 
 
@@ -24,23 +26,13 @@ def version_name(number: int, now: datetime | None = None) -> str:
     return f"v{number}-{now:%Y%m%d%H%M%S}"
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def publish_folder(staging: Path, adapters_dir: Path, version: str, manifest: dict) -> Path:
     """Move a finished adapter folder into the registry under `version`, durably."""
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-    for path in staging.iterdir():
-        _fsync(path)
-    _fsync(staging)
+    fsync_tree(staging)
     final = adapters_dir / version
     if final.exists():
         raise FileExistsError(f"adapter version {version} already exists in {adapters_dir}")
     os.rename(staging, final)
-    _fsync(adapters_dir)
+    fsync_path(adapters_dir)
     return final

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bot.basemodel import resolve_device
 from feedback import repo
 from feedback.db import open_store
 from feedback.export import dataset_hash, sft_records
 from feedback.models import BASE_VERSION
 from trainer.config import RoundConfig
-from trainer.hardware import resolve_device
 from trainer.publish import base_model_id, publish_folder, version_name
 from trainer.sft import TrainStats, train_sft
 
