@@ -24,6 +24,7 @@ class AdapterManager:
         self.active_version = BASE_VERSION
         self.refused: dict[str, str] = {}
         self.swaps = 0
+        self.synced = False  # True once the store's active version has been looked at (and loaded)
 
     def _wanted(self) -> tuple[str, Path | None]:
         with self.store.session() as session:
@@ -36,8 +37,13 @@ class AdapterManager:
     async def sync_once(self) -> bool:
         """Swap to the store's active version if it changed; True when a swap happened."""
         version, path = await asyncio.to_thread(self._wanted)
-        if version == self.active_version or version in self.refused:
-            return False
+        swapped = version != self.active_version and version not in self.refused and await self._load(version, path)
+        if not self.synced:
+            log.info("ready: serving adapter %s", self.active_version)
+        self.synced = True
+        return swapped
+
+    async def _load(self, version: str, path: Path | None) -> bool:
         if path is not None:
             try:
                 await self.engine.load_adapter(version, path)

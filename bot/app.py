@@ -24,17 +24,13 @@ log = logging.getLogger(__name__)
 
 
 async def _start(app: FastAPI) -> None:
-    """Load the model, then the active adapter, then mark ready and keep watching for swaps."""
-    state = app.state
+    """Load the model, then keep the active adapter in sync; ready once the first sync is done."""
     try:
-        await state.engine.load()
+        await app.state.engine.load()
     except Exception:  # noqa: BLE001 — /readyz reports it; /healthz keeps answering
         log.exception("model failed to load")
         return
-    await state.adapters.sync_once()
-    state.ready = True
-    log.info("ready: serving adapter %s", state.adapters.active_version)
-    await state.adapters.run()
+    await app.state.adapters.run()
 
 
 def _lifespan(settings: Settings, generator: Generator, store: Store | None):
@@ -47,7 +43,6 @@ def _lifespan(settings: Settings, generator: Generator, store: Store | None):
         state.adapters = AdapterManager(state.engine, state.store, settings.adapters_dir,
                                         settings.adapter_poll_seconds)
         state.chat = ChatService(settings, state.store, state.engine, state.adapters)
-        state.ready = False
         task = asyncio.create_task(_start(app))
         try:
             yield

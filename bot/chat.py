@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from bot.adapters import AdapterManager
@@ -74,18 +75,19 @@ class ChatService:
     async def reply(self, session_id: str, text: str) -> AsyncIterator[str | Reply]:
         """Yields the answer's text deltas, then the stored `Reply`."""
         text = self.check_text(text)
-        if not self.engine.ready:
+        if not self.adapters.synced:
             raise ChatError("model_loading", "The model is still loading; try again in a moment.", 503)
         started = time.perf_counter()
         messages = await asyncio.to_thread(self._record_user, session_id, text)
         request = GenerationRequest(messages, adapter_version=self.adapters.active_version,
                                     max_new_tokens=self.settings.max_new_tokens,
                                     temperature=self.settings.temperature)
-        async for item in self.engine.stream(request):
-            if isinstance(item, str):
-                yield item
-                continue
-            latency_ms = (time.perf_counter() - started) * 1000
-            message_id = await asyncio.to_thread(self._record_reply, session_id, item, latency_ms)
-            yield Reply(session_id, message_id, item.text, item.adapter_version,
-                        item.prompt_tokens, item.completion_tokens)
+        async with aclosing(self.engine.stream(request)) as stream:
+            async for item in stream:
+                if isinstance(item, str):
+                    yield item
+                    continue
+                latency_ms = (time.perf_counter() - started) * 1000
+                message_id = await asyncio.to_thread(self._record_reply, session_id, item, latency_ms)
+                yield Reply(session_id, message_id, item.text, item.adapter_version,
+                            item.prompt_tokens, item.completion_tokens)

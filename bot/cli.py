@@ -27,7 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     print(f"supportloop: serving on http://{args.host}:{args.port}/ (open it in a browser); "
           f"data in {settings.data_dir.resolve()}, store {settings.db_url}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws="websockets")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws="websockets-sansio")
     return 0
 
 

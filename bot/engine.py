@@ -19,7 +19,6 @@ class Engine:
     def __init__(self, generator: Generator) -> None:
         self.generator = generator
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="supportloop-model")
-        self.ready = False
         self.load_error: str | None = None
 
     async def _run(self, fn, *args):
@@ -31,7 +30,6 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 — reported by /readyz, the process keeps serving
             self.load_error = str(exc)
             raise
-        self.ready = True
 
     async def load_adapter(self, version: str, path: Path) -> None:
         await self._run(self.generator.load_adapter, version, path)

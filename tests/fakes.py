@@ -10,7 +10,9 @@ from bot.generator import AdapterError, GenerationRequest, GenerationResult
 
 
 class FakeGenerator:
-    def __init__(self, default_reply: str = "Happy to help.") -> None:
+    def __init__(self, default_reply: str = "Happy to help.", delay: float = 0.0) -> None:
+        self.delay = delay  # seconds between emitted words, to exercise streaming and cancellation
+        self.cancelled: list[GenerationRequest] = []
         self.replies: deque[str] = deque()
         self.default_reply = default_reply
         self.requests: list[GenerationRequest] = []
@@ -33,7 +35,8 @@ class FakeGenerator:
         text = self.replies.popleft() if self.replies else self.default_reply
         pieces = text.split(" ")
         for i, piece in enumerate(pieces):
-            if cancel.is_set():
+            if cancel.wait(self.delay) if self.delay else cancel.is_set():
+                self.cancelled.append(request)
                 break
             emit(piece if i == 0 else " " + piece)
         return GenerationResult(text=text, adapter_version=request.adapter_version,

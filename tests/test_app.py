@@ -178,3 +178,32 @@ def test_ready_only_after_model_loaded(settings, store):
 def test_demo_page_is_served(client):
     page = client.get("/")
     assert page.status_code == 200 and "/ws/chat" in page.text and "textContent" in page.text
+
+
+def test_client_leaving_mid_answer_cancels_generation_over_real_socket(settings, store):
+    from websockets.sync.client import connect
+
+    from tests.conftest import LiveServer
+
+    fake = FakeGenerator(delay=0.05)
+    fake.enqueue(" ".join(f"word{i}" for i in range(200)))
+    with LiveServer(create_app(settings, generator=fake, store=store)) as server:
+        wait_until(lambda: client_ready(server.url))
+        ws_url = server.url.replace("http", "ws") + "/ws/chat"
+        with connect(ws_url) as ws:
+            ws.send(json.dumps({"type": "user_message", "text": "tell me everything"}))
+            left = json.loads(ws.recv(timeout=10))["session_id"]
+            assert json.loads(ws.recv(timeout=10))["type"] == "token"
+        wait_until(lambda: len(fake.cancelled) == 1, timeout=10)
+        with connect(ws_url) as ws:  # the worker is free again: the next customer is served
+            ws.send(json.dumps({"type": "user_message", "text": "hi"}))
+            frames = [json.loads(ws.recv(timeout=10)) for _ in range(5)]
+        assert [f["type"] for f in frames] == ["session", "token", "token", "token", "done"]
+    with store.session() as s:  # the question is kept; no half answer is stored
+        assert [m.role.value for m in repo.list_messages(s, conversation_id=left)] == ["user"]
+
+
+def client_ready(url: str) -> bool:
+    import httpx
+
+    return httpx.get(url + "/readyz").status_code == 200

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from contextlib import aclosing
 
 from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
@@ -21,13 +22,21 @@ router = APIRouter()
 async def chat(body: ChatRequest, chat: ChatDep) -> ChatResponse:
     try:
         session_id = await chat.open_session(body.session_id)
-        async for item in chat.reply(session_id, body.message):
-            if isinstance(item, Reply):
-                return ChatResponse(session_id=session_id, message_id=item.message_id,
-                                    reply=item.text, adapter_version=item.adapter_version)
+        async with aclosing(chat.reply(session_id, body.message)) as reply:
+            async for item in reply:
+                if isinstance(item, Reply):
+                    return ChatResponse(session_id=session_id, message_id=item.message_id,
+                                        reply=item.text, adapter_version=item.adapter_version)
     except ChatError as exc:
         raise HTTPException(exc.status, exc.message) from exc
     raise HTTPException(503, "The model produced no answer; try again.")
+
+
+def _frame_for(item: str | Reply) -> TokenFrame | DoneFrame:
+    if isinstance(item, Reply):
+        return DoneFrame(message_id=item.message_id, adapter_version=item.adapter_version,
+                         prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens)
+    return TokenFrame(text=item)
 
 
 async def _send_error(ws: WebSocket, code: str, message: str) -> None:
@@ -64,14 +73,9 @@ class _Connection:
             text = self.chat.check_text(text)
             if self.session_id is None:
                 await self._announce(None)
-            async for item in self.chat.reply(self.session_id, text):
-                if isinstance(item, Reply):
-                    await self.ws.send_text(DoneFrame(
-                        message_id=item.message_id, adapter_version=item.adapter_version,
-                        prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens,
-                    ).model_dump_json())
-                else:
-                    await self.ws.send_text(TokenFrame(text=item).model_dump_json())
+            async with aclosing(self.chat.reply(self.session_id, text)) as reply:
+                async for item in reply:
+                    await self.ws.send_text(_frame_for(item).model_dump_json())
         except ChatError as exc:
             await _send_error(self.ws, exc.code, exc.message)
 
