@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from bot.adapters import AdapterManager
 from bot.engine import Engine
-from bot.generator import GenerationRequest, GenerationResult
+from bot.generator import Busy, GenerationRequest, GenerationResult
 from bot.settings import Settings
 from feedback import repo
 from feedback.db import Store
@@ -82,12 +82,15 @@ class ChatService:
         request = GenerationRequest(messages, adapter_version=self.adapters.active_version,
                                     max_new_tokens=self.settings.max_new_tokens,
                                     temperature=self.settings.temperature)
-        async with aclosing(self.engine.stream(request)) as stream:
-            async for item in stream:
-                if isinstance(item, str):
-                    yield item
-                    continue
-                latency_ms = (time.perf_counter() - started) * 1000
-                message_id = await asyncio.to_thread(self._record_reply, session_id, item, latency_ms)
-                yield Reply(session_id, message_id, item.text, item.adapter_version,
-                            item.prompt_tokens, item.completion_tokens)
+        try:
+            async with aclosing(self.engine.stream(request)) as stream:
+                async for item in stream:
+                    if isinstance(item, str):
+                        yield item
+                        continue
+                    latency_ms = (time.perf_counter() - started) * 1000
+                    message_id = await asyncio.to_thread(self._record_reply, session_id, item, latency_ms)
+                    yield Reply(session_id, message_id, item.text, item.adapter_version,
+                                item.prompt_tokens, item.completion_tokens)
+        except Busy as exc:  # raised before any text, when the generation queue is full
+            raise ChatError("busy", f"The assistant is busy ({exc}); please retry in a few seconds.", 429) from exc

@@ -1,15 +1,17 @@
 """The `Generator` protocol and its Hugging Face implementation.
 
-A generator is blocking and single-threaded by contract: `bot.engine.Engine` owns it and calls it
-from one worker thread, so the model, its adapters and the tokenizer are never used concurrently.
+`HFGenerator` owns the model and a `bot.batching.Scheduler`: requests from every session are batched
+(continuous batching); each row may use a different adapter version (PEFT `adapter_names`), so a swap
+never touches a request already streaming. Adapter loads run in the scheduler's thread between steps.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -25,12 +27,18 @@ class AdapterError(RuntimeError):
     """An adapter was refused; the message says why. The live version keeps serving."""
 
 
+class Busy(RuntimeError):
+    """The request queue is full; the client should retry later."""
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     messages: list[dict]
     adapter_version: str = BASE_VERSION
     max_new_tokens: int = 128
     temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = field(default=())
 
 
 @dataclass(frozen=True)
@@ -44,59 +52,37 @@ class GenerationResult:
 class Generator(Protocol):
     def load(self) -> None: ...
 
-    def generate(self, request: GenerationRequest, emit: Callable[[str], None],
-                 cancel: threading.Event) -> GenerationResult: ...
+    def submit(self, request: GenerationRequest, emit: Callable[[str], None],
+               cancel: threading.Event) -> Future: ...
 
     def load_adapter(self, version: str, path: Path) -> None: ...
 
     def unload_adapter(self, version: str) -> None: ...
 
-
-class Utf8Streamer:
-    """A `generate()` streamer that emits text deltas only at UTF-8-complete boundaries: a byte-level
-    token that ends inside a multi-byte character decodes to U+FFFD and is held back until completed."""
-
-    def __init__(self, tokenizer, emit: Callable[[str], None]) -> None:
-        self.tokenizer, self.emit = tokenizer, emit
-        self.token_ids: list[int] = []
-        self.sent = ""
-        self._prompt_seen = False
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:  # generate() first pushes the prompt
-            self._prompt_seen = True
-            return
-        self.token_ids.extend(int(t) for t in value.reshape(-1).tolist())
-        self._flush(final=False)
-
-    def end(self) -> None:
-        self._flush(final=True)
-
-    def _flush(self, final: bool) -> None:
-        text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
-        if not final and text.endswith("\ufffd"):
-            return
-        if text.startswith(self.sent) and len(text) > len(self.sent):
-            self.emit(text[len(self.sent):])
-            self.sent = text
+    def close(self) -> None: ...
 
 
-class _CancelCriteria:
-    def __init__(self, cancel: threading.Event) -> None:
-        self.cancel = cancel
+def result_future(job_future: Future, make: Callable[[int], GenerationResult]) -> Future:
+    """A future of the `GenerationResult`, from the scheduler's future of the completion length."""
+    result: Future = Future()
 
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool)
+    def done(f: Future) -> None:
+        if f.exception() is not None:
+            result.set_exception(f.exception())
+        else:
+            result.set_result(make(f.result()))
+
+    job_future.add_done_callback(done)
+    return result
 
 
 class HFGenerator:
-    """A causal LM from a local checkpoint folder, with LoRA adapters loaded side by side by version."""
+    """A causal LM from a local checkpoint folder, LoRA adapters side by side by version, batched."""
 
-    def __init__(self, model_path: Path, device: str = "auto") -> None:
-        self.model_path = Path(model_path)
-        self.device_setting = device
-        self.model = self.tokenizer = None
+    def __init__(self, model_path: Path, device: str = "auto", max_batch: int = 16, max_queue: int = 64) -> None:
+        self.model_path, self.device_setting = Path(model_path), device
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.model = self.tokenizer = self.scheduler = None
         self.peft = None  # the PeftModel wrapping `model` once an adapter is loaded
         self.adapters: set[str] = set()
 
@@ -104,62 +90,111 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from bot.batching import Scheduler
+
         self.device = resolve_device(self.device_setting)
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
         self.model = model.to(self.device).eval()
         self.context_window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        self.num_layers = model.config.get_text_config().num_hidden_layers
+        eos = model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        self.eos_ids.discard(None)
+        self.scheduler = Scheduler(self, max_batch=self.max_batch, max_queue=self.max_queue)
+        self.scheduler.start()
 
-    def _encode(self, messages: list[dict], max_new_tokens: int) -> dict:
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.close()
+
+    # ---- prompts --------------------------------------------------------------------------------
+
+    def encode(self, messages: list[dict], max_new_tokens: int) -> list[int]:
         """Token ids of the chat prompt; the oldest turns after the system prompt are dropped until
-        the prompt fits the context window minus `max_new_tokens`."""
-        budget = self.context_window - max_new_tokens
+        the prompt fits the context window minus `max_new_tokens` (at most half the window is
+        reserved for the answer; the answer is cut where the window ends)."""
+        budget = self.context_window - min(max_new_tokens, self.context_window // 2)
         system = [m for m in messages[:1] if m["role"] == "system"]
         turns = messages[len(system):]
         while True:
-            encoded = self.tokenizer.apply_chat_template(system + turns, add_generation_prompt=True,
-                                                         return_tensors="pt", return_dict=True)
-            if encoded["input_ids"].shape[1] <= budget or len(turns) <= 1:
-                break
+            ids = self.tokenizer.apply_chat_template(system + turns, add_generation_prompt=True, tokenize=True,
+                                                     return_dict=True)["input_ids"]
+            if len(ids) <= budget or len(turns) <= 1:
+                return list(ids[-budget:])
             turns = turns[2:] if len(turns) > 2 else turns[-1:]
-        input_ids = encoded["input_ids"][:, -budget:]
-        return {"input_ids": input_ids.to(self.device),
-                "attention_mask": encoded["attention_mask"][:, -budget:].to(self.device)}
 
-    @contextmanager
-    def _serving(self, version: str):
-        """The model to generate with for `version`; 'base' runs with every adapter disabled."""
-        if version == BASE_VERSION:
-            with self.peft.disable_adapter() if self.peft is not None else nullcontext():
-                yield self.model
-            return
-        if version not in self.adapters:
-            raise AdapterError(f"adapter {version!r} is not loaded")
-        self.peft.set_adapter(version)
-        yield self.peft
+    def submit(self, request: GenerationRequest, emit: Callable[[str], None], cancel: threading.Event) -> Future:
+        from bot.batching import Job
 
-    def generate(self, request: GenerationRequest, emit: Callable[[str], None],
-                 cancel: threading.Event) -> GenerationResult:
+        prompt = self.encode(request.messages, request.max_new_tokens)
+        parts: list[str] = []
+
+        def collect(text: str) -> None:
+            parts.append(text)
+            emit(text)
+
+        max_new = min(request.max_new_tokens, self.context_window - len(prompt))
+        job = Job(prompt, request.adapter_version, max_new, request.temperature, request.top_p,
+                  tuple(request.stop), collect, cancel)
+        return result_future(self.scheduler.submit(job), lambda n: GenerationResult(
+            "".join(parts).strip(), request.adapter_version, len(prompt), n))
+
+    # ---- the Runner interface used by the scheduler ---------------------------------------------
+
+    def _forward(self, ids, mask, positions, cache, versions: list[str], **kwargs):
         import torch
 
-        inputs = self._encode(request.messages, request.max_new_tokens)
-        streamer = Utf8Streamer(self.tokenizer, emit)
-        sampling = ({"do_sample": True, "temperature": request.temperature}
-                    if request.temperature > 0 else {"do_sample": False})
-        with self._serving(request.adapter_version) as model, torch.inference_mode():
-            model.generate(**inputs, max_new_tokens=request.max_new_tokens, streamer=streamer,
-                           stopping_criteria=[_CancelCriteria(cancel)], pad_token_id=self._pad_id(), **sampling)
-        return GenerationResult(text=streamer.sent.strip(), adapter_version=request.adapter_version,
-                                prompt_tokens=int(inputs["input_ids"].shape[1]),
-                                completion_tokens=len(streamer.token_ids))
+        extra = {}
+        if self.peft is not None:
+            extra["adapter_names"] = ["__base__" if v == BASE_VERSION else v for v in versions]
+        model = self.peft if self.peft is not None else self.model
+        with torch.inference_mode():
+            return model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, **extra, **kwargs)
+
+    def prefill(self, prompts: list[list[int]], versions: list[str]):
+        import torch
+
+        from bot.batching import new_cache
+
+        unknown = {v for v in versions if v != BASE_VERSION and v not in self.adapters}
+        if unknown:
+            raise AdapterError(f"adapter {sorted(unknown)[0]!r} is not loaded")
+        width = max(map(len, prompts))
+        ids = torch.full((len(prompts), width), self._pad_id(), dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
+        for i, prompt in enumerate(prompts):
+            ids[i, width - len(prompt):] = torch.tensor(prompt, device=self.device)
+            mask[i, width - len(prompt):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = new_cache(self.num_layers)
+        out = self._forward(ids, mask, positions, cache, versions, logits_to_keep=1)
+        return out.logits[:, -1], cache, mask
+
+    def decode(self, batch):
+        import torch
+
+        rows = batch.rows
+        ids = torch.tensor([[r.last_token] for r in rows], device=self.device)
+        positions = torch.tensor([[r.position] for r in rows], device=self.device)
+        out = self._forward(ids, batch.mask, positions, batch.cache, [r.job.version for r in rows])
+        return out.logits[:, -1]
 
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         return self.tokenizer.eos_token_id if pad is None else pad
 
+    # ---- adapters -------------------------------------------------------------------------------
+
     def load_adapter(self, version: str, path: Path) -> None:
-        """Load and validate an adapter under its own name; on any failure it is removed again."""
+        """Load an adapter under its own name and validate it; refused adapters leave no trace.
+        Blocking: runs in the scheduler thread between two steps."""
+        self.scheduler.call(lambda: self._load_adapter(version, path)).result()
+        self._probe(version)
+
+    def _load_adapter(self, version: str, path: Path) -> None:
         if version in self.adapters:
             return
         try:
@@ -169,9 +204,9 @@ class HFGenerator:
             raise AdapterError(f"adapter {version} at {path} failed to load: {exc}") from exc
         self.adapters.add(version)
         try:
-            self._validate(version)
+            self._check_finite(version)
         except AdapterError:
-            self.unload_adapter(version)
+            self._unload(version)
             raise
 
     def _load_weights(self, version: str, path: Path) -> None:
@@ -197,22 +232,38 @@ class HFGenerator:
                 if isinstance(child, BaseTunerLayer):
                     setattr(parent, name, child.get_base_layer())
 
-    def _validate(self, version: str) -> None:
+    def _check_finite(self, version: str) -> None:
         import torch
 
         for name, param in self.peft.named_parameters():
             if f".{version}." in name and not torch.isfinite(param).all():
                 raise AdapterError(f"adapter {version} has non-finite weights in {name}")
+
+    def _probe(self, version: str) -> None:
+        """A probe prompt must generate through the batch path before the version serves anyone."""
         probe = GenerationRequest(PROBE_MESSAGES, adapter_version=version, max_new_tokens=8)
-        result = self.generate(probe, lambda _text: None, threading.Event())
+        try:
+            result = self.submit(probe, lambda _text: None, threading.Event()).result(timeout=120)
+        except Exception as exc:  # noqa: BLE001 — a failing probe is a refusal
+            self.unload_adapter(version)
+            raise AdapterError(f"adapter {version} failed the probe prompt: {exc}") from exc
         if result.completion_tokens == 0:
+            self.unload_adapter(version)
             raise AdapterError(f"adapter {version} generated nothing for the probe prompt")
 
     def unload_adapter(self, version: str) -> None:
+        """Unload `version` once no running or queued request uses it (blocking; drains first)."""
+        while not self.scheduler.call(lambda: self._unload(version)).result():
+            time.sleep(0.05)
+
+    def _unload(self, version: str) -> bool:
+        if self.scheduler.uses(version):
+            return False
         if version not in self.adapters:
-            return
+            return True
         self.adapters.discard(version)
         if self.adapters:
             self.peft.delete_adapter(version)
         else:  # the last one: give back the plain base model
             self.model, self.peft = self.peft.unload(), None
+        return True

@@ -1,41 +1,46 @@
-"""The HF generator on the tiny model: UTF-8-safe streaming, context truncation, adapter validation."""
+"""The HF generator on the tiny model: continuous batching, UTF-8-safe streaming, stop strings,
+cancellation, the bounded queue, context truncation, per-row adapters and adapter validation."""
 from __future__ import annotations
 
 import json
 import shutil
 import threading
+import time
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-from bot.generator import AdapterError, GenerationRequest, HFGenerator, Utf8Streamer
+from bot.batching import TextDecoder
+from bot.generator import AdapterError, Busy, GenerationRequest, HFGenerator
+from tests.conftest import wait_until
 from trainer.config import LoraSettings, SFTSettings
 from trainer.sft import train_sft
 
 RECORDS = [{"prompt": [{"role": "user", "content": "When is check-in?"}],
             "completion": [{"role": "assistant", "content": "From 3:30pm."}]}]
+QUESTIONS = ["When is check-in?", "Is parking free at the hotel?", "hello",
+             "Do you allow pets in the rooms, and is there an extra fee for a dog?", "Breakfast?",
+             "Can I book a taxi to the train station tomorrow morning at seven?"]
 
 
-def test_streamer_emits_only_complete_characters(tiny_model):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    text = "Prix: 5 € — café ☕ 😀 ok"
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    assert any("\ufffd" in tokenizer.decode([i]) for i in ids)  # some tokens split characters
+def _request(text: str, version: str = "base", **kwargs) -> GenerationRequest:
+    return GenerationRequest([{"role": "user", "content": text}], adapter_version=version,
+                             **{"max_new_tokens": 12, **kwargs})
+
+
+def run(generator, request: GenerationRequest, cancel: threading.Event | None = None):
     pieces: list[str] = []
-    streamer = Utf8Streamer(tokenizer, pieces.append)
-    streamer.put(torch.tensor([[0]]))  # the prompt, which generate() pushes first
-    for token in ids:
-        streamer.put(torch.tensor([token]))
-    streamer.end()
-    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+    result = generator.submit(request, pieces.append, cancel or threading.Event()).result(timeout=60)
+    return result, pieces
 
 
 @pytest.fixture(scope="module")
-def generator(tiny_model) -> HFGenerator:
-    generator = HFGenerator(tiny_model, device="cpu")
+def generator(tiny_model):
+    generator = HFGenerator(tiny_model, device="cpu", max_batch=4, max_queue=8)
     generator.load()
-    return generator
+    yield generator
+    generator.close()
 
 
 @pytest.fixture(scope="module")
@@ -47,64 +52,118 @@ def adapter(tiny_model, tmp_path_factory):
     return folder
 
 
+def test_decoder_emits_only_complete_characters(tiny_model):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    text = "Prix: 5 € — café ☕ 😀 ok"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert any("\ufffd" in tokenizer.decode([i]) for i in ids)  # some tokens split characters
+    decoder = TextDecoder(tokenizer)
+    pieces = [decoder.add(token) for token in ids] + [decoder.finish()]
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+
+def test_decoder_cuts_at_stop_string_and_never_leaks_its_start(tiny_model):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    decoder = TextDecoder(tokenizer, stops=("END",))
+    pieces = []
+    for token in tokenizer.encode("Check-in at 3pm. EN", add_special_tokens=False):
+        pieces.append(decoder.add(token))
+    assert not "".join(pieces).endswith("EN")  # held back: it may become the stop string
+    for token in tokenizer.encode("D more", add_special_tokens=False):
+        pieces.append(decoder.add(token))
+    pieces.append(decoder.finish())
+    assert decoder.stopped and "".join(pieces) == "Check-in at 3pm. "
+
+
 def test_long_history_is_truncated_oldest_first_keeping_system(generator):
     system = {"role": "system", "content": "SYSTEM-PROMPT"}
-    turns = [{"role": r, "content": f"turn {i} " + "words " * 20} for i in range(40)
-             for r in (("user",) if i % 2 == 0 else ("assistant",))]
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "words " * 20}
+             for i in range(40)]
     turns.append({"role": "user", "content": "last question"})
-    inputs = generator._encode([system] + turns, max_new_tokens=64)
-    ids = inputs["input_ids"][0]
+    ids = generator.encode([system] + turns, max_new_tokens=64)
     assert len(ids) <= generator.context_window - 64
     text = generator.tokenizer.decode(ids)
     assert text.count("SYSTEM-PROMPT") == 1 and "last question" in text and "turn 0 " not in text
 
 
 def test_generate_streams_and_counts_tokens(generator):
-    pieces: list[str] = []
-    request = GenerationRequest([{"role": "user", "content": "hello"}], max_new_tokens=6)
-    result = generator.generate(request, pieces.append, threading.Event())
+    result, pieces = run(generator, _request("hello", max_new_tokens=6))
     assert result.adapter_version == "base" and 1 <= result.completion_tokens <= 6
     assert "".join(pieces).strip() == result.text
 
 
-def test_cancel_stops_generation_early(generator):
+def test_batched_greedy_output_equals_running_alone(generator):
+    alone = [run(generator, _request(q))[0].text for q in QUESTIONS]
+    futures, pieces = [], [[] for _ in QUESTIONS]
+    for i, question in enumerate(QUESTIONS):  # staggered: requests join a batch already running
+        futures.append(generator.submit(_request(question), pieces[i].append, threading.Event()))
+        time.sleep(0.01 * (i % 3))
+    batched = [f.result(timeout=60).text for f in futures]
+    assert batched == alone
+    assert ["".join(p).strip() for p in pieces] == alone
+
+
+def test_cancel_frees_the_slot_at_the_next_step(generator):
     cancel = threading.Event()
+    started = threading.Event()
+    future = generator.submit(_request("hello", max_new_tokens=500), lambda _t: started.set(), cancel)
+    assert started.wait(30)
     cancel.set()
-    request = GenerationRequest([{"role": "user", "content": "hello"}], max_new_tokens=50)
-    assert generator.generate(request, lambda _t: None, cancel).completion_tokens <= 1
+    assert future.result(timeout=30).completion_tokens < 200
+    wait_until(lambda: not generator.scheduler.batch.rows, timeout=10)
 
 
-def test_adapter_changes_output_and_base_stays_available(generator, adapter):
+def test_full_queue_answers_busy(tiny_model):
+    generator = HFGenerator(tiny_model, device="cpu", max_batch=1, max_queue=1)
+    generator.load()
+    try:
+        started = threading.Event()
+        cancel = threading.Event()
+        first = generator.submit(_request("a", max_new_tokens=500), lambda _t: started.set(), cancel)
+        assert started.wait(30)  # admitted: the batch (1 row) is full
+        second = generator.submit(_request("b", max_new_tokens=2), lambda _t: None, threading.Event())
+        with pytest.raises(Busy, match="capacity"):
+            generator.submit(_request("c"), lambda _t: None, threading.Event())
+        cancel.set()
+        assert first.result(timeout=30).completion_tokens < 200 and second.result(timeout=30).completion_tokens >= 1
+    finally:
+        generator.close()
+
+
+def _last_logits(generator: HFGenerator, version: str = "base") -> torch.Tensor:
+    prompt = generator.encode([{"role": "user", "content": "When is check-in?"}], 8)
+    return generator.scheduler.call(lambda: generator.prefill([prompt], [version])[0][0]).result()
+
+
+def test_adapter_rows_and_base_rows_share_a_batch(generator, adapter):
     base_before = _last_logits(generator)
     generator.load_adapter("v1-good", adapter)
-    assert not torch.allclose(_last_logits(generator, "v1-good"), base_before)
-    assert torch.allclose(_last_logits(generator), base_before)
-    generator.unload_adapter("v1-good")
+    try:
+        assert not torch.allclose(_last_logits(generator, "v1-good"), base_before)
+        assert torch.allclose(_last_logits(generator), base_before, atol=1e-5)
+        requests = [_request(q, version=v) for q in QUESTIONS[:3] for v in ("base", "v1-good")]
+        alone = [run(generator, r)[0].text for r in requests]
+        futures = [generator.submit(r, lambda _t: None, threading.Event()) for r in requests]
+        assert [f.result(timeout=60).text for f in futures] == alone
+    finally:
+        generator.unload_adapter("v1-good")
     assert "v1-good" not in generator.adapters and generator.peft is None
-    assert torch.allclose(_last_logits(generator), base_before)
+    assert torch.allclose(_last_logits(generator), base_before, atol=1e-5)
 
 
 def _broken_copy(adapter, tmp_path, how: str):
     broken = tmp_path / how
     shutil.copytree(adapter, broken)
     weights = broken / "adapter_model.safetensors"
+    config = json.loads((broken / "adapter_config.json").read_text())
     if how == "truncated":
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     elif how == "foreign-modules":
-        config = json.loads((broken / "adapter_config.json").read_text())
         config["target_modules"] = ["no_such_projection"]
-        (broken / "adapter_config.json").write_text(json.dumps(config))
     elif how == "wrong-shapes":
-        config = json.loads((broken / "adapter_config.json").read_text())
         config["r"] = 8
-        (broken / "adapter_config.json").write_text(json.dumps(config))
+    (broken / "adapter_config.json").write_text(json.dumps(config))
     return broken
-
-
-def _last_logits(generator: HFGenerator, version: str = "base") -> torch.Tensor:
-    prompt = [{"role": "user", "content": "When is check-in?"}]
-    with generator._serving(version) as model, torch.inference_mode():
-        return model(**generator._encode(prompt, 8)).logits[0, -1]
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["as-first-adapter", "beside-a-live-adapter"])
@@ -114,14 +173,18 @@ def test_broken_adapter_is_refused_and_leaves_no_trace(tiny_model, adapter, tmp_
 
     generator = HFGenerator(tiny_model, device="cpu")
     generator.load()
-    if not first:
-        generator.load_adapter("v1-live", adapter)
-    live = _last_logits(generator, "base" if first else "v1-live")
-    with pytest.raises(AdapterError, match="v9-bad"):
-        generator.load_adapter("v9-bad", _broken_copy(adapter, tmp_path, how))
-    assert "v9-bad" not in generator.adapters
-    assert torch.allclose(_last_logits(generator, "base" if first else "v1-live"), live)
-    if first:
-        assert not any(isinstance(m, BaseTunerLayer) for m in generator.model.modules())
-    else:
-        assert "v9-bad" not in generator.peft.peft_config
+    try:
+        live_version = "base" if first else "v1-live"
+        if not first:
+            generator.load_adapter("v1-live", adapter)
+        live = _last_logits(generator, live_version)
+        with pytest.raises(AdapterError, match="v9-bad"):
+            generator.load_adapter("v9-bad", _broken_copy(adapter, tmp_path, how))
+        assert "v9-bad" not in generator.adapters
+        assert torch.allclose(_last_logits(generator, live_version), live, atol=1e-5)
+        if first:
+            assert not any(isinstance(m, BaseTunerLayer) for m in generator.model.modules())
+        else:
+            assert "v9-bad" not in generator.peft.peft_config
+    finally:
+        generator.close()
