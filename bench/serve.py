@@ -1,0 +1,143 @@
+"""Serving throughput: the real server with continuous batching vs naive sequential `generate()`.
+
+Starts `supportloop serve` as a separate process on a free port, then for 1, 4 and 16 concurrent
+websocket sessions, each asking the same prompt set (16 DSTC9 support questions, greedy, up to 64 new
+tokens) one question after another; in the same run, answers the prompts one by one with
+`model.generate()` in this process.
+Prints JSON and one summary line: aggregate completion tokens/s, TTFT p50/p95 per level, and the
+ratio to naive.
+
+    .venv/bin/python bench/serve.py [--prompts 16] [--max-new-tokens 64]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import websockets
+
+from bot.basemodel import resolve_base_model
+from bot.settings import Settings
+
+FAQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dstc9-faq" / "faq_qa.jsonl"
+CLI = str(Path(sys.executable).parent / "supportloop")
+LEVELS = (1, 4, 16)
+
+
+def prompts(n: int) -> list[str]:
+    rows = [json.loads(line) for line in FAQ.open()]
+    step = len(rows) // n
+    return [f"{r['entity_name'].title()}: {r['question']}" for r in rows[::step][:n]]
+
+
+def start_server(max_new_tokens: int) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "SUPPORTLOOP_DATA_DIR": tempfile.mkdtemp(prefix="supportloop-bench-"),
+           "SUPPORTLOOP_MAX_NEW_TOKENS": str(max_new_tokens)}
+    proc = subprocess.Popen([CLI, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz").status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise TimeoutError("server did not become ready")
+
+
+async def ask(ws_url: str, text: str) -> dict:
+    started = time.perf_counter()
+    first = None
+    async with websockets.connect(ws_url) as ws:
+        await ws.send(json.dumps({"type": "user_message", "text": text}))
+        while True:
+            frame = json.loads(await ws.recv())
+            if frame["type"] == "token" and first is None:
+                first = time.perf_counter()
+            if frame["type"] == "done":
+                return {"ttft": first - started, "tokens": frame["completion_tokens"]}
+            if frame["type"] == "error":
+                raise RuntimeError(frame)
+
+
+async def level(ws_url: str, questions: list[str], sessions: int) -> dict:
+    """Every session asks the whole prompt set, one question after the other (each starting at a
+    different question), so requests arrive and leave at different times."""
+    results: list[dict] = []
+
+    async def session(offset: int) -> None:
+        for i in range(len(questions)):
+            results.append(await ask(ws_url, questions[(offset + i) % len(questions)]))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(session(k) for k in range(sessions)))
+    wall = time.perf_counter() - started
+    ttfts = sorted(r["ttft"] for r in results)
+    tokens = sum(r["tokens"] for r in results)
+    return {"sessions": sessions, "requests": len(results), "tokens": tokens, "wall_s": round(wall, 2),
+            "tok_s": round(tokens / wall, 1), "ttft_p50_s": round(statistics.median(ttfts), 3),
+            "ttft_p95_s": round(ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))], 3)}
+
+
+def naive(questions: list[str], max_new_tokens: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    settings = Settings()
+    path = resolve_base_model(settings.base_model, settings.model_cache)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tokens, started = 0, time.perf_counter()
+    for q in questions:
+        messages = [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": q}]
+        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True)
+        with torch.inference_mode():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.eos_token_id)
+        tokens += out.shape[1] - inputs["input_ids"].shape[1]
+    wall = time.perf_counter() - started
+    return {"requests": len(questions), "tokens": tokens, "wall_s": round(wall, 2), "tok_s": round(tokens / wall, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    args = parser.parse_args()
+    questions = prompts(args.prompts)
+    proc, url = start_server(args.max_new_tokens)
+    ws_url = url.replace("http", "ws") + "/ws/chat"
+    try:
+        asyncio.run(ask(ws_url, questions[0]))  # warm-up
+        levels = [asyncio.run(level(ws_url, questions, n)) for n in LEVELS]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    base = naive(questions, args.max_new_tokens)
+    for entry in levels:
+        entry["ratio_to_naive"] = round(entry["tok_s"] / base["tok_s"], 2)
+    print(json.dumps({"naive": base, "levels": levels, "max_new_tokens": args.max_new_tokens}, indent=2))
+    parts = [f"{e['sessions']} sessions {e['tok_s']} tok/s ({e['ratio_to_naive']}x) TTFT p50 {e['ttft_p50_s']} s "
+             f"p95 {e['ttft_p95_s']} s" for e in levels]
+    print(f"serve: naive {base['tok_s']} tok/s; " + "; ".join(parts))
+
+
+if __name__ == "__main__":
+    main()
