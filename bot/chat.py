@@ -32,6 +32,8 @@ class Reply:
     adapter_version: str
     prompt_tokens: int
     completion_tokens: int
+    ttft_ms: float
+    total_ms: float
 
 
 class ChatService:
@@ -53,17 +55,23 @@ class ChatService:
                 session, conversation_id=session_id, system_prompt=self.settings.system_prompt).id
 
     async def open_session(self, session_id: str | None) -> str:
-        """The id of the session to resume, or of a new one when `session_id` is absent or unknown."""
+        """The id of the session to resume, or of a new one when `session_id` is absent or unknown
+        (an unknown id is never adopted: ids are made by the server)."""
         return await asyncio.to_thread(self._open, session_id)
 
-    def _record_user(self, session_id: str, text: str) -> list[dict]:
+    def _record_user(self, session_id: str, text: str) -> tuple[list[dict], str]:
+        """Store the customer's message; the conversation so far as chat messages, and the new id."""
         with self.store.session() as session:
             conversation = repo.get_or_create_conversation(
                 session, conversation_id=session_id, system_prompt=self.settings.system_prompt)
-            repo.add_message(session, conversation_id=conversation.id, role=Role.user, text=text)
+            message = repo.add_message(session, conversation_id=conversation.id, role=Role.user, text=text)
             history = repo.list_messages(session, conversation_id=conversation.id)
         system = [{"role": "system", "content": conversation.system_prompt}] if conversation.system_prompt else []
-        return system + [{"role": m.role.value, "content": m.text} for m in history]
+        return system + [{"role": m.role.value, "content": m.text} for m in history], message.id
+
+    def _forget(self, message_id: str) -> None:
+        with self.store.session() as session:
+            repo.delete_message(session, message_id=message_id)
 
     def _record_reply(self, session_id: str, result: GenerationResult, latency_ms: float) -> str:
         with self.store.session() as session:
@@ -78,19 +86,23 @@ class ChatService:
         if not self.adapters.synced:
             raise ChatError("model_loading", "The model is still loading; try again in a moment.", 503)
         started = time.perf_counter()
-        messages = await asyncio.to_thread(self._record_user, session_id, text)
+        messages, user_message_id = await asyncio.to_thread(self._record_user, session_id, text)
         request = GenerationRequest(messages, adapter_version=self.adapters.active_version,
                                     max_new_tokens=self.settings.max_new_tokens,
                                     temperature=self.settings.temperature)
+        first_at = None
         try:
             async with aclosing(self.engine.stream(request)) as stream:
                 async for item in stream:
                     if isinstance(item, str):
+                        first_at = first_at or time.perf_counter()
                         yield item
                         continue
-                    latency_ms = (time.perf_counter() - started) * 1000
-                    message_id = await asyncio.to_thread(self._record_reply, session_id, item, latency_ms)
-                    yield Reply(session_id, message_id, item.text, item.adapter_version,
-                                item.prompt_tokens, item.completion_tokens)
+                    done_at = time.perf_counter()
+                    total_ms, ttft_ms = (done_at - started) * 1000, ((first_at or done_at) - started) * 1000
+                    message_id = await asyncio.to_thread(self._record_reply, session_id, item, total_ms)
+                    yield Reply(session_id, message_id, item.text, item.adapter_version, item.prompt_tokens,
+                                item.completion_tokens, round(ttft_ms, 1), round(total_ms, 1))
         except Busy as exc:  # raised before any text, when the generation queue is full
+            await asyncio.to_thread(self._forget, user_message_id)  # refused, so not kept
             raise ChatError("busy", f"The assistant is busy ({exc}); please retry in a few seconds.", 429) from exc

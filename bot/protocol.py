@@ -1,6 +1,8 @@
-"""The chat protocol: WebSocket frames and REST bodies as pydantic models (the widget mirrors them)."""
+"""The chat protocol v1: WebSocket frames and REST bodies as pydantic models. `docs/protocol.md`
+documents it and the widget mirrors it; change both together."""
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints, TypeAdapter
@@ -11,10 +13,15 @@ REASONS = ("wrong", "unhelpful", "outdated", "unsafe", "other")
 Reason = Literal["wrong", "unhelpful", "outdated", "unsafe", "other"]
 
 
+PROTOCOL_VERSION = 1
+SUPPORTED_PROTOCOLS = (1,)
+
+
 # client → server frames
 
 class HelloFrame(BaseModel):
     type: Literal["hello"]
+    protocol: int = PROTOCOL_VERSION
     session_id: str | None = Field(None, max_length=64)
 
 
@@ -23,7 +30,11 @@ class UserMessageFrame(BaseModel):
     text: str
 
 
-ClientFrame = TypeAdapter(Annotated[HelloFrame | UserMessageFrame, Field(discriminator="type")])
+class CancelFrame(BaseModel):
+    type: Literal["cancel"]
+
+
+ClientFrame = TypeAdapter(Annotated[HelloFrame | UserMessageFrame | CancelFrame, Field(discriminator="type")])
 
 
 # server → client frames
@@ -31,6 +42,8 @@ ClientFrame = TypeAdapter(Annotated[HelloFrame | UserMessageFrame, Field(discrim
 class SessionFrame(BaseModel):
     type: Literal["session"] = "session"
     session_id: str
+    protocol: int = PROTOCOL_VERSION
+    resumed: bool = False
 
 
 class TokenFrame(BaseModel):
@@ -44,6 +57,8 @@ class DoneFrame(BaseModel):
     adapter_version: str
     prompt_tokens: int
     completion_tokens: int
+    ttft_ms: float
+    total_ms: float
 
 
 class ErrorFrame(BaseModel):
@@ -64,6 +79,27 @@ class ChatResponse(BaseModel):
     message_id: str
     reply: str
     adapter_version: str
+
+
+class FeedbackState(BaseModel):
+    thumb: Thumb
+    reason: str | None
+    comment: str | None
+
+
+class TranscriptMessage(BaseModel):
+    id: str
+    role: str
+    text: str
+    adapter_version: str | None
+    created_at: datetime
+    feedback: FeedbackState | None = None
+
+
+class Transcript(BaseModel):
+    session_id: str
+    created_at: datetime
+    messages: list[TranscriptMessage]
 
 
 class FeedbackRequest(BaseModel):

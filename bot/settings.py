@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(128, ge=1, le=4096)
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy (reproducible answers)")
     max_message_chars: int = Field(2000, ge=1, description="longest accepted customer message")
+    max_frame_chars: int = Field(16_000, ge=64, description="longest accepted WebSocket frame")
     adapter_poll_seconds: float = Field(2.0, gt=0, description="how often the server checks the "
                                         "store for a newly promoted adapter")
 

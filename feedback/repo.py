@@ -54,6 +54,27 @@ def add_message(session: Session, *, conversation_id: str, role: Role, text: str
     return message
 
 
+def get_conversation(session: Session, *, conversation_id: str) -> Conversation:
+    conversation = session.get(Conversation, conversation_id)
+    if conversation is None:
+        raise NotFound(f"no session with id {conversation_id!r}")
+    return conversation
+
+
+def feedback_by_message(session: Session, *, conversation_id: str) -> dict[str, Feedback]:
+    query = (select(Feedback).join(Message, Message.id == Feedback.message_id)
+             .where(Message.conversation_id == conversation_id))
+    return {vote.message_id: vote for vote in session.exec(query)}
+
+
+def delete_message(session: Session, *, message_id: str) -> None:
+    """Remove a message that was never answered (its request was refused before generation)."""
+    message = session.get(Message, message_id)
+    if message is not None:
+        session.delete(message)
+        session.commit()
+
+
 def get_message(session: Session, *, message_id: str) -> Message:
     message = session.get(Message, message_id)
     if message is None:

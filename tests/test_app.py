@@ -42,7 +42,10 @@ def test_websocket_frame_sequence(client, fake):
     assert [f["type"] for f in frames] == ["session", "token", "token", "token", "token", "done"]
     assert "".join(f["text"] for f in frames if f["type"] == "token") == "Check-in is from 3pm."
     done = frames[-1]
+    assert set(done) == {"type", "message_id", "adapter_version", "prompt_tokens", "completion_tokens",
+                         "ttft_ms", "total_ms"}
     assert done["adapter_version"] == "base" and done["completion_tokens"] == 4
+    assert 0 <= done["ttft_ms"] <= done["total_ms"]
     transcript = client.app.state.store
     with transcript.session() as s:
         messages = repo.list_messages(s, conversation_id=frames[0]["session_id"])
@@ -56,8 +59,8 @@ def test_hello_resumes_session_with_context(client, fake):
     with client.websocket_connect("/ws/chat") as ws:
         session_id = _ask(ws, "First question")[0]["session_id"]
     with client.websocket_connect("/ws/chat") as ws:
-        ws.send_text(json.dumps({"type": "hello", "session_id": session_id}))
-        assert ws.receive_json() == {"type": "session", "session_id": session_id}
+        ws.send_text(json.dumps({"type": "hello", "protocol": 1, "session_id": session_id}))
+        assert ws.receive_json() == {"type": "session", "session_id": session_id, "protocol": 1, "resumed": True}
         frames = _ask(ws, "Second question")
     assert frames[0]["type"] == "token"  # the session was announced once, by hello
     context = [(m["role"], m["content"]) for m in fake.requests[-1].messages]
@@ -67,6 +70,9 @@ def test_hello_resumes_session_with_context(client, fake):
 
 @pytest.mark.parametrize("raw, code", [
     ("not json", "bad_frame"),
+    ("x" * 20_000, "frame_too_large"),
+    (json.dumps({"type": "hello", "protocol": 99}), "unsupported_protocol"),
+    (json.dumps({"type": "cancel"}), "nothing_to_cancel"),
     (json.dumps({"type": "teleport"}), "bad_frame"),
     (json.dumps({"type": "user_message"}), "bad_frame"),
     (json.dumps({"type": "user_message", "text": "   "}), "empty_message"),
@@ -207,3 +213,61 @@ def client_ready(url: str) -> bool:
     import httpx
 
     return httpx.get(url + "/readyz").status_code == 200
+
+
+def test_unknown_session_id_is_not_adopted(client):
+    with client.websocket_connect("/ws/chat") as ws:
+        ws.send_text(json.dumps({"type": "hello", "session_id": "someone-elses-guess"}))
+        error, session = ws.receive_json(), ws.receive_json()
+    assert error["code"] == "unknown_session"
+    assert session["type"] == "session" and session["resumed"] is False
+    assert session["session_id"] != "someone-elses-guess"
+
+
+def test_cancel_stops_the_answer_and_the_connection_goes_on(settings, store):
+    fake = FakeGenerator(delay=0.05)
+    fake.enqueue(" ".join(f"w{i}" for i in range(200)), "Short answer.")
+    with TestClient(create_app(settings, generator=fake, store=store)) as client:
+        wait_until(lambda: client.get("/readyz").status_code == 200)
+        with client.websocket_connect("/ws/chat") as ws:
+            ws.send_text(json.dumps({"type": "user_message", "text": "long please"}))
+            assert ws.receive_json()["type"] == "session"
+            assert ws.receive_json()["type"] == "token"
+            ws.send_text(json.dumps({"type": "user_message", "text": "another"}))
+            frames = [ws.receive_json()]
+            while frames[-1]["type"] == "token":
+                frames.append(ws.receive_json())
+            assert frames[-1]["code"] == "answer_in_progress"
+            ws.send_text(json.dumps({"type": "cancel"}))
+            while (frame := ws.receive_json())["type"] == "token":
+                pass
+            assert frame == {"type": "error", "code": "cancelled", "message": "The answer was cancelled."}
+            assert [f["type"] for f in _ask(ws, "short one")][-1] == "done"
+    assert len(fake.cancelled) == 1
+
+
+def test_full_queue_answers_busy_and_keeps_nothing(settings, store):
+    fake = FakeGenerator(max_pending=0)
+    with TestClient(create_app(settings, generator=fake, store=store)) as client:
+        wait_until(lambda: client.get("/readyz").status_code == 200)
+        refused = client.post("/api/chat", json={"message": "hi"})
+        assert refused.status_code == 429 and "busy" in refused.json()["detail"]
+        with client.websocket_connect("/ws/chat") as ws:
+            frames = _ask(ws, "hello?")
+        assert frames[-1]["code"] == "busy"
+        session_id = frames[0]["session_id"]
+        assert client.get(f"/api/sessions/{session_id}").json()["messages"] == []
+
+
+def test_transcript_has_ids_versions_and_feedback(client, fake):
+    fake.enqueue("Check-in is at 3pm.")
+    reply = client.post("/api/chat", json={"message": "Check-in?"}).json()
+    client.post(f"/api/messages/{reply['message_id']}/feedback", json={"thumb": "down", "reason": "wrong"})
+    transcript = client.get(f"/api/sessions/{reply['session_id']}").json()
+    assert transcript["session_id"] == reply["session_id"]
+    user, answer = transcript["messages"]
+    assert (user["role"], user["text"], user["adapter_version"], user["feedback"]) == ("user", "Check-in?", None, None)
+    assert answer["id"] == reply["message_id"] and answer["adapter_version"] == "base"
+    assert answer["feedback"] == {"thumb": "down", "reason": "wrong", "comment": None}
+    missing = client.get("/api/sessions/nope")
+    assert missing.status_code == 404 and "nope" in missing.json()["detail"]

@@ -1,6 +1,7 @@
-"""Chat: `POST /api/chat` and the WebSocket `/ws/chat`."""
+"""Chat: `POST /api/chat`, `GET /api/sessions/{id}` and the WebSocket `/ws/chat` (protocol v1)."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from contextlib import aclosing
@@ -9,10 +10,12 @@ from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from bot.chat import ChatError, ChatService, Reply
-from bot.deps import ChatDep
+from bot.deps import ChatDep, SessionDep
 from bot.protocol import (
-    ChatRequest, ChatResponse, ClientFrame, DoneFrame, ErrorFrame, HelloFrame, SessionFrame, TokenFrame,
+    SUPPORTED_PROTOCOLS, CancelFrame, ChatRequest, ChatResponse, ClientFrame, DoneFrame, ErrorFrame,
+    FeedbackState, HelloFrame, SessionFrame, TokenFrame, Transcript, TranscriptMessage,
 )
+from feedback import repo
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -32,65 +35,118 @@ async def chat(body: ChatRequest, chat: ChatDep) -> ChatResponse:
     raise HTTPException(503, "The model produced no answer; try again.")
 
 
+@router.get("/api/sessions/{session_id}", response_model=Transcript)
+def transcript(session_id: str, session: SessionDep) -> Transcript:
+    conversation = repo.get_conversation(session, conversation_id=session_id)
+    votes = repo.feedback_by_message(session, conversation_id=session_id)
+    messages = [TranscriptMessage(
+        id=m.id, role=m.role.value, text=m.text, adapter_version=m.adapter_version, created_at=m.created_at,
+        feedback=FeedbackState(thumb=votes[m.id].thumb, reason=votes[m.id].reason, comment=votes[m.id].comment)
+        if m.id in votes else None) for m in repo.list_messages(session, conversation_id=session_id)]
+    return Transcript(session_id=session_id, created_at=conversation.created_at, messages=messages)
+
+
 def _frame_for(item: str | Reply) -> TokenFrame | DoneFrame:
     if isinstance(item, Reply):
         return DoneFrame(message_id=item.message_id, adapter_version=item.adapter_version,
-                         prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens)
+                         prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens,
+                         ttft_ms=item.ttft_ms, total_ms=item.total_ms)
     return TokenFrame(text=item)
 
 
-async def _send_error(ws: WebSocket, code: str, message: str) -> None:
-    await ws.send_text(ErrorFrame(code=code, message=message).model_dump_json())
-
-
 class _Connection:
-    """One WebSocket connection: at most one session, announced once."""
+    """One WebSocket connection: at most one session, announced once; at most one answer streaming,
+    which a `cancel` frame (or the client leaving) stops at the next generation step."""
 
-    def __init__(self, ws: WebSocket, chat: ChatService) -> None:
-        self.ws, self.chat, self.session_id = ws, chat, None
+    def __init__(self, ws: WebSocket, chat: ChatService, max_frame_chars: int) -> None:
+        self.ws, self.chat, self.max_frame_chars = ws, chat, max_frame_chars
+        self.session_id: str | None = None
+        self.answer: asyncio.Task | None = None
+        self._send_lock = asyncio.Lock()
 
-    async def _announce(self, wanted: str | None) -> None:
-        self.session_id = await self.chat.open_session(wanted)
-        await self.ws.send_text(SessionFrame(session_id=self.session_id).model_dump_json())
+    async def send(self, frame) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(frame.model_dump_json())
+
+    async def error(self, code: str, message: str) -> None:
+        await self.send(ErrorFrame(code=code, message=message))
 
     async def handle(self, raw: str) -> None:
+        if len(raw) > self.max_frame_chars:
+            return await self.error("frame_too_large", f"Frames are limited to {self.max_frame_chars} characters.")
         try:
             frame = ClientFrame.validate_json(raw)
         except ValidationError as exc:
             reason = exc.errors()[0].get("msg", "invalid frame")
-            await _send_error(self.ws, "bad_frame", f"Malformed or unknown frame: {reason}.")
-            return
+            return await self.error("bad_frame", f"Malformed or unknown frame: {reason}.")
         if isinstance(frame, HelloFrame):
-            if self.session_id is not None:
-                await _send_error(self.ws, "already_started", "hello must come before the first message.")
-                return
-            await self._announce(frame.session_id)
-            return
-        await self._answer(frame.text)
+            return await self._hello(frame)
+        if isinstance(frame, CancelFrame):
+            return await self._cancel()
+        await self._start_answer(frame.text)
+
+    async def _hello(self, frame: HelloFrame) -> None:
+        if self.session_id is not None:
+            return await self.error("already_started", "hello must come before the first message.")
+        if frame.protocol not in SUPPORTED_PROTOCOLS:
+            return await self.error("unsupported_protocol", f"Protocol {frame.protocol} is not supported; "
+                                    f"this server speaks {', '.join(map(str, SUPPORTED_PROTOCOLS))}.")
+        await self._announce(frame.session_id)
+
+    async def _announce(self, wanted: str | None) -> None:
+        self.session_id = await self.chat.open_session(wanted)
+        resumed = wanted is not None and wanted == self.session_id
+        if wanted is not None and not resumed:
+            await self.error("unknown_session", "That session does not exist (or has expired); a new one was started.")
+        await self.send(SessionFrame(session_id=self.session_id, resumed=resumed))
+
+    async def _cancel(self) -> None:
+        if self.answer is None or self.answer.done():
+            return await self.error("nothing_to_cancel", "No answer is being generated.")
+        self.answer.cancel()
+        await asyncio.gather(self.answer, return_exceptions=True)
+
+    async def _start_answer(self, text: str) -> None:
+        if self.answer is not None and not self.answer.done():
+            return await self.error("answer_in_progress", "Wait for the current answer, or cancel it first.")
+        try:
+            text = self.chat.check_text(text)
+        except ChatError as exc:
+            return await self.error(exc.code, exc.message)
+        if self.session_id is None:
+            await self._announce(None)
+        self.answer = asyncio.create_task(self._answer(text))
 
     async def _answer(self, text: str) -> None:
         try:
-            text = self.chat.check_text(text)
-            if self.session_id is None:
-                await self._announce(None)
             async with aclosing(self.chat.reply(self.session_id, text)) as reply:
                 async for item in reply:
-                    await self.ws.send_text(_frame_for(item).model_dump_json())
+                    await self.send(_frame_for(item))
         except ChatError as exc:
-            await _send_error(self.ws, exc.code, exc.message)
+            await self.error(exc.code, exc.message)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await self.error("cancelled", "The answer was cancelled.")
+        except Exception:  # noqa: BLE001 — e.g. the client left mid-answer; nothing to tell anyone
+            log.debug("answer stream ended early", exc_info=True)
+
+    async def close(self) -> None:
+        if self.answer is not None and not self.answer.done():
+            self.answer.cancel()
+            await asyncio.gather(self.answer, return_exceptions=True)
 
 
 @router.websocket("/ws/chat")
 async def chat_socket(ws: WebSocket) -> None:
     await ws.accept()
-    connection = _Connection(ws, ws.app.state.chat)
+    connection = _Connection(ws, ws.app.state.chat, ws.app.state.settings.max_frame_chars)
     try:
         while True:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
             if message.get("text") is None:
-                await _send_error(ws, "bad_frame", "Frames must be JSON text, not binary.")
+                await connection.error("bad_frame", "Frames must be JSON text, not binary.")
                 continue
             await connection.handle(message["text"])
     except WebSocketDisconnect:
@@ -98,5 +154,7 @@ async def chat_socket(ws: WebSocket) -> None:
     except Exception:  # noqa: BLE001 — log it, tell the client without a trace, close cleanly
         log.exception("websocket handler failed")
         with contextlib.suppress(Exception):
-            await _send_error(ws, "internal", "The server failed to answer; please try again.")
+            await connection.error("internal", "The server failed to answer; please try again.")
             await ws.close(code=1011)
+    finally:
+        await connection.close()
