@@ -8,6 +8,8 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from bot.adapters import AdapterManager
@@ -15,7 +17,7 @@ from bot.basemodel import resolve_base_model
 from bot.chat import ChatService
 from bot.engine import Engine
 from bot.generator import Generator, HFGenerator
-from bot.routes import chat, feedback, ops
+from bot.routes import chat, feedback, openai, ops
 from bot.settings import Settings
 from feedback.db import Store, open_store
 from feedback.repo import NotFound
@@ -57,6 +59,19 @@ def _lifespan(settings: Settings, generator: Generator, store: Store | None):
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(openai.OpenAIError)
+    async def openai_error(_request: Request, exc: openai.OpenAIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if not request.url.path.startswith("/v1/"):
+            return await request_validation_exception_handler(request, exc)
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return openai.OpenAIError(400, f"Invalid request: {param or 'body'}: {first.get('msg')}.",
+                                  "invalid_request", param).response()
+
     @app.exception_handler(NotFound)
     async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
@@ -74,7 +89,7 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
         generator = HFGenerator(resolve_base_model(settings.base_model, settings.model_cache), settings.device)
     app = FastAPI(title="supportloop", lifespan=_lifespan(settings, generator, store))
     app.state.settings = settings
-    for module in (ops, chat, feedback):
+    for module in (ops, chat, feedback, openai):
         app.include_router(module.router)
     _install_error_handlers(app)
     return app

@@ -170,7 +170,7 @@ class Row:
     position: int  # the position `last_token` takes when it is fed (= tokens already in the cache)
     last_token: int = 0
     generated: int = 0
-    done: bool = False
+    finish_reason: str | None = None  # "stop" (end of answer or a stop string), "length" or "cancelled"
 
 
 def sample(logits: torch.Tensor, rows: list[Row]) -> list[int]:
@@ -283,7 +283,7 @@ class Scheduler:
         live = [job for job in jobs if not job.cancel.is_set()]
         for job in jobs:
             if job.cancel.is_set():
-                job.future.set_result(0)
+                job.future.set_result((0, "cancelled"))
         return live
 
     def _admit(self, jobs: list[Job]) -> None:
@@ -315,15 +315,16 @@ class Scheduler:
                 delta = row.decoder.add(token)
                 if delta:
                     row.job.emit(delta)
-            row.done = (finished or row.decoder.stopped or row.generated >= row.job.max_new_tokens
-                        or row.job.cancel.is_set())
+            row.finish_reason = ("stop" if finished or row.decoder.stopped else
+                                 "cancelled" if row.job.cancel.is_set() else
+                                 "length" if row.generated >= row.job.max_new_tokens else None)
 
     def _retire(self) -> None:
         for row in self.batch.rows:
-            if row.done:
+            if row.finish_reason:
                 tail = row.decoder.finish()
                 if tail:
                     row.job.emit(tail)
-                row.job.future.set_result(row.generated)
-        self.batch.keep([i for i, row in enumerate(self.batch.rows) if not row.done])
+                row.job.future.set_result((row.generated, row.finish_reason))
+        self.batch.keep([i for i, row in enumerate(self.batch.rows) if not row.finish_reason])
 

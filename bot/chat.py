@@ -34,6 +34,7 @@ class Reply:
     completion_tokens: int
     ttft_ms: float
     total_ms: float
+    finish_reason: str = "stop"
 
 
 class ChatService:
@@ -80,16 +81,48 @@ class ChatService:
                 adapter_version=result.adapter_version, prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens, latency_ms=latency_ms).id
 
-    async def reply(self, session_id: str, text: str) -> AsyncIterator[str | Reply]:
-        """Yields the answer's text deltas, then the stored `Reply`."""
-        text = self.check_text(text)
+    def _ready(self) -> None:
         if not self.adapters.synced:
             raise ChatError("model_loading", "The model is still loading; try again in a moment.", 503)
+
+    async def reply(self, session_id: str, text: str) -> AsyncIterator[str | Reply]:
+        """Answer a customer message in a session. Yields text deltas, then the stored `Reply`."""
+        text = self.check_text(text)
+        self._ready()
         started = time.perf_counter()
         messages, user_message_id = await asyncio.to_thread(self._record_user, session_id, text)
         request = GenerationRequest(messages, adapter_version=self.adapters.active_version,
                                     max_new_tokens=self.settings.max_new_tokens,
                                     temperature=self.settings.temperature)
+        async with aclosing(self._generate(session_id, user_message_id, request, started)) as stream:
+            async for item in stream:
+                yield item
+
+    async def complete(self, messages: list[dict], *, version: str, max_new_tokens: int, temperature: float,
+                       top_p: float, stop: tuple[str, ...]) -> AsyncIterator[str | Reply]:
+        """Answer a whole conversation given by the client (the OpenAI-style API). It is stored as a
+        new session so that feedback can refer to the answer."""
+        self._ready()
+        started = time.perf_counter()
+        session_id, user_message_id, context = await asyncio.to_thread(self._record_conversation, messages)
+        request = GenerationRequest(context, adapter_version=version, max_new_tokens=max_new_tokens,
+                                    temperature=temperature, top_p=top_p, stop=stop)
+        async with aclosing(self._generate(session_id, user_message_id, request, started)) as stream:
+            async for item in stream:
+                yield item
+
+    def _record_conversation(self, messages: list[dict]) -> tuple[str, str, list[dict]]:
+        system = next((m["content"] for m in messages if m["role"] == "system"), self.settings.system_prompt)
+        turns = [m for m in messages if m["role"] != "system"]
+        with self.store.session() as session:
+            conversation = repo.get_or_create_conversation(session, conversation_id=None, system_prompt=system)
+            stored = [repo.add_message(session, conversation_id=conversation.id, role=Role(m["role"]),
+                                       text=m["content"]) for m in turns]
+        context = [{"role": "system", "content": system}] if system else []
+        return conversation.id, stored[-1].id, context + turns
+
+    async def _generate(self, session_id: str, user_message_id: str, request: GenerationRequest,
+                        started: float) -> AsyncIterator[str | Reply]:
         first_at = None
         try:
             async with aclosing(self.engine.stream(request)) as stream:
@@ -102,7 +135,7 @@ class ChatService:
                     total_ms, ttft_ms = (done_at - started) * 1000, ((first_at or done_at) - started) * 1000
                     message_id = await asyncio.to_thread(self._record_reply, session_id, item, total_ms)
                     yield Reply(session_id, message_id, item.text, item.adapter_version, item.prompt_tokens,
-                                item.completion_tokens, round(ttft_ms, 1), round(total_ms, 1))
+                                item.completion_tokens, round(ttft_ms, 1), round(total_ms, 1), item.finish_reason)
         except Busy as exc:  # raised before any text, when the generation queue is full
             await asyncio.to_thread(self._forget, user_message_id)  # refused, so not kept
             raise ChatError("busy", f"The assistant is busy ({exc}); please retry in a few seconds.", 429) from exc

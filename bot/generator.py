@@ -47,6 +47,7 @@ class GenerationResult:
     adapter_version: str
     prompt_tokens: int
     completion_tokens: int
+    finish_reason: str = "stop"  # "stop", "length" or "cancelled"
 
 
 class Generator(Protocol):
@@ -62,8 +63,8 @@ class Generator(Protocol):
     def close(self) -> None: ...
 
 
-def result_future(job_future: Future, make: Callable[[int], GenerationResult]) -> Future:
-    """A future of the `GenerationResult`, from the scheduler's future of the completion length."""
+def result_future(job_future: Future, make: Callable[[tuple[int, str]], GenerationResult]) -> Future:
+    """A future of the `GenerationResult`, from the scheduler's future of (tokens, finish reason)."""
     result: Future = Future()
 
     def done(f: Future) -> None:
@@ -138,8 +139,8 @@ class HFGenerator:
         max_new = min(request.max_new_tokens, self.context_window - len(prompt))
         job = Job(prompt, request.adapter_version, max_new, request.temperature, request.top_p,
                   tuple(request.stop), collect, cancel)
-        return result_future(self.scheduler.submit(job), lambda n: GenerationResult(
-            "".join(parts).strip(), request.adapter_version, len(prompt), n))
+        return result_future(self.scheduler.submit(job), lambda done: GenerationResult(
+            "".join(parts).strip(), request.adapter_version, len(prompt), *done))
 
     # ---- the Runner interface used by the scheduler ---------------------------------------------
 

@@ -48,15 +48,18 @@ class FakeGenerator:
             if request.adapter_version != "base" and request.adapter_version not in self.adapters:
                 raise AdapterError(f"adapter {request.adapter_version!r} is not loaded")
             text = self.replies.popleft() if self.replies else self.default_reply
-            pieces = text.split(" ")
+            pieces, reason = text.split(" ")[:request.max_new_tokens], "stop"
+            if len(text.split(" ")) > request.max_new_tokens:
+                text, reason = " ".join(pieces), "length"
             for i, piece in enumerate(pieces):
                 if cancel.wait(self.delay) if self.delay else cancel.is_set():
                     self.cancelled.append(request)
+                    reason = "cancelled"
                     break
                 emit(piece if i == 0 else " " + piece)
             return GenerationResult(text=text, adapter_version=request.adapter_version,
                                     prompt_tokens=sum(len(m["content"].split()) for m in request.messages),
-                                    completion_tokens=len(pieces))
+                                    completion_tokens=len(pieces), finish_reason=reason)
         finally:
             with self._lock:
                 self.pending -= 1
