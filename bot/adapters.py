@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from bot.engine import Engine
@@ -18,8 +19,9 @@ log = logging.getLogger(__name__)
 
 
 class AdapterManager:
-    def __init__(self, engine: Engine, store: Store, adapters_dir: Path, poll_seconds: float) -> None:
-        self.engine, self.store = engine, store
+    def __init__(self, engine: Engine, store: Store, adapters_dir: Path, poll_seconds: float,
+                 on_swap: Callable[[str], None] = lambda _version: None) -> None:
+        self.engine, self.store, self.on_swap = engine, store, on_swap
         self.adapters_dir, self.poll_seconds = Path(adapters_dir), poll_seconds
         self.active_version = BASE_VERSION
         self.refused: dict[str, str] = {}
@@ -53,6 +55,7 @@ class AdapterManager:
                 return False
         previous, self.active_version = self.active_version, version
         self.swaps += 1
+        self.on_swap(version)
         log.info("now serving adapter %s (was %s)", version, previous)
         if previous != BASE_VERSION:
             await self.engine.unload_adapter(previous)

@@ -10,12 +10,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from bot.adapters import AdapterManager
 from bot.basemodel import resolve_base_model
 from bot.chat import ChatService
 from bot.engine import Engine
+from bot.limits import ClientLimits
+from bot.metrics import Metrics
 from bot.generator import Generator, HFGenerator
 from bot.routes import chat, feedback, openai, ops
 from bot.settings import Settings
@@ -43,8 +46,10 @@ def _lifespan(settings: Settings, generator: Generator, store: Store | None):
         state.store = store or open_store(settings.db_url)
         state.engine = Engine(generator)
         state.adapters = AdapterManager(state.engine, state.store, settings.adapters_dir,
-                                        settings.adapter_poll_seconds)
-        state.chat = ChatService(settings, state.store, state.engine, state.adapters)
+                                        settings.adapter_poll_seconds, on_swap=lambda _v: state.metrics.swaps.inc())
+        state.metrics = Metrics(generator.stats, lambda: state.adapters.active_version)
+        state.limits = ClientLimits(settings.rate_limit, settings.max_sessions_per_client)
+        state.chat = ChatService(settings, state.store, state.engine, state.adapters, state.metrics, state.limits)
         task = asyncio.create_task(_start(app))
         try:
             yield
@@ -86,9 +91,12 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
                store: Store | None = None) -> FastAPI:
     settings = settings or Settings()
     if generator is None:
-        generator = HFGenerator(resolve_base_model(settings.base_model, settings.model_cache), settings.device)
+        generator = HFGenerator(resolve_base_model(settings.base_model, settings.model_cache), settings.device,
+                                max_batch=settings.max_batch, max_queue=settings.max_queue)
     app = FastAPI(title="supportloop", lifespan=_lifespan(settings, generator, store))
     app.state.settings = settings
+    app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST"],
+                       allow_headers=["Authorization", "Content-Type"])
     for module in (ops, chat, feedback, openai):
         app.include_router(module.router)
     _install_error_handlers(app)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from bot.adapters import AdapterManager
 from bot.engine import Engine
 from bot.generator import Busy, GenerationRequest, GenerationResult
+from bot.limits import ClientLimits, LimitExceeded
+from bot.metrics import Metrics
 from bot.settings import Settings
 from feedback import repo
 from feedback.db import Store
@@ -38,17 +40,32 @@ class Reply:
 
 
 class ChatService:
-    def __init__(self, settings: Settings, store: Store, engine: Engine, adapters: AdapterManager) -> None:
+    def __init__(self, settings: Settings, store: Store, engine: Engine, adapters: AdapterManager,
+                 metrics: Metrics, limits: ClientLimits) -> None:
         self.settings, self.store, self.engine, self.adapters = settings, store, engine, adapters
+        self.metrics, self.limits = metrics, limits
 
-    def check_text(self, text: str) -> str:
+    def _refuse(self, api: str, code: str, message: str, status: int = 422) -> ChatError:
+        self.metrics.refused(api, code)
+        return ChatError(code, message, status)
+
+    def check_text(self, text: str, api: str = "chat") -> str:
         text = text.strip()
         if not text:
-            raise ChatError("empty_message", "The message is empty.")
+            raise self._refuse(api, "empty_message", "The message is empty.")
         limit = self.settings.max_message_chars
         if len(text) > limit:
-            raise ChatError("message_too_long", f"The message has {len(text)} characters; the limit is {limit}.")
+            raise self._refuse(api, "message_too_long", f"The message has {len(text)} characters; the limit is {limit}.")
         return text
+
+    def admit(self, client: str, api: str) -> None:
+        """Refuse when the model is not loaded yet or `client` is over its message rate."""
+        if not self.adapters.synced:
+            raise self._refuse(api, "model_loading", "The model is still loading; try again in a moment.", 503)
+        try:
+            self.limits.hit(client)
+        except LimitExceeded as exc:
+            raise self._refuse(api, exc.code, exc.message, 429) from exc
 
     def _open(self, session_id: str | None) -> str:
         with self.store.session() as session:
@@ -81,33 +98,29 @@ class ChatService:
                 adapter_version=result.adapter_version, prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens, latency_ms=latency_ms).id
 
-    def _ready(self) -> None:
-        if not self.adapters.synced:
-            raise ChatError("model_loading", "The model is still loading; try again in a moment.", 503)
-
-    async def reply(self, session_id: str, text: str) -> AsyncIterator[str | Reply]:
+    async def reply(self, session_id: str, text: str, *, client: str, api: str = "chat") -> AsyncIterator[str | Reply]:
         """Answer a customer message in a session. Yields text deltas, then the stored `Reply`."""
-        text = self.check_text(text)
-        self._ready()
+        text = self.check_text(text, api)
+        self.admit(client, api)
         started = time.perf_counter()
         messages, user_message_id = await asyncio.to_thread(self._record_user, session_id, text)
         request = GenerationRequest(messages, adapter_version=self.adapters.active_version,
                                     max_new_tokens=self.settings.max_new_tokens,
                                     temperature=self.settings.temperature)
-        async with aclosing(self._generate(session_id, user_message_id, request, started)) as stream:
+        async with aclosing(self._generate(session_id, user_message_id, request, started, api)) as stream:
             async for item in stream:
                 yield item
 
-    async def complete(self, messages: list[dict], *, version: str, max_new_tokens: int, temperature: float,
-                       top_p: float, stop: tuple[str, ...]) -> AsyncIterator[str | Reply]:
+    async def complete(self, messages: list[dict], *, client: str, version: str, max_new_tokens: int,
+                       temperature: float, top_p: float, stop: tuple[str, ...]) -> AsyncIterator[str | Reply]:
         """Answer a whole conversation given by the client (the OpenAI-style API). It is stored as a
         new session so that feedback can refer to the answer."""
-        self._ready()
+        self.admit(client, "openai")
         started = time.perf_counter()
         session_id, user_message_id, context = await asyncio.to_thread(self._record_conversation, messages)
         request = GenerationRequest(context, adapter_version=version, max_new_tokens=max_new_tokens,
                                     temperature=temperature, top_p=top_p, stop=stop)
-        async with aclosing(self._generate(session_id, user_message_id, request, started)) as stream:
+        async with aclosing(self._generate(session_id, user_message_id, request, started, "openai")) as stream:
             async for item in stream:
                 yield item
 
@@ -122,7 +135,7 @@ class ChatService:
         return conversation.id, stored[-1].id, context + turns
 
     async def _generate(self, session_id: str, user_message_id: str, request: GenerationRequest,
-                        started: float) -> AsyncIterator[str | Reply]:
+                        started: float, api: str) -> AsyncIterator[str | Reply]:
         first_at = None
         try:
             async with aclosing(self.engine.stream(request)) as stream:
@@ -134,8 +147,11 @@ class ChatService:
                     done_at = time.perf_counter()
                     total_ms, ttft_ms = (done_at - started) * 1000, ((first_at or done_at) - started) * 1000
                     message_id = await asyncio.to_thread(self._record_reply, session_id, item, total_ms)
+                    self.metrics.answered(api, item.prompt_tokens, item.completion_tokens, ttft_ms / 1000,
+                                          total_ms / 1000)
                     yield Reply(session_id, message_id, item.text, item.adapter_version, item.prompt_tokens,
                                 item.completion_tokens, round(ttft_ms, 1), round(total_ms, 1), item.finish_reason)
         except Busy as exc:  # raised before any text, when the generation queue is full
             await asyncio.to_thread(self._forget, user_message_id)  # refused, so not kept
-            raise ChatError("busy", f"The assistant is busy ({exc}); please retry in a few seconds.", 429) from exc
+            raise self._refuse(api, "busy", f"The assistant is busy ({exc}); please retry in a few seconds.",
+                               429) from exc

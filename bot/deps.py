@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from starlette.requests import HTTPConnection
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
@@ -16,6 +17,11 @@ from feedback.models import Staff
 def get_session(request: Request) -> Iterator[Session]:
     with request.app.state.store.session() as session:
         yield session
+
+
+def client_address(connection: HTTPConnection) -> str:
+    """The client's address (behind a proxy, uvicorn's --proxy-headers makes this the real client)."""
+    return connection.client.host if connection.client else "unknown"
 
 
 def get_chat(request: Request) -> ChatService:

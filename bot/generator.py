@@ -60,6 +60,8 @@ class Generator(Protocol):
 
     def unload_adapter(self, version: str) -> None: ...
 
+    def stats(self) -> dict: ...
+
     def close(self) -> None: ...
 
 
@@ -109,6 +111,12 @@ class HFGenerator:
     def close(self) -> None:
         if self.scheduler is not None:
             self.scheduler.close()
+
+    def stats(self) -> dict:
+        if self.scheduler is None:
+            return {}
+        return {"queue_depth": self.scheduler.queue_depth, "batch_size": len(self.scheduler.batch.rows),
+                "steps": self.scheduler.steps}
 
     # ---- prompts --------------------------------------------------------------------------------
 

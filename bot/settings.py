@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from limits import parse
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -28,6 +29,13 @@ class Settings(BaseSettings):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy (reproducible answers)")
     max_message_chars: int = Field(2000, ge=1, description="longest accepted customer message")
     max_frame_chars: int = Field(16_000, ge=64, description="longest accepted WebSocket frame")
+    rate_limit: str = Field("60/minute", description="messages per client address, in the `limits` "
+                            "notation (e.g. 60/minute, 1000/hour)")
+    max_sessions_per_client: int = Field(20, ge=1, description="open chat connections per client address")
+    max_queue: int = Field(64, ge=0, description="requests waiting for a batch slot before 'busy'")
+    max_batch: int = Field(16, ge=1, description="requests generated together in one batch")
+    allowed_origins: list[str] = Field(["*"], description="origins allowed to call the API and open the chat "
+                                       "socket from a browser (JSON list); '*' allows any")
     adapter_poll_seconds: float = Field(2.0, gt=0, description="how often the server checks the "
                                         "store for a newly promoted adapter")
 
@@ -40,3 +48,12 @@ class Settings(BaseSettings):
     @property
     def adapters_dir(self) -> Path:
         return self.data_dir / "adapters"
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _valid_rate(cls, value: str) -> str:
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise ValueError(f"SUPPORTLOOP_RATE_LIMIT={value!r} is not a rate like '60/minute': {exc}") from exc
+        return value

@@ -32,6 +32,9 @@ class FakeGenerator:
     def load(self) -> None:
         self.release_load.wait(timeout=30)
 
+    def stats(self) -> dict:
+        return {"queue_depth": self.pending, "batch_size": min(self.pending, 1)}
+
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
 

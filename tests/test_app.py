@@ -271,3 +271,70 @@ def test_transcript_has_ids_versions_and_feedback(client, fake):
     assert answer["feedback"] == {"thumb": "down", "reason": "wrong", "comment": None}
     missing = client.get("/api/sessions/nope")
     assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+
+
+def test_metrics_count_answers_tokens_and_refusals(client, fake):
+    fake.enqueue("One two three.")
+    client.post("/api/chat", json={"message": "hi"})
+    client.post("/api/chat", json={"message": ""})
+    text = client.get("/metrics").text
+    assert 'supportloop_chat_requests_total{api="rest",outcome="ok"} 1.0' in text
+    assert 'supportloop_chat_requests_total{api="rest",outcome="empty_message"} 1.0' in text
+    assert 'supportloop_tokens_total{kind="completion"} 3.0' in text
+    assert "supportloop_time_to_first_token_seconds_bucket" in text and "supportloop_queue_depth 0.0" in text
+    assert 'supportloop_active_adapter{version="base"} 1.0' in text
+
+
+def test_rate_limit_per_client(tmp_path, store):
+    from bot.settings import Settings
+
+    limited = Settings(data_dir=tmp_path, adapter_poll_seconds=0.1, rate_limit="2/minute")
+    with TestClient(create_app(limited, generator=FakeGenerator(), store=store)) as client:
+        wait_until(lambda: client.get("/readyz").status_code == 200)
+        assert [client.post("/api/chat", json={"message": "hi"}).status_code for _ in range(2)] == [200, 200]
+        refused = client.post("/api/chat", json={"message": "hi"})
+        assert refused.status_code == 429 and "2/minute" in refused.json()["detail"]
+        with client.websocket_connect("/ws/chat") as ws:
+            assert _ask(ws, "hi")[-1]["code"] == "rate_limited"
+
+
+def test_sessions_per_client_are_capped(tmp_path, store):
+    from bot.settings import Settings
+
+    capped = Settings(data_dir=tmp_path, adapter_poll_seconds=0.1, max_sessions_per_client=1)
+    with TestClient(create_app(capped, generator=FakeGenerator(), store=store)) as client:
+        with client.websocket_connect("/ws/chat") as first:
+            with client.websocket_connect("/ws/chat") as second:
+                assert second.receive_json()["code"] == "too_many_sessions"
+            first.send_text(json.dumps({"type": "hello"}))
+            assert first.receive_json()["type"] == "session"
+        with client.websocket_connect("/ws/chat") as again:  # the slot was given back
+            again.send_text(json.dumps({"type": "hello"}))
+            assert again.receive_json()["type"] == "session"
+
+
+def test_allowed_origins_for_browsers(tmp_path, store):
+    from bot.settings import Settings
+
+    strict = Settings(data_dir=tmp_path, adapter_poll_seconds=0.1, allowed_origins=["https://shop.example"])
+    with TestClient(create_app(strict, generator=FakeGenerator(), store=store)) as client:
+        preflight = client.options("/api/chat", headers={"Origin": "https://shop.example",
+                                                         "Access-Control-Request-Method": "POST"})
+        assert preflight.headers["access-control-allow-origin"] == "https://shop.example"
+        other = client.options("/api/chat", headers={"Origin": "https://evil.example",
+                                                     "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in other.headers
+        with client.websocket_connect("/ws/chat", headers={"Origin": "https://evil.example"}) as ws:
+            assert ws.receive_json()["code"] == "origin_not_allowed"
+        with client.websocket_connect("/ws/chat", headers={"Origin": "https://shop.example"}) as ws:
+            ws.send_text(json.dumps({"type": "hello"}))
+            assert ws.receive_json()["type"] == "session"
+
+
+def test_bad_rate_setting_fails_loudly(tmp_path):
+    from pydantic import ValidationError
+
+    from bot.settings import Settings
+
+    with pytest.raises(ValidationError, match="not a rate"):
+        Settings(data_dir=tmp_path, rate_limit="lots")

@@ -6,11 +6,12 @@ import contextlib
 import logging
 from contextlib import aclosing
 
-from fastapi import APIRouter, HTTPException, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from bot.chat import ChatError, ChatService, Reply
-from bot.deps import ChatDep, SessionDep
+from bot.deps import ChatDep, SessionDep, client_address
+from bot.limits import LimitExceeded
 from bot.protocol import (
     SUPPORTED_PROTOCOLS, CancelFrame, ChatRequest, ChatResponse, ClientFrame, DoneFrame, ErrorFrame,
     FeedbackState, HelloFrame, SessionFrame, TokenFrame, Transcript, TranscriptMessage,
@@ -22,10 +23,11 @@ router = APIRouter()
 
 
 @router.post("/api/chat", response_model=ChatResponse)
-async def chat(body: ChatRequest, chat: ChatDep) -> ChatResponse:
+async def chat(body: ChatRequest, chat: ChatDep, request: Request) -> ChatResponse:
     try:
+        chat.check_text(body.message, "rest")
         session_id = await chat.open_session(body.session_id)
-        async with aclosing(chat.reply(session_id, body.message)) as reply:
+        async with aclosing(chat.reply(session_id, body.message, client=client_address(request), api="rest")) as reply:
             async for item in reply:
                 if isinstance(item, Reply):
                     return ChatResponse(session_id=session_id, message_id=item.message_id,
@@ -60,6 +62,7 @@ class _Connection:
 
     def __init__(self, ws: WebSocket, chat: ChatService, max_frame_chars: int) -> None:
         self.ws, self.chat, self.max_frame_chars = ws, chat, max_frame_chars
+        self.client = client_address(ws)
         self.session_id: str | None = None
         self.answer: asyncio.Task | None = None
         self._send_lock = asyncio.Lock()
@@ -110,7 +113,7 @@ class _Connection:
         if self.answer is not None and not self.answer.done():
             return await self.error("answer_in_progress", "Wait for the current answer, or cancel it first.")
         try:
-            text = self.chat.check_text(text)
+            text = self.chat.check_text(text, "ws")
         except ChatError as exc:
             return await self.error(exc.code, exc.message)
         if self.session_id is None:
@@ -119,7 +122,7 @@ class _Connection:
 
     async def _answer(self, text: str) -> None:
         try:
-            async with aclosing(self.chat.reply(self.session_id, text)) as reply:
+            async with aclosing(self.chat.reply(self.session_id, text, client=self.client, api="ws")) as reply:
                 async for item in reply:
                     await self.send(_frame_for(item))
         except ChatError as exc:
@@ -136,9 +139,35 @@ class _Connection:
             await asyncio.gather(self.answer, return_exceptions=True)
 
 
+def _origin_allowed(ws: WebSocket) -> bool:
+    allowed = ws.app.state.settings.allowed_origins
+    origin = ws.headers.get("origin")
+    return "*" in allowed or origin is None or origin in allowed
+
+
+async def _refuse_socket(ws: WebSocket, code: str, message: str) -> None:
+    await ws.send_text(ErrorFrame(code=code, message=message).model_dump_json())
+    await ws.close(code=1008)
+
+
 @router.websocket("/ws/chat")
 async def chat_socket(ws: WebSocket) -> None:
     await ws.accept()
+    if not _origin_allowed(ws):
+        return await _refuse_socket(ws, "origin_not_allowed", "This site may not embed the chat "
+                                    "(add it to SUPPORTLOOP_ALLOWED_ORIGINS).")
+    limits, client = ws.app.state.limits, client_address(ws)
+    try:
+        limits.connect(client)
+    except LimitExceeded as exc:
+        return await _refuse_socket(ws, exc.code, exc.message)
+    try:
+        await _serve_socket(ws)
+    finally:
+        limits.disconnect(client)
+
+
+async def _serve_socket(ws: WebSocket) -> None:
     connection = _Connection(ws, ws.app.state.chat, ws.app.state.settings.max_frame_chars)
     try:
         while True:

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.chat import ChatError, ChatService, Reply
-from bot.deps import ChatDep
+from bot.deps import ChatDep, client_address
 from feedback.models import BASE_VERSION
 
 router = APIRouter(prefix="/v1")
@@ -102,11 +102,11 @@ def _check(body: CompletionRequest, chat: ChatService) -> list[dict]:
     return messages
 
 
-def _stream_for(body: CompletionRequest, chat: ChatService, version: str) -> AsyncIterator[str | Reply]:
+def _stream_for(body: CompletionRequest, chat: ChatService, version: str, client: str) -> AsyncIterator[str | Reply]:
     settings = chat.settings
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return chat.complete(
-        _check(body, chat), version=version,
+        _check(body, chat), client=client, version=version,
         max_new_tokens=body.max_completion_tokens or body.max_tokens or settings.max_new_tokens,
         temperature=settings.temperature if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p, stop=stop)
@@ -142,9 +142,9 @@ async def _prepend(first: str | Reply, rest: AsyncIterator[str | Reply]) -> Asyn
 
 
 @router.post("/chat/completions")
-async def chat_completions(body: CompletionRequest, chat: ChatDep):
+async def chat_completions(body: CompletionRequest, chat: ChatDep, request: Request):
     version = _version(body.model, chat.adapters.active_version)
-    stream = _stream_for(body, chat, version)
+    stream = _stream_for(body, chat, version, client_address(request))
     first = await _first(stream)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

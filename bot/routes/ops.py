@@ -4,7 +4,8 @@ from __future__ import annotations
 from importlib import resources
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 router = APIRouter()
 
@@ -22,6 +23,11 @@ def readyz(request: Request) -> JSONResponse:
     if state.engine.load_error:
         return JSONResponse({"status": "error", "detail": state.engine.load_error}, status_code=503)
     return JSONResponse({"status": "loading"}, status_code=503)
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/", response_class=HTMLResponse)
