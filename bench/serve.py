@@ -45,6 +45,7 @@ def start_server(max_new_tokens: int) -> tuple[subprocess.Popen, str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "SUPPORTLOOP_DATA_DIR": tempfile.mkdtemp(prefix="supportloop-bench-"),
+           "SUPPORTLOOP_RATE_LIMIT": "100000/minute", "SUPPORTLOOP_MAX_SESSIONS_PER_CLIENT": "64",
            "SUPPORTLOOP_MAX_NEW_TOKENS": str(max_new_tokens)}
     proc = subprocess.Popen([CLI, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

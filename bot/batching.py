@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class GrowingLayer(DynamicLayer):
         return self.length if self.is_initialized else 0
 
     def reshape(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.device, self.is_initialized = keys.device, True
         self._set_buffers(keys, values, keys.shape[-2])
 
 
@@ -71,6 +73,49 @@ def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
         return tensor
     pad = [0, 0] * (tensor.dim() - 1 - dim % tensor.dim()) + [missing, 0]
     return F.pad(tensor, pad)
+
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # one (keys, values) pair per layer, batch of 1
+
+
+class PrefixCache:
+    """KV of prompt prefixes shared by many requests (the system prompt), per adapter version, LRU.
+    A hit skips recomputing those tokens at prefill."""
+
+    def __init__(self, capacity: int = 16) -> None:
+        self.capacity = capacity
+        self.entries: OrderedDict[tuple[str, tuple[int, ...]], KV] = OrderedDict()
+
+    def get(self, version: str, tokens: tuple[int, ...]) -> KV | None:
+        key = (version, tokens)
+        if key in self.entries:
+            self.entries.move_to_end(key)
+        return self.entries.get(key)
+
+    def put(self, version: str, tokens: tuple[int, ...], kv: KV) -> None:
+        self.entries[(version, tokens)] = kv
+        self.entries.move_to_end((version, tokens))
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+
+    def drop(self, version: str) -> None:
+        for key in [k for k in self.entries if k[0] == version]:
+            del self.entries[key]
+
+
+def seed_cache(cache: Cache, prefixes: list[KV | None], width: int) -> None:
+    """Fill a fresh cache with each row's cached prefix, left-padded to `width` (zeros for misses)."""
+    template = next(kv for kv in prefixes if kv is not None)
+    for i, layer in enumerate(cache.layers):
+        keys, values = template[i]
+        blank = keys.new_zeros(1, keys.shape[1], width, keys.shape[-1])
+        layer.reshape(torch.cat([_left_pad(kv[i][0], width, 2) if kv else blank for kv in prefixes]),
+                      torch.cat([_left_pad(kv[i][1], width, 2) if kv else blank for kv in prefixes]))
+
+
+def row_prefix(cache: Cache, row: int, start: int, length: int) -> KV:
+    return [(layer.keys[row:row + 1, :, start:start + length].clone(),
+             layer.values[row:row + 1, :, start:start + length].clone()) for layer in cache.layers]
 
 
 class Batch:
@@ -153,6 +198,7 @@ class TextDecoder:
 @dataclass
 class Job:
     prompt: list[int]
+    prefix_len: int  # leading prompt tokens shared by many requests (the system prompt): KV-cached
     version: str
     max_new_tokens: int
     temperature: float
@@ -192,7 +238,7 @@ class Runner(Protocol):
     eos_ids: set[int]
     tokenizer: object
 
-    def prefill(self, prompts: list[list[int]], versions: list[str]) -> tuple[torch.Tensor, Cache, torch.Tensor]: ...
+    def prefill(self, jobs: list[Job]) -> tuple[torch.Tensor, Cache, torch.Tensor]: ...
 
     def decode(self, batch: Batch) -> torch.Tensor: ...
 
@@ -288,7 +334,7 @@ class Scheduler:
 
     def _admit(self, jobs: list[Job]) -> None:
         try:
-            logits, cache, mask = self.runner.prefill([j.prompt for j in jobs], [j.version for j in jobs])
+            logits, cache, mask = self.runner.prefill(jobs)
         except Exception as exc:  # noqa: BLE001 — only the new requests fail; the batch keeps going
             log.exception("prefill failed")
             for job in jobs:

@@ -93,7 +93,7 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from bot.batching import Scheduler
+        from bot.batching import PrefixCache, Scheduler
 
         self.device = resolve_device(self.device_setting)
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
@@ -105,6 +105,7 @@ class HFGenerator:
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
+        self.prefixes = PrefixCache()
         self.scheduler = Scheduler(self, max_batch=self.max_batch, max_queue=self.max_queue)
         self.scheduler.start()
 
@@ -120,24 +121,31 @@ class HFGenerator:
 
     # ---- prompts --------------------------------------------------------------------------------
 
-    def encode(self, messages: list[dict], max_new_tokens: int) -> list[int]:
-        """Token ids of the chat prompt; the oldest turns after the system prompt are dropped until
-        the prompt fits the context window minus `max_new_tokens` (at most half the window is
+    def _template(self, messages: list[dict], generation_prompt: bool = True) -> list[int]:
+        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt,
+                                                       tokenize=True, return_dict=True)["input_ids"])
+
+    def encode(self, messages: list[dict], max_new_tokens: int) -> tuple[list[int], int]:
+        """Token ids of the chat prompt, and how many leading ones are the system prompt (shared by
+        many requests, so their KV is cached). The oldest turns after the system prompt are dropped
+        until the prompt fits the context window minus `max_new_tokens` (at most half the window is
         reserved for the answer; the answer is cut where the window ends)."""
         budget = self.context_window - min(max_new_tokens, self.context_window // 2)
         system = [m for m in messages[:1] if m["role"] == "system"]
         turns = messages[len(system):]
         while True:
-            ids = self.tokenizer.apply_chat_template(system + turns, add_generation_prompt=True, tokenize=True,
-                                                     return_dict=True)["input_ids"]
+            ids = self._template(system + turns)
             if len(ids) <= budget or len(turns) <= 1:
-                return list(ids[-budget:])
+                break
             turns = turns[2:] if len(turns) > 2 else turns[-1:]
+        prefix = self._template(system, generation_prompt=False) if system else []
+        shared = len(prefix) if len(ids) <= budget and ids[:len(prefix)] == prefix else 0
+        return ids[-budget:], shared
 
     def submit(self, request: GenerationRequest, emit: Callable[[str], None], cancel: threading.Event) -> Future:
         from bot.batching import Job
 
-        prompt = self.encode(request.messages, request.max_new_tokens)
+        prompt, prefix_len = self.encode(request.messages, request.max_new_tokens)
         parts: list[str] = []
 
         def collect(text: str) -> None:
@@ -145,7 +153,7 @@ class HFGenerator:
             emit(text)
 
         max_new = min(request.max_new_tokens, self.context_window - len(prompt))
-        job = Job(prompt, request.adapter_version, max_new, request.temperature, request.top_p,
+        job = Job(prompt, prefix_len, request.adapter_version, max_new, request.temperature, request.top_p,
                   tuple(request.stop), collect, cancel)
         return result_future(self.scheduler.submit(job), lambda done: GenerationResult(
             "".join(parts).strip(), request.adapter_version, len(prompt), *done))
@@ -163,24 +171,46 @@ class HFGenerator:
             return model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, **extra, **kwargs)
 
-    def prefill(self, prompts: list[list[int]], versions: list[str]):
+    def prefill(self, jobs):
+        """Prefill new requests together (left-padded), reusing cached system-prompt KV where possible."""
         import torch
 
-        from bot.batching import new_cache
+        from bot.batching import new_cache, row_prefix, seed_cache
 
+        versions = [job.version for job in jobs]
         unknown = {v for v in versions if v != BASE_VERSION and v not in self.adapters}
         if unknown:
             raise AdapterError(f"adapter {sorted(unknown)[0]!r} is not loaded")
-        width = max(map(len, prompts))
-        ids = torch.full((len(prompts), width), self._pad_id(), dtype=torch.long, device=self.device)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long, device=self.device)
-        for i, prompt in enumerate(prompts):
-            ids[i, width - len(prompt):] = torch.tensor(prompt, device=self.device)
-            mask[i, width - len(prompt):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        hits = [self.prefixes.get(j.version, tuple(j.prompt[:j.prefix_len])) if j.prefix_len else None for j in jobs]
+        cached = [j.prefix_len if hit is not None else 0 for j, hit in zip(jobs, hits)]
+        width, suffixes = max(cached), [j.prompt[c:] for j, c in zip(jobs, cached)]
+        ids, mask = self._left_padded(suffixes)
+        positions = (torch.tensor(cached, device=self.device)[:, None] + mask.cumsum(-1) - 1).clamp(min=0)
+        prefix_mask = torch.zeros((len(jobs), width), dtype=torch.long, device=self.device)
+        for i, c in enumerate(cached):
+            prefix_mask[i, width - c:] = 1
         cache = new_cache(self.num_layers)
+        if width:
+            seed_cache(cache, hits, width)
+        mask = torch.cat([prefix_mask, mask], dim=1)
         out = self._forward(ids, mask, positions, cache, versions, logits_to_keep=1)
+        for i, (job, hit) in enumerate(zip(jobs, hits)):
+            if job.prefix_len and hit is None:
+                start = mask.shape[1] - len(job.prompt)
+                self.prefixes.put(job.version, tuple(job.prompt[:job.prefix_len]),
+                                  row_prefix(cache, i, start, job.prefix_len))
         return out.logits[:, -1], cache, mask
+
+    def _left_padded(self, sequences: list[list[int]]):
+        import torch
+
+        width = max(map(len, sequences))
+        ids = torch.full((len(sequences), width), self._pad_id(), dtype=torch.long, device=self.device)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long, device=self.device)
+        for i, seq in enumerate(sequences):
+            ids[i, width - len(seq):] = torch.tensor(seq, device=self.device)
+            mask[i, width - len(seq):] = 1
+        return ids, mask
 
     def decode(self, batch):
         import torch
@@ -271,6 +301,7 @@ class HFGenerator:
         if version not in self.adapters:
             return True
         self.adapters.discard(version)
+        self.prefixes.drop(version)
         if self.adapters:
             self.peft.delete_adapter(version)
         else:  # the last one: give back the plain base model

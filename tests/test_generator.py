@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from bot.batching import TextDecoder
+from bot.batching import Job, TextDecoder
 from bot.generator import AdapterError, Busy, GenerationRequest, HFGenerator
 from tests.conftest import wait_until
 from trainer.config import LoraSettings, SFTSettings
@@ -80,7 +80,8 @@ def test_long_history_is_truncated_oldest_first_keeping_system(generator):
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "words " * 20}
              for i in range(40)]
     turns.append({"role": "user", "content": "last question"})
-    ids = generator.encode([system] + turns, max_new_tokens=64)
+    ids, shared = generator.encode([system] + turns, max_new_tokens=64)
+    assert "SYSTEM-PROMPT" in generator.tokenizer.decode(ids[:shared])  # still the shared, cacheable prefix
     assert len(ids) <= generator.context_window - 64
     text = generator.tokenizer.decode(ids)
     assert text.count("SYSTEM-PROMPT") == 1 and "last question" in text and "turn 0 " not in text
@@ -131,8 +132,21 @@ def test_full_queue_answers_busy(tiny_model):
 
 
 def _last_logits(generator: HFGenerator, version: str = "base") -> torch.Tensor:
-    prompt = generator.encode([{"role": "user", "content": "When is check-in?"}], 8)
-    return generator.scheduler.call(lambda: generator.prefill([prompt], [version])[0][0]).result()
+    prompt, _ = generator.encode([{"role": "user", "content": "When is check-in?"}], 8)
+    job = Job(prompt, 0, version, 8, 0.0, 1.0, (), lambda _t: None, threading.Event())
+    return generator.scheduler.call(lambda: generator.prefill([job])[0][0]).result()
+
+
+def test_system_prompt_kv_is_reused_without_changing_answers(generator):
+    system = {"role": "system", "content": "You are a concise support assistant for hotels."}
+    requests = [GenerationRequest([system, {"role": "user", "content": q}], max_new_tokens=10) for q in QUESTIONS]
+    generator.scheduler.call(generator.prefixes.entries.clear).result()
+    first = [run(generator, r)[0].text for r in requests]  # the first one stores the prefix
+    assert len(generator.prefixes.entries) == 1
+    futures = [generator.submit(r, lambda _t: None, threading.Event()) for r in requests]  # all hits, batched
+    assert [f.result(timeout=60).text for f in futures] == first
+    ids, shared = generator.encode(requests[0].messages, 10)
+    assert 0 < shared < len(ids) and generator.tokenizer.decode(ids[:shared]).count("concise support") == 1
 
 
 def test_adapter_rows_and_base_rows_share_a_batch(generator, adapter):
