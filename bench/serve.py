@@ -77,6 +77,18 @@ async def ask(ws_url: str, text: str) -> dict:
                 raise RuntimeError(frame)
 
 
+def engine_stats(url: str) -> dict:
+    """The server's own accounting from /metrics: time in prefill and decode, steps, rows."""
+    wanted = {"supportloop_engine_seconds{phase=\"prefill\"}": "prefill_s", "supportloop_engine_seconds"
+              "{phase=\"decode\"}": "decode_s", "supportloop_decode_steps": "steps", "supportloop_decode_rows": "rows"}
+    stats = {}
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in wanted:
+            stats[wanted[name]] = float(value)
+    return stats
+
+
 async def level(ws_url: str, questions: list[str], sessions: int) -> dict:
     """Every session asks the whole prompt set, one question after the other (each starting at a
     different question), so requests arrive and leave at different times."""
@@ -127,7 +139,15 @@ def main() -> None:
     ws_url = url.replace("http", "ws") + "/ws/chat"
     try:
         asyncio.run(ask(ws_url, questions[0]))  # warm-up
-        levels = [asyncio.run(level(ws_url, questions, n)) for n in LEVELS]
+        levels = []
+        for n in LEVELS:
+            before = engine_stats(url)
+            levels.append(asyncio.run(level(ws_url, questions, n)))
+            after = engine_stats(url)
+            steps = after["steps"] - before["steps"]
+            levels[-1].update(prefill_s=round(after["prefill_s"] - before["prefill_s"], 1),
+                              decode_s=round(after["decode_s"] - before["decode_s"], 1),
+                              mean_batch=round((after["rows"] - before["rows"]) / max(steps, 1), 1))
     finally:
         proc.terminate()
         proc.wait(timeout=30)

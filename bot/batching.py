@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -254,7 +255,8 @@ class Scheduler:
         self.pending: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self.controls: queue.Queue[tuple[Callable, Future]] = queue.Queue()
         self.batch = Batch()
-        self.steps = 0
+        self.steps = self.rows_stepped = 0
+        self.seconds = {"prefill": 0.0, "decode": 0.0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="supportloop-batch", daemon=True)
 
@@ -333,6 +335,7 @@ class Scheduler:
         return live
 
     def _admit(self, jobs: list[Job]) -> None:
+        started = time.perf_counter()
         try:
             logits, cache, mask = self.runner.prefill(jobs)
         except Exception as exc:  # noqa: BLE001 — only the new requests fail; the batch keeps going
@@ -345,13 +348,16 @@ class Scheduler:
         self._advance(rows, sample(logits, rows))
         self.batch.merge(cache, mask, rows)
         self._retire()
+        self.seconds["prefill"] += time.perf_counter() - started
 
     def _step(self) -> None:
+        started = time.perf_counter()
         self.batch.mask = F.pad(self.batch.mask, (0, 1), value=1)  # the column of the token fed now
         logits = self.runner.decode(self.batch)
-        self.steps += 1
+        self.steps, self.rows_stepped = self.steps + 1, self.rows_stepped + len(self.batch.rows)
         self._advance(self.batch.rows, sample(logits, self.batch.rows))
         self._retire()
+        self.seconds["decode"] += time.perf_counter() - started
 
     def _advance(self, rows: list[Row], tokens: list[int]) -> None:
         for row, token in zip(rows, tokens):

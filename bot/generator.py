@@ -116,8 +116,10 @@ class HFGenerator:
     def stats(self) -> dict:
         if self.scheduler is None:
             return {}
-        return {"queue_depth": self.scheduler.queue_depth, "batch_size": len(self.scheduler.batch.rows),
-                "steps": self.scheduler.steps}
+        scheduler = self.scheduler
+        return {"queue_depth": scheduler.queue_depth, "batch_size": len(scheduler.batch.rows),
+                "decode_steps": scheduler.steps, "decode_rows": scheduler.rows_stepped,
+                "prefill_seconds": scheduler.seconds["prefill"], "decode_seconds": scheduler.seconds["decode"]}
 
     # ---- prompts --------------------------------------------------------------------------------
 
