@@ -79,8 +79,8 @@ async def ask(ws_url: str, text: str) -> dict:
 
 def engine_stats(url: str) -> dict:
     """The server's own accounting from /metrics: time in prefill and decode, steps, rows."""
-    wanted = {"supportloop_engine_seconds{phase=\"prefill\"}": "prefill_s", "supportloop_engine_seconds"
-              "{phase=\"decode\"}": "decode_s", "supportloop_decode_steps": "steps", "supportloop_decode_rows": "rows"}
+    wanted = {"supportloop_engine_step_seconds": "step_s", "supportloop_engine_steps": "steps",
+              "supportloop_engine_step_rows": "rows", "supportloop_engine_prefill_tokens": "prefill_tokens"}
     stats = {}
     for line in httpx.get(url + "/metrics").text.splitlines():
         name, _, value = line.rpartition(" ")
@@ -145,9 +145,9 @@ def main() -> None:
             levels.append(asyncio.run(level(ws_url, questions, n)))
             after = engine_stats(url)
             steps = after["steps"] - before["steps"]
-            levels[-1].update(prefill_s=round(after["prefill_s"] - before["prefill_s"], 1),
-                              decode_s=round(after["decode_s"] - before["decode_s"], 1),
-                              mean_batch=round((after["rows"] - before["rows"]) / max(steps, 1), 1))
+            levels[-1].update(steps=int(steps), step_ms=round(1000 * (after["step_s"] - before["step_s"]) / max(steps, 1), 1),
+                              mean_batch=round((after["rows"] - before["rows"]) / max(steps, 1), 1),
+                              prefill_tokens=int(after["prefill_tokens"] - before["prefill_tokens"]))
     finally:
         proc.terminate()
         proc.wait(timeout=30)

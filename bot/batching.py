@@ -1,10 +1,13 @@
-"""Continuous batching: one scheduler thread owns the model; requests join and leave at step boundaries.
+"""Continuous batching with packed sequences: one scheduler thread owns the model; requests join and
+leave at step boundaries, and each step is ONE forward pass over every active request.
 
-Each step runs one forward pass over every active request. New requests are prefilled together
-(left-padded) and merged into the running batch; finished or cancelled ones are dropped from it
-before the next step. The KV cache grows in place (no re-concatenation per token), rows carry their
-own positions, sampling settings, stop strings and adapter version. The model-specific work lives
-behind `Runner` (implemented by `bot.generator.HFGenerator`).
+The tokens of all requests in a step are packed into a single row: one token for each request that is
+decoding, and a chunk of the prompt for each request that is being prefilled. So a new request rides
+along with the decode step instead of costing a forward pass of its own (on a CPU, a forward pass costs
+about the same for 1 token as for 40: reading the weights dominates). Each request keeps its own KV
+buffers, growing in place; attention runs per request over its own keys (`packed_attention`), so no
+padding is computed. Rows carry their own positions, sampling settings, stop strings and adapter version.
+The model-specific work lives behind `Runner` (implemented by `bot.generator.HFGenerator`).
 """
 from __future__ import annotations
 
@@ -25,58 +28,94 @@ from transformers.cache_utils import Cache, DynamicLayer
 from bot.generator import Busy
 
 log = logging.getLogger(__name__)
+PREFILL_CHUNK = 256  # prompt tokens of one request fed per step (longer prompts take several steps)
 
 
-# ---- KV cache ----------------------------------------------------------------------------------
+# ---- KV storage ---------------------------------------------------------------------------------
 
-class GrowingLayer(DynamicLayer):
-    """A KV layer with spare capacity: appending a token writes in place instead of concatenating
-    the whole cache every step (which cost ~15% of a decode step)."""
+class PackedLayer(DynamicLayer):
+    """One layer's KV, one growing buffer per sequence. `update` receives the packed keys and values
+    of a step and appends each sequence's slice to its own buffer, in place."""
 
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.device, self.length, self.is_initialized = key_states.device, 0, True
-        self._set_buffers(key_states.new_zeros(*key_states.shape[:2], 0, key_states.shape[-1]),
-                          value_states.new_zeros(*value_states.shape[:2], 0, value_states.shape[-1]), 0)
-
-    def _set_buffers(self, keys: torch.Tensor, values: torch.Tensor, length: int, spare: int = 64) -> None:
-        shape = (*keys.shape[:2], length + spare, keys.shape[-1])
-        self._k, self._v = keys.new_zeros(shape), values.new_zeros(shape)
-        self._k[:, :, :length], self._v[:, :, :length] = keys[:, :, :length], values[:, :, :length]
-        self.length = length
-        self.keys, self.values = self._k[:, :, :length], self._v[:, :, :length]
+    def __init__(self) -> None:
+        super().__init__()
+        self.seqs: dict[int, list] = {}  # seq id -> [keys (H, capacity, D), values, length]
+        self.is_initialized = True
+        self.plan: list[tuple[int, int]] = []
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        n, end = key_states.shape[-2], self.length + key_states.shape[-2]
-        if end > self._k.shape[-2]:
-            self._set_buffers(self.keys, self.values, self.length, spare=max(64, self.length + n))
-        self._k[:, :, self.length:end], self._v[:, :, self.length:end] = key_states, value_states
-        self.length = end
-        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
-        return self.keys, self.values
+        offset = 0
+        for seq, n in self.plan:
+            self.append(seq, key_states[0, :, offset:offset + n], value_states[0, :, offset:offset + n])
+            offset += n
+        return key_states, value_states
+
+    def append(self, seq: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        entry = self.seqs.get(seq)
+        n = keys.shape[1]
+        if entry is None or entry[2] + n > entry[0].shape[1]:
+            length = 0 if entry is None else entry[2]
+            capacity = max(64, 2 * (length + n))
+            grown = [keys.new_empty(keys.shape[0], capacity, keys.shape[2]),
+                     values.new_empty(values.shape[0], capacity, values.shape[2]), length]
+            if entry is not None:
+                grown[0][:, :length], grown[1][:, :length] = entry[0][:, :length], entry[1][:, :length]
+            self.seqs[seq] = entry = grown
+        entry[0][:, entry[2]:entry[2] + n], entry[1][:, entry[2]:entry[2] + n] = keys, values
+        entry[2] += n
+
+    def view(self, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values, length = self.seqs[seq]
+        return keys[None, :, :length], values[None, :, :length]
 
     def get_seq_length(self) -> int:
-        return self.length if self.is_initialized else 0
-
-    def reshape(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        self.device, self.is_initialized = keys.device, True
-        self._set_buffers(keys, values, keys.shape[-2])
+        return 0
 
 
-def new_cache(num_layers: int) -> Cache:
-    return Cache(layers=[GrowingLayer() for _ in range(num_layers)])
+class PackedCache(Cache):
+    """The KV of every running sequence, for every layer."""
+
+    def __init__(self, num_layers: int) -> None:
+        super().__init__(layers=[PackedLayer() for _ in range(num_layers)])
+
+    def set_plan(self, plan: list[tuple[int, int]]) -> None:
+        for layer in self.layers:
+            layer.plan = plan
+
+    def release(self, seq: int) -> None:
+        for layer in self.layers:
+            layer.seqs.pop(seq, None)
+
+    def copy_prefix(self, seq: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(layer.seqs[seq][0][:, :length].clone(), layer.seqs[seq][1][:, :length].clone())
+                for layer in self.layers]
+
+    def seed(self, seq: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for layer, (keys, values) in zip(self.layers, prefix):
+            layer.append(seq, keys, values)
 
 
-def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    missing = length - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    pad = [0, 0] * (tensor.dim() - 1 - dim % tensor.dim()) + [missing, 0]
-    return F.pad(tensor, pad)
+def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                     packed_cache: PackedCache | None = None, **kwargs):
+    """Attention for a packed step: each sequence's queries attend to that sequence's keys only
+    (causally, aligned to the end of its keys). An `AttentionInterface` function."""
+    layer = packed_cache.layers[module.layer_idx]
+    out = torch.empty_like(query)
+    offset = 0
+    for seq, n in layer.plan:
+        keys, values = layer.view(seq)
+        total = keys.shape[2]
+        mask = None
+        if n > 1:
+            mask = torch.arange(total, device=query.device)[None, :] <= (
+                total - n + torch.arange(n, device=query.device))[:, None]
+        out[:, :, offset:offset + n] = F.scaled_dot_product_attention(
+            query[:, :, offset:offset + n], keys, values, attn_mask=mask, scale=scaling, enable_gqa=True)
+        offset += n
+    return out.transpose(1, 2).contiguous(), None
 
 
-KV = list[tuple[torch.Tensor, torch.Tensor]]  # one (keys, values) pair per layer, batch of 1
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # one (keys, values) pair per layer
 
 
 class PrefixCache:
@@ -102,56 +141,6 @@ class PrefixCache:
     def drop(self, version: str) -> None:
         for key in [k for k in self.entries if k[0] == version]:
             del self.entries[key]
-
-
-def seed_cache(cache: Cache, prefixes: list[KV | None], width: int) -> None:
-    """Fill a fresh cache with each row's cached prefix, left-padded to `width` (zeros for misses)."""
-    template = next(kv for kv in prefixes if kv is not None)
-    for i, layer in enumerate(cache.layers):
-        keys, values = template[i]
-        blank = keys.new_zeros(1, keys.shape[1], width, keys.shape[-1])
-        layer.reshape(torch.cat([_left_pad(kv[i][0], width, 2) if kv else blank for kv in prefixes]),
-                      torch.cat([_left_pad(kv[i][1], width, 2) if kv else blank for kv in prefixes]))
-
-
-def row_prefix(cache: Cache, row: int, start: int, length: int) -> KV:
-    return [(layer.keys[row:row + 1, :, start:start + length].clone(),
-             layer.values[row:row + 1, :, start:start + length].clone()) for layer in cache.layers]
-
-
-class Batch:
-    """The running batch: a KV cache, its 2-D attention mask and one `Row` per request."""
-
-    def __init__(self) -> None:
-        self.cache: Cache | None = None
-        self.mask: torch.Tensor | None = None
-        self.rows: list[Row] = []
-
-    def merge(self, cache: Cache, mask: torch.Tensor, rows: list[Row]) -> None:
-        if not self.rows:
-            self.cache, self.mask, self.rows = cache, mask, rows
-            return
-        length = max(self.mask.shape[1], mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, cache.layers):
-            mine.reshape(torch.cat([_left_pad(mine.keys, length, 2), _left_pad(theirs.keys, length, 2)]),
-                         torch.cat([_left_pad(mine.values, length, 2), _left_pad(theirs.values, length, 2)]))
-        self.mask = torch.cat([_left_pad(self.mask, length, 1), _left_pad(mask, length, 1)])
-        self.rows = self.rows + rows
-
-    def keep(self, keep: list[int]) -> None:
-        """Drop every row not in `keep`, then the leading columns that are padding for all rows."""
-        if len(keep) == len(self.rows):
-            return
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
-            self.cache = self.mask = None
-            return
-        index = torch.tensor(keep, device=self.mask.device)
-        mask = self.mask[index]
-        start = int((mask.sum(0) > 0).nonzero()[0])
-        self.mask = mask[:, start:]
-        for layer in self.cache.layers:
-            layer.reshape(layer.keys[index, :, start:], layer.values[index, :, start:])
 
 
 # ---- text -------------------------------------------------------------------------------------
@@ -214,10 +203,33 @@ class Job:
 class Row:
     job: Job
     decoder: TextDecoder
-    position: int  # the position `last_token` takes when it is fed (= tokens already in the cache)
+    seq: int
+    fed: int = 0  # prompt tokens already in the KV cache
     last_token: int = 0
     generated: int = 0
     finish_reason: str | None = None  # "stop" (end of answer or a stop string), "length" or "cancelled"
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < len(self.job.prompt)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """What one request contributes to a packed step: tokens and the position of the first."""
+    row: Row
+    tokens: list[int]
+    start: int
+
+
+def plan_step(rows: list[Row]) -> list[Segment]:
+    segments = []
+    for row in rows:
+        if row.prefilling:
+            segments.append(Segment(row, row.job.prompt[row.fed:row.fed + PREFILL_CHUNK], row.fed))
+        else:
+            segments.append(Segment(row, [row.last_token], len(row.job.prompt) + row.generated - 1))
+    return segments
 
 
 def sample(logits: torch.Tensor, rows: list[Row]) -> list[int]:
@@ -239,9 +251,11 @@ class Runner(Protocol):
     eos_ids: set[int]
     tokenizer: object
 
-    def prefill(self, jobs: list[Job]) -> tuple[torch.Tensor, Cache, torch.Tensor]: ...
+    def start(self, row: Row) -> int: ...
 
-    def decode(self, batch: Batch) -> torch.Tensor: ...
+    def forward(self, segments: list[Segment]) -> torch.Tensor: ...
+
+    def release(self, row: Row) -> None: ...
 
 
 # ---- the scheduler ----------------------------------------------------------------------------
@@ -254,9 +268,10 @@ class Scheduler:
         self.runner, self.max_batch = runner, max_batch
         self.pending: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self.controls: queue.Queue[tuple[Callable, Future]] = queue.Queue()
-        self.batch = Batch()
-        self.steps = self.rows_stepped = 0
-        self.seconds = {"prefill": 0.0, "decode": 0.0}
+        self.rows: list[Row] = []
+        self.steps = self.rows_stepped = self.prefill_tokens = 0
+        self.seconds = 0.0
+        self._next_seq = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="supportloop-batch", daemon=True)
 
@@ -275,7 +290,7 @@ class Scheduler:
         """Whether a running or queued request uses adapter `version`."""
         with self.pending.mutex:
             queued = any(job.version == version for job in self.pending.queue)
-        return queued or any(row.job.version == version for row in self.batch.rows)
+        return queued or any(row.job.version == version for row in self.rows)
 
     def submit(self, job: Job) -> Future:
         try:
@@ -295,16 +310,16 @@ class Scheduler:
                 self._tick()
             except Exception as exc:  # noqa: BLE001 — fail the requests in flight, keep serving
                 log.exception("batch step failed")
-                for row in self.batch.rows:
+                for row in self.rows:
                     row.job.future.set_exception(exc)
-                self.batch = Batch()
+                    self.runner.release(row)
+                self.rows = []
 
     def _tick(self) -> None:
         self._run_controls()
-        jobs = self._take(block=not self.batch.rows)
-        if jobs:
-            self._admit(jobs)
-        if self.batch.rows:
+        for job in self._take(block=not self.rows):
+            self._admit(job)
+        if self.rows:
             self._step()
 
     def _run_controls(self) -> None:
@@ -320,7 +335,7 @@ class Scheduler:
 
     def _take(self, block: bool) -> list[Job]:
         jobs: list[Job] = []
-        room = self.max_batch - len(self.batch.rows)
+        room = self.max_batch - len(self.rows)
         try:
             if block:
                 jobs.append(self.pending.get(timeout=0.05))
@@ -328,40 +343,45 @@ class Scheduler:
                 jobs.append(self.pending.get_nowait())
         except queue.Empty:
             pass
-        live = [job for job in jobs if not job.cancel.is_set()]
         for job in jobs:
             if job.cancel.is_set():
                 job.future.set_result((0, "cancelled"))
-        return live
+        return [job for job in jobs if not job.cancel.is_set()]
 
-    def _admit(self, jobs: list[Job]) -> None:
-        started = time.perf_counter()
+    def _admit(self, job: Job) -> None:
+        self._next_seq += 1
+        row = Row(job, TextDecoder(self.runner.tokenizer, job.stops), seq=self._next_seq)
         try:
-            logits, cache, mask = self.runner.prefill(jobs)
-        except Exception as exc:  # noqa: BLE001 — only the new requests fail; the batch keeps going
-            log.exception("prefill failed")
-            for job in jobs:
-                job.future.set_exception(exc)
+            row.fed = self.runner.start(row)
+        except Exception as exc:  # noqa: BLE001 — only this request fails; the batch keeps going
+            job.future.set_exception(exc)
+            self.runner.release(row)
             return
-        rows = [Row(job, TextDecoder(self.runner.tokenizer, job.stops), position=len(job.prompt) - 1)
-                for job in jobs]
-        self._advance(rows, sample(logits, rows))
-        self.batch.merge(cache, mask, rows)
-        self._retire()
-        self.seconds["prefill"] += time.perf_counter() - started
+        self.rows.append(row)
 
     def _step(self) -> None:
         started = time.perf_counter()
-        self.batch.mask = F.pad(self.batch.mask, (0, 1), value=1)  # the column of the token fed now
-        logits = self.runner.decode(self.batch)
-        self.steps, self.rows_stepped = self.steps + 1, self.rows_stepped + len(self.batch.rows)
-        self._advance(self.batch.rows, sample(logits, self.batch.rows))
+        segments = plan_step(self.rows)
+        logits = self.runner.forward(segments)
+        self.steps, self.rows_stepped = self.steps + 1, self.rows_stepped + len(segments)
+        ready, ready_logits = [], []
+        for i, segment in enumerate(segments):
+            row = segment.row
+            if row.prefilling:
+                row.fed += len(segment.tokens)
+                self.prefill_tokens += len(segment.tokens)
+                if row.prefilling:
+                    continue
+            ready.append(row)
+            ready_logits.append(i)
+        if ready:
+            self._advance(ready, sample(logits[ready_logits], ready))
         self._retire()
-        self.seconds["decode"] += time.perf_counter() - started
+        self.seconds += time.perf_counter() - started
 
     def _advance(self, rows: list[Row], tokens: list[int]) -> None:
         for row, token in zip(rows, tokens):
-            row.last_token, row.position, row.generated = token, row.position + 1, row.generated + 1
+            row.last_token, row.generated = token, row.generated + 1
             finished = token in self.runner.eos_ids
             if not finished:
                 delta = row.decoder.add(token)
@@ -372,11 +392,16 @@ class Scheduler:
                                  "length" if row.generated >= row.job.max_new_tokens else None)
 
     def _retire(self) -> None:
-        for row in self.batch.rows:
-            if row.finish_reason:
-                tail = row.decoder.finish()
-                if tail:
-                    row.job.emit(tail)
-                row.job.future.set_result((row.generated, row.finish_reason))
-        self.batch.keep([i for i, row in enumerate(self.batch.rows) if not row.finish_reason])
-
+        keep = []
+        for row in self.rows:
+            if row.finish_reason is None and row.job.cancel.is_set():
+                row.finish_reason = "cancelled"
+            if row.finish_reason is None:
+                keep.append(row)
+                continue
+            tail = row.decoder.finish() if row.finish_reason != "cancelled" else ""
+            if tail:
+                row.job.emit(tail)
+            self.runner.release(row)
+            row.job.future.set_result((row.generated, row.finish_reason))
+        self.rows = keep

@@ -20,6 +20,7 @@ from feedback.models import BASE_VERSION
 
 log = logging.getLogger(__name__)
 
+PACKED_ATTENTION = "supportloop_packed"
 PROBE_MESSAGES = [{"role": "user", "content": "Hello, can you help me?"}]
 
 
@@ -93,7 +94,9 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from bot.batching import PrefixCache, Scheduler
+        from transformers import AttentionInterface
+
+        from bot.batching import PackedCache, PrefixCache, Scheduler, packed_attention
 
         self.device = resolve_device(self.device_setting)
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
@@ -105,7 +108,12 @@ class HFGenerator:
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
+        AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+        self.model.config._attn_implementation = PACKED_ATTENTION
+        self._no_mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # masks are per sequence
+        self.cache = PackedCache(self.num_layers)
         self.prefixes = PrefixCache()
+        self._want_prefix: dict[int, tuple[str, tuple[int, ...]]] = {}
         self.scheduler = Scheduler(self, max_batch=self.max_batch, max_queue=self.max_queue)
         self.scheduler.start()
 
@@ -117,9 +125,9 @@ class HFGenerator:
         if self.scheduler is None:
             return {}
         scheduler = self.scheduler
-        return {"queue_depth": scheduler.queue_depth, "batch_size": len(scheduler.batch.rows),
-                "decode_steps": scheduler.steps, "decode_rows": scheduler.rows_stepped,
-                "prefill_seconds": scheduler.seconds["prefill"], "decode_seconds": scheduler.seconds["decode"]}
+        return {"queue_depth": scheduler.queue_depth, "batch_size": len(scheduler.rows), "steps": scheduler.steps,
+                "step_rows": scheduler.rows_stepped, "prefill_tokens": scheduler.prefill_tokens,
+                "step_seconds": scheduler.seconds}
 
     # ---- prompts --------------------------------------------------------------------------------
 
@@ -173,55 +181,73 @@ class HFGenerator:
             return model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, **extra, **kwargs)
 
-    def prefill(self, jobs):
-        """Prefill new requests together (left-padded), reusing cached system-prompt KV where possible."""
+    def start(self, row) -> int:
+        """A new request joins: reuse its system prompt's KV if cached. Returns prompt tokens cached."""
+        job = row.job
+        if job.version != BASE_VERSION and job.version not in self.adapters:
+            raise AdapterError(f"adapter {job.version!r} is not loaded")
+        if not job.prefix_len:
+            return 0
+        key = tuple(job.prompt[:job.prefix_len])
+        hit = self.prefixes.get(job.version, key)
+        if hit is None:
+            self._want_prefix[row.seq] = (job.version, key)
+            return 0
+        self.cache.seed(row.seq, hit)
+        return job.prefix_len
+
+    def forward(self, segments):
+        """One packed forward pass per adapter version present (usually one); the logits of each
+        segment's last token."""
         import torch
 
-        from bot.batching import new_cache, row_prefix, seed_cache
+        logits = [None] * len(segments)
+        groups: dict[str, list[int]] = {}
+        for i, segment in enumerate(segments):
+            groups.setdefault(segment.row.job.version, []).append(i)
+        for version, indices in groups.items():
+            out = self._packed_forward([segments[i] for i in indices], version)
+            for j, i in enumerate(indices):
+                logits[i] = out[j]
+        self._remember_prefixes(segments)
+        return torch.stack(logits)
 
-        versions = [job.version for job in jobs]
-        unknown = {v for v in versions if v != BASE_VERSION and v not in self.adapters}
-        if unknown:
-            raise AdapterError(f"adapter {sorted(unknown)[0]!r} is not loaded")
-        hits = [self.prefixes.get(j.version, tuple(j.prompt[:j.prefix_len])) if j.prefix_len else None for j in jobs]
-        cached = [j.prefix_len if hit is not None else 0 for j, hit in zip(jobs, hits)]
-        width, suffixes = max(cached), [j.prompt[c:] for j, c in zip(jobs, cached)]
-        ids, mask = self._left_padded(suffixes)
-        positions = (torch.tensor(cached, device=self.device)[:, None] + mask.cumsum(-1) - 1).clamp(min=0)
-        prefix_mask = torch.zeros((len(jobs), width), dtype=torch.long, device=self.device)
-        for i, c in enumerate(cached):
-            prefix_mask[i, width - c:] = 1
-        cache = new_cache(self.num_layers)
-        if width:
-            seed_cache(cache, hits, width)
-        mask = torch.cat([prefix_mask, mask], dim=1)
-        out = self._forward(ids, mask, positions, cache, versions, logits_to_keep=1)
-        for i, (job, hit) in enumerate(zip(jobs, hits)):
-            if job.prefix_len and hit is None:
-                start = mask.shape[1] - len(job.prompt)
-                self.prefixes.put(job.version, tuple(job.prompt[:job.prefix_len]),
-                                  row_prefix(cache, i, start, job.prefix_len))
-        return out.logits[:, -1], cache, mask
-
-    def _left_padded(self, sequences: list[list[int]]):
+    def _packed_forward(self, segments, version: str):
         import torch
 
-        width = max(map(len, sequences))
-        ids = torch.full((len(sequences), width), self._pad_id(), dtype=torch.long, device=self.device)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long, device=self.device)
-        for i, seq in enumerate(sequences):
-            ids[i, width - len(seq):] = torch.tensor(seq, device=self.device)
-            mask[i, width - len(seq):] = 1
-        return ids, mask
+        ids = torch.tensor([[t for s in segments for t in s.tokens]], device=self.device)
+        positions = torch.tensor([[s.start + k for s in segments for k in range(len(s.tokens))]], device=self.device)
+        last = torch.tensor([len(s.tokens) for s in segments], device=self.device).cumsum(0) - 1
+        self.cache.set_plan([(s.row.seq, len(s.tokens)) for s in segments])
+        extra = {"adapter_names": ["__base__" if version == BASE_VERSION else version]} if self.peft else {}
+        model = self.peft if self.peft is not None else self.model
+        with torch.inference_mode():
+            out = model(input_ids=ids, position_ids=positions, cache=self.cache, attention_mask=self._no_mask,
+                        use_cache=True, logits_to_keep=last, packed_cache=self.cache, **extra)
+        return out.logits[0]
 
-    def decode(self, batch):
-        import torch
+    def _remember_prefixes(self, segments) -> None:
+        for segment in segments:
+            row = segment.row
+            want = self._want_prefix.get(row.seq)
+            if want is not None and segment.start + len(segment.tokens) >= row.job.prefix_len:
+                self.prefixes.put(*want, self.cache.copy_prefix(row.seq, row.job.prefix_len))
+                del self._want_prefix[row.seq]
 
-        rows = batch.rows
-        ids = torch.tensor([[r.last_token] for r in rows], device=self.device)
-        positions = torch.tensor([[r.position] for r in rows], device=self.device)
-        out = self._forward(ids, batch.mask, positions, batch.cache, [r.job.version for r in rows])
-        return out.logits[:, -1]
+    def release(self, row) -> None:
+        self.cache.release(row.seq)
+        self._want_prefix.pop(row.seq, None)
+
+    def logits_for(self, prompt: list[int], version: str = BASE_VERSION):
+        """Next-token logits after `prompt`, through the serving path (call it in the scheduler thread)."""
+        from bot.batching import Job, Row, Segment
+
+        row = Row(Job(prompt, 0, version, 1, 0.0, 1.0, (), lambda _t: None, threading.Event()), None, seq=-1)
+        try:
+            self.start(row)
+            return self.forward([Segment(row, prompt, 0)])[0]
+        finally:
+            self.release(row)
 
     def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id

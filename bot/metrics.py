@@ -23,14 +23,13 @@ class Metrics:
               registry=registry).set_function(lambda: stats().get("queue_depth", 0))
         Gauge("supportloop_batch_size", "Requests in the running batch",
               registry=registry).set_function(lambda: stats().get("batch_size", 0))
-        engine = Gauge("supportloop_engine_seconds", "Time the batch loop spent, by phase", ["phase"],
-                       registry=registry)
-        for phase in ("prefill", "decode"):
-            engine.labels(phase).set_function(lambda phase=phase: stats().get(f"{phase}_seconds", 0.0))
-        Gauge("supportloop_decode_steps", "Decode steps run", registry=registry).set_function(
-            lambda: stats().get("decode_steps", 0))
-        Gauge("supportloop_decode_rows", "Rows decoded, summed over steps (÷ steps = mean batch size)",
-              registry=registry).set_function(lambda: stats().get("decode_rows", 0))
+        for name, key, doc in (("supportloop_engine_step_seconds", "step_seconds", "Time spent in batch steps"),
+                               ("supportloop_engine_steps", "steps", "Batch steps (forward passes) run"),
+                               ("supportloop_engine_step_rows", "step_rows", "Requests per step, summed over "
+                                "steps (÷ steps = mean batch size)"),
+                               ("supportloop_engine_prefill_tokens", "prefill_tokens", "Prompt tokens computed "
+                                "(not served from the prefix cache)")):
+            Gauge(name, doc, registry=registry).set_function(lambda key=key: stats().get(key, 0))
         self._version = Gauge("supportloop_active_adapter", "1 for the adapter version serving new requests",
                               ["version"], registry=registry)
         self._active_version = active_version

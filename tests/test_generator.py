@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from bot.batching import Job, TextDecoder
+from bot.batching import TextDecoder
 from bot.generator import AdapterError, Busy, GenerationRequest, HFGenerator
 from tests.conftest import wait_until
 from trainer.config import LoraSettings, SFTSettings
@@ -111,7 +111,8 @@ def test_cancel_frees_the_slot_at_the_next_step(generator):
     assert started.wait(30)
     cancel.set()
     assert future.result(timeout=30).completion_tokens < 200
-    wait_until(lambda: not generator.scheduler.batch.rows, timeout=10)
+    wait_until(lambda: not generator.scheduler.rows, timeout=10)
+    assert not generator.cache.layers[0].seqs  # its KV was freed
 
 
 def test_full_queue_answers_busy(tiny_model):
@@ -133,8 +134,7 @@ def test_full_queue_answers_busy(tiny_model):
 
 def _last_logits(generator: HFGenerator, version: str = "base") -> torch.Tensor:
     prompt, _ = generator.encode([{"role": "user", "content": "When is check-in?"}], 8)
-    job = Job(prompt, 0, version, 8, 0.0, 1.0, (), lambda _t: None, threading.Event())
-    return generator.scheduler.call(lambda: generator.prefill([job])[0][0]).result()
+    return generator.scheduler.call(lambda: generator.logits_for(prompt, version)).result()
 
 
 def test_system_prompt_kv_is_reused_without_changing_answers(generator):
