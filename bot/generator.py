@@ -111,7 +111,10 @@ class HFGenerator:
         AttentionInterface.register(PACKED_ATTENTION, packed_attention)
         self.model.config._attn_implementation = PACKED_ATTENTION
         self._no_mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # masks are per sequence
-        self.cache = PackedCache(self.num_layers)
+        text = model.config.get_text_config()
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.cache = PackedCache(self.num_layers, text.num_key_value_heads, head_dim, dtype, self.device,
+                                 slots=self.max_batch + 2)
         self.prefixes = PrefixCache()
         self._want_prefix: dict[int, tuple[str, tuple[int, ...]]] = {}
         self.scheduler = Scheduler(self, max_batch=self.max_batch, max_queue=self.max_queue)
@@ -218,7 +221,7 @@ class HFGenerator:
         ids = torch.tensor([[t for s in segments for t in s.tokens]], device=self.device)
         positions = torch.tensor([[s.start + k for s in segments for k in range(len(s.tokens))]], device=self.device)
         last = torch.tensor([len(s.tokens) for s in segments], device=self.device).cumsum(0) - 1
-        self.cache.set_plan([(s.row.seq, len(s.tokens)) for s in segments])
+        self.cache.prepare(segments)
         extra = {"adapter_names": ["__base__" if version == BASE_VERSION else version]} if self.peft else {}
         model = self.peft if self.peft is not None else self.model
         with torch.inference_mode():
