@@ -156,6 +156,20 @@ class PackedCache(Cache):
         self.length[seq] = length
 
 
+def _decode_attention(query: torch.Tensor, layer: PackedLayer, plan: StepPlan, scaling: float) -> torch.Tensor:
+    """One token per sequence against the slot range's keys, as two batched matmuls over views of the
+    buffers. The query heads that share a KV head are stacked as rows, so GQA needs no K/V copies."""
+    heads, dim = query.shape[1], query.shape[3]
+    keys, values = layer.keys[:plan.active, :, :plan.width], layer.values[:plan.active, :, :plan.width]
+    group = heads // keys.shape[1]
+    q = query.new_zeros(plan.active, heads, dim)
+    q[plan.dec_slots] = query[0][:, plan.dec_offsets].transpose(0, 1)
+    scores = torch.matmul(q.view(plan.active, keys.shape[1], group, dim), keys.transpose(-1, -2)) * scaling
+    scores = scores.masked_fill(~plan.dec_mask, float("-inf")).softmax(-1)
+    out = torch.matmul(scores, values).view(plan.active, heads, dim)
+    return out[plan.dec_slots].transpose(0, 1)
+
+
 def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                      packed_cache: PackedCache | None = None, **kwargs):
     """Attention for a packed step (an `AttentionInterface` function): each sequence's queries see
@@ -163,13 +177,7 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
     layer, plan = packed_cache.layers[module.layer_idx], packed_cache.plan
     out = torch.empty_like(query)  # (1, heads, packed tokens, dim)
     if len(plan.dec_offsets):
-        heads, dim = query.shape[1], query.shape[3]
-        q = query.new_zeros(plan.active, heads, 1, dim)
-        q[plan.dec_slots] = query[0][:, plan.dec_offsets].transpose(0, 1).unsqueeze(2)
-        o = F.scaled_dot_product_attention(q, layer.keys[:plan.active, :, :plan.width],
-                                           layer.values[:plan.active, :, :plan.width], attn_mask=plan.dec_mask,
-                                           scale=scaling, enable_gqa=True)
-        out[0][:, plan.dec_offsets] = o[plan.dec_slots, :, 0].transpose(0, 1)
+        out[0][:, plan.dec_offsets] = _decode_attention(query, layer, plan, scaling)
     for slot, offset, start, n in plan.prefills:
         total = start + n
         mask = torch.arange(total, device=query.device)[None, :] <= (start + torch.arange(n, device=query.device))[:, None]
