@@ -10,10 +10,34 @@ from pathlib import Path
 from bot.generator import GenerationRequest, GenerationResult, Generator
 
 
+class _Outbox:
+    """Hands items from the generator's thread to the event loop with at most one loop wake-up in
+    flight: the batch emits a token for every request each step, and one wake-up per step (instead of
+    one per token) keeps the event loop from competing with the model for the GIL."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop, self.items, self.lock, self.scheduled = loop, [], threading.Lock(), False
+
+    def put(self, queue: asyncio.Queue, item) -> None:
+        with self.lock:
+            self.items.append((queue, item))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.items, self.scheduled = self.items, [], False
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 class Engine:
     def __init__(self, generator: Generator) -> None:
         self.generator = generator
         self.load_error: str | None = None
+        self._outbox: _Outbox | None = None
 
     async def load(self) -> None:
         try:
@@ -31,15 +55,11 @@ class Engine:
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str | GenerationResult]:
         """Yields text deltas, then the `GenerationResult`. Leaving early cancels the request, which
         frees its batch slot at the next step. Raises `bot.generator.Busy` when the queue is full."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
-
-        def emit(text: str) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, text)
-
-        future = self.generator.submit(request, emit, cancel)
-        future.add_done_callback(lambda _f: loop.call_soon_threadsafe(queue.put_nowait, None))
+        if self._outbox is None:
+            self._outbox = _Outbox(asyncio.get_running_loop())
+        outbox, queue, cancel = self._outbox, asyncio.Queue(), threading.Event()
+        future = self.generator.submit(request, lambda text: outbox.put(queue, text), cancel)
+        future.add_done_callback(lambda _f: outbox.put(queue, None))
         try:
             while (item := await queue.get()) is not None:
                 yield item
