@@ -28,7 +28,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from bot.generator import Busy
 
 log = logging.getLogger(__name__)
-PREFILL_CHUNK = 256  # prompt tokens of one request fed per step (longer prompts take several steps)
+PREFILL_CHUNK = 256  # default: prompt tokens of one request fed per step (longer prompts take several)
 
 
 # ---- KV storage ---------------------------------------------------------------------------------
@@ -294,11 +294,11 @@ class Segment:
     start: int
 
 
-def plan_step(rows: list[Row]) -> list[Segment]:
+def plan_step(rows: list[Row], chunk: int = PREFILL_CHUNK) -> list[Segment]:
     segments = []
     for row in rows:
         if row.prefilling:
-            segments.append(Segment(row, row.job.prompt[row.fed:row.fed + PREFILL_CHUNK], row.fed))
+            segments.append(Segment(row, row.job.prompt[row.fed:row.fed + chunk], row.fed))
         else:
             segments.append(Segment(row, [row.last_token], len(row.job.prompt) + row.generated - 1))
     return segments
@@ -336,8 +336,9 @@ class Scheduler:
     """Runs the batch loop in its own thread. `submit` is thread-safe and never blocks; `call` runs a
     function in the loop's thread between two steps (adapter loads, probes) and returns its future."""
 
-    def __init__(self, runner: Runner, max_batch: int = 16, max_queue: int = 64) -> None:
-        self.runner, self.max_batch = runner, max_batch
+    def __init__(self, runner: Runner, max_batch: int = 16, max_queue: int = 64,
+                 prefill_chunk: int = PREFILL_CHUNK) -> None:
+        self.runner, self.max_batch, self.prefill_chunk = runner, max_batch, prefill_chunk
         self.pending: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self.controls: queue.Queue[tuple[Callable, Future]] = queue.Queue()
         self.rows: list[Row] = []
@@ -433,7 +434,7 @@ class Scheduler:
 
     def _step(self) -> None:
         started = time.perf_counter()
-        segments = plan_step(self.rows)
+        segments = plan_step(self.rows, self.prefill_chunk)
         logits = self.runner.forward(segments)
         self.steps, self.rows_stepped = self.steps + 1, self.rows_stepped + len(segments)
         ready, ready_logits = [], []

@@ -83,9 +83,10 @@ def result_future(job_future: Future, make: Callable[[tuple[int, str]], Generati
 class HFGenerator:
     """A causal LM from a local checkpoint folder, LoRA adapters side by side by version, batched."""
 
-    def __init__(self, model_path: Path, device: str = "auto", max_batch: int = 16, max_queue: int = 64) -> None:
+    def __init__(self, model_path: Path, device: str = "auto", max_batch: int = 16, max_queue: int = 64,
+                 prefill_chunk: int = 256) -> None:
         self.model_path, self.device_setting = Path(model_path), device
-        self.max_batch, self.max_queue = max_batch, max_queue
+        self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.model = self.tokenizer = self.scheduler = None
         self.peft = None  # the PeftModel wrapping `model` once an adapter is loaded
         self.adapters: set[str] = set()
@@ -117,7 +118,8 @@ class HFGenerator:
                                  slots=self.max_batch + 2)
         self.prefixes = PrefixCache()
         self._want_prefix: dict[int, tuple[str, tuple[int, ...]]] = {}
-        self.scheduler = Scheduler(self, max_batch=self.max_batch, max_queue=self.max_queue)
+        self.scheduler = Scheduler(self, max_batch=self.max_batch, max_queue=self.max_queue,
+                                   prefill_chunk=self.prefill_chunk)
         self.scheduler.start()
 
     def close(self) -> None:

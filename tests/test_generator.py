@@ -104,6 +104,18 @@ def test_batched_greedy_output_equals_running_alone(generator):
     assert ["".join(p).strip() for p in pieces] == alone
 
 
+def test_chunked_prefill_and_small_batches_give_the_same_answers(tiny_model, generator):
+    alone = [run(generator, _request(q))[0].text for q in QUESTIONS]
+    small = HFGenerator(tiny_model, device="cpu", max_batch=2, prefill_chunk=3)
+    small.load()
+    try:
+        futures = [small.submit(_request(q), lambda _t: None, threading.Event()) for q in QUESTIONS]
+        assert [f.result(timeout=60).text for f in futures] == alone
+        assert small.scheduler.steps > max(len(small.encode(_request(q).messages, 12)[0]) for q in QUESTIONS) // 3
+    finally:
+        small.close()
+
+
 def test_cancel_frees_the_slot_at_the_next_step(generator):
     cancel = threading.Event()
     started = threading.Event()
