@@ -338,3 +338,26 @@ def test_bad_rate_setting_fails_loudly(tmp_path):
 
     with pytest.raises(ValidationError, match="not a rate"):
         Settings(data_dir=tmp_path, rate_limit="lots")
+
+
+def test_exact_frames_over_a_real_websocket(settings, store):
+    from websockets.sync.client import connect
+
+    from tests.conftest import LiveServer
+
+    fake = FakeGenerator()
+    fake.enqueue("Breakfast is 7-10am.")
+    with LiveServer(create_app(settings, generator=fake, store=store)) as server:
+        wait_until(lambda: client_ready(server.url))
+        with connect(server.url.replace("http", "ws") + "/ws/chat") as ws:
+            ws.send(json.dumps({"type": "hello", "protocol": 1}))
+            session = json.loads(ws.recv(timeout=10))
+            ws.send(json.dumps({"type": "user_message", "text": "Breakfast?"}))
+            frames = [json.loads(ws.recv(timeout=10)) for _ in range(4)]
+            ws.send("{oops")
+            error = json.loads(ws.recv(timeout=10))
+    assert session == {"type": "session", "session_id": session["session_id"], "protocol": 1, "resumed": False}
+    assert frames[:3] == [{"type": "token", "text": "Breakfast"}, {"type": "token", "text": " is"},
+                          {"type": "token", "text": " 7-10am."}]
+    assert frames[3]["type"] == "done" and frames[3]["adapter_version"] == "base"
+    assert error["type"] == "error" and error["code"] == "bad_frame"

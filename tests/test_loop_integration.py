@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from websockets.sync.client import connect
 
@@ -71,9 +72,15 @@ def test_correction_is_learned_and_served_after_swap(tmp_path):
         wait_until(lambda: httpx.get(server.url + "/readyz").json()["adapter_version"] == version,
                    timeout=120, interval=0.5)
         after = _ask(ws_url, question)
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        streamed = client.chat.completions.create(model="supportloop", stream=True,
+                                                  messages=[{"role": "user", "content": question}])
+        via_openai = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
 
     score_before, score_after = overlap_f1(before["text"], correction), overlap_f1(after["text"], correction)
     print(f"\ncorrection: {correction!r}\nbefore ({before['adapter_version']}, overlap {score_before:.2f}): "
           f"{before['text']!r}\nafter  ({after['adapter_version']}, overlap {score_after:.2f}): {after['text']!r}")
     assert after["adapter_version"] == version
+    print(f"openai client, streamed: {via_openai!r}")
+    assert overlap_f1(via_openai, correction) >= score_before + 0.3  # the same model, via the OpenAI API
     assert score_after >= score_before + 0.3 and score_after >= 0.6
