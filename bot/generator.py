@@ -97,7 +97,8 @@ class HFGenerator:
 
         from transformers import AttentionInterface
 
-        from bot.batching import PackedCache, PrefixCache, Scheduler, packed_attention
+        from bot.batching import Scheduler
+        from bot.kvcache import PackedCache, PrefixCache, packed_attention
 
         self.device = resolve_device(self.device_setting)
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
