@@ -40,13 +40,15 @@ def prompts(n: int) -> list[str]:
     return [f"{r['entity_name'].title()}: {r['question']}" for r in rows[::step][:n]]
 
 
-def start_server(max_new_tokens: int) -> tuple[subprocess.Popen, str]:
+def start_server(max_new_tokens: int, threads: int | None) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, "SUPPORTLOOP_DATA_DIR": tempfile.mkdtemp(prefix="supportloop-bench-"),
            "SUPPORTLOOP_RATE_LIMIT": "100000/minute", "SUPPORTLOOP_MAX_SESSIONS_PER_CLIENT": "64",
            "SUPPORTLOOP_MAX_NEW_TOKENS": str(max_new_tokens)}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.Popen([CLI, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -133,9 +135,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--server-threads", type=int, help="torch threads in the server (default: all cores)")
     args = parser.parse_args()
     questions = prompts(args.prompts)
-    proc, url = start_server(args.max_new_tokens)
+    proc, url = start_server(args.max_new_tokens, args.server_threads)
     ws_url = url.replace("http", "ws") + "/ws/chat"
     try:
         asyncio.run(ask(ws_url, questions[0]))  # warm-up

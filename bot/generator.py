@@ -92,36 +92,44 @@ class HFGenerator:
         self.adapters: set[str] = set()
 
     def load(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from transformers import AttentionInterface
-
         from bot.batching import Scheduler
-        from bot.kvcache import PackedCache, PrefixCache, packed_attention
 
-        self.device = resolve_device(self.device_setting)
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
-        self.model = model.to(self.device).eval()
-        self.context_window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
-        self.num_layers = model.config.get_text_config().num_hidden_layers
-        eos = model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
-        self.eos_ids.discard(None)
-        AttentionInterface.register(PACKED_ATTENTION, packed_attention)
-        self.model.config._attn_implementation = PACKED_ATTENTION
-        self._no_mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # masks are per sequence
-        text = model.config.get_text_config()
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        self.cache = PackedCache(self.num_layers, text.num_key_value_heads, head_dim, dtype, self.device,
-                                 slots=self.max_batch + 2)
-        self.prefixes = PrefixCache()
-        self._want_prefix: dict[int, tuple[str, tuple[int, ...]]] = {}
+        self._load_model()
+        self._prepare_packing()
         self.scheduler = Scheduler(self, max_batch=self.max_batch, max_queue=self.max_queue,
                                    prefill_chunk=self.prefill_chunk)
         self.scheduler.start()
+
+    def _load_model(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = resolve_device(self.device_setting)
+        self.dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype)
+        self.model = model.to(self.device).eval()
+        self.context_window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        eos = model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        self.eos_ids.discard(None)
+
+    def _prepare_packing(self) -> None:
+        """Route the model's attention through the packed-batch attention and allocate the KV slots."""
+        import torch
+        from transformers import AttentionInterface
+
+        from bot.kvcache import PackedCache, PrefixCache, packed_attention
+
+        AttentionInterface.register(PACKED_ATTENTION, packed_attention)
+        self.model.config._attn_implementation = PACKED_ATTENTION
+        self._no_mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # masks are per sequence
+        text = self.model.config.get_text_config()
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.cache = PackedCache(text.num_hidden_layers, text.num_key_value_heads, head_dim, self.dtype,
+                                 self.device, slots=self.max_batch + 2)
+        self.prefixes = PrefixCache()
+        self._want_prefix: dict[int, tuple[str, tuple[int, ...]]] = {}
 
     def close(self) -> None:
         if self.scheduler is not None:
@@ -175,17 +183,6 @@ class HFGenerator:
             "".join(parts).strip(), request.adapter_version, len(prompt), *done))
 
     # ---- the Runner interface used by the scheduler ---------------------------------------------
-
-    def _forward(self, ids, mask, positions, cache, versions: list[str], **kwargs):
-        import torch
-
-        extra = {}
-        if self.peft is not None:
-            extra["adapter_names"] = ["__base__" if v == BASE_VERSION else v for v in versions]
-        model = self.peft if self.peft is not None else self.model
-        with torch.inference_mode():
-            return model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, **extra, **kwargs)
 
     def start(self, row) -> int:
         """A new request joins: reuse its system prompt's KV if cached. Returns prompt tokens cached."""
@@ -254,10 +251,6 @@ class HFGenerator:
             return self.forward([Segment(row, prompt, 0)])[0]
         finally:
             self.release(row)
-
-    def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return self.tokenizer.eos_token_id if pad is None else pad
 
     # ---- adapters -------------------------------------------------------------------------------
 
