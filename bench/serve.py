@@ -135,6 +135,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS), help="session counts (default 1 4 16)")
     parser.add_argument("--server-threads", type=int, help="torch threads in the server (default: all cores)")
     args = parser.parse_args()
     questions = prompts(args.prompts)
@@ -143,7 +144,7 @@ def main() -> None:
     try:
         asyncio.run(ask(ws_url, questions[0]))  # warm-up
         levels = []
-        for n in LEVELS:
+        for n in args.levels:
             before = engine_stats(url)
             levels.append(asyncio.run(level(ws_url, questions, n)))
             after = engine_stats(url)
