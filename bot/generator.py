@@ -90,6 +90,7 @@ class HFGenerator:
         self.model = self.tokenizer = self.scheduler = None
         self.peft = None  # the PeftModel wrapping `model` once an adapter is loaded
         self.adapters: set[str] = set()
+        self._system_cache: dict[str, list[int]] = {}
 
     def load(self) -> None:
         from bot.batching import Scheduler
@@ -149,6 +150,14 @@ class HFGenerator:
         return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt,
                                                        tokenize=True, return_dict=True)["input_ids"])
 
+    def _system_ids(self, content: str) -> list[int]:
+        """The system prompt's tokens as the template renders them (memoized: one per system prompt)."""
+        if content not in self._system_cache:
+            if len(self._system_cache) >= 64:
+                self._system_cache.clear()
+            self._system_cache[content] = self._template([{"role": "system", "content": content}], False)
+        return self._system_cache[content]
+
     def encode(self, messages: list[dict], max_new_tokens: int) -> tuple[list[int], int]:
         """Token ids of the chat prompt, and how many leading ones are the system prompt (shared by
         many requests, so their KV is cached). The oldest turns after the system prompt are dropped
@@ -162,7 +171,7 @@ class HFGenerator:
             if len(ids) <= budget or len(turns) <= 1:
                 break
             turns = turns[2:] if len(turns) > 2 else turns[-1:]
-        prefix = self._template(system, generation_prompt=False) if system else []
+        prefix = self._system_ids(system[0]["content"]) if system else []
         shared = len(prefix) if len(ids) <= budget and ids[:len(prefix)] == prefix else 0
         return ids[-budget:], shared
 
