@@ -361,3 +361,23 @@ def test_exact_frames_over_a_real_websocket(settings, store):
                           {"type": "token", "text": " 7-10am."}]
     assert frames[3]["type"] == "done" and frames[3]["adapter_version"] == "base"
     assert error["type"] == "error" and error["code"] == "bad_frame"
+
+
+def test_invalid_utf8_closes_only_that_connection(settings, store):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from tests.conftest import LiveServer
+
+    with LiveServer(create_app(settings, generator=FakeGenerator(), store=store)) as server:
+        wait_until(lambda: client_ready(server.url))
+        url = server.url.replace("http", "ws") + "/ws/chat"
+        with connect(url) as bystander, connect(url) as ws:
+            ws.protocol.send_text(b"\xff\xfe not utf-8")  # a text frame that is not UTF-8
+            ws.socket.sendall(b"".join(ws.protocol.data_to_send()))
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+            assert closed.value.rcvd.code == 1007  # "invalid frame payload data"
+            bystander.send(json.dumps({"type": "user_message", "text": "still there?"}))
+            frames = [json.loads(bystander.recv(timeout=10)) for _ in range(5)]
+        assert frames[-1]["type"] == "done"
