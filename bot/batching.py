@@ -196,7 +196,8 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001 — fail the requests in flight, keep serving
                 log.exception("batch step failed")
                 for row in self.rows:
-                    row.job.future.set_exception(exc)
+                    if not row.job.future.done():
+                        row.job.future.set_exception(exc)
                     self.runner.release(row)
                 self.rows = []
 
