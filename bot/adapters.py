@@ -25,7 +25,6 @@ class AdapterManager:
         self.adapters_dir, self.poll_seconds = Path(adapters_dir), poll_seconds
         self.active_version = BASE_VERSION
         self.refused: dict[str, str] = {}
-        self.swaps = 0
         self.synced = False  # True once the store's active version has been looked at (and loaded)
 
     def _wanted(self) -> tuple[str, Path | None]:
@@ -54,7 +53,6 @@ class AdapterManager:
                 log.error("refused adapter %s, still serving %s: %s", version, self.active_version, exc)
                 return False
         previous, self.active_version = self.active_version, version
-        self.swaps += 1
         self.on_swap(version)
         log.info("now serving adapter %s (was %s)", version, previous)
         if previous != BASE_VERSION:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 from feedback.models import Thumb
 
@@ -82,6 +82,8 @@ class ChatResponse(BaseModel):
 
 
 class FeedbackState(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     thumb: Thumb
     reason: str | None
     comment: str | None
@@ -108,11 +110,8 @@ class FeedbackRequest(BaseModel):
     comment: str | None = Field(None, max_length=2000)
 
 
-class FeedbackResponse(BaseModel):
+class FeedbackResponse(FeedbackState):
     message_id: str
-    thumb: Thumb
-    reason: str | None
-    comment: str | None
 
 
 class CorrectionRequest(BaseModel):

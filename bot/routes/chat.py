@@ -43,8 +43,7 @@ def transcript(session_id: str, session: SessionDep) -> Transcript:
     votes = repo.feedback_by_message(session, conversation_id=session_id)
     messages = [TranscriptMessage(
         id=m.id, role=m.role.value, text=m.text, adapter_version=m.adapter_version, created_at=m.created_at,
-        feedback=FeedbackState(thumb=votes[m.id].thumb, reason=votes[m.id].reason, comment=votes[m.id].comment)
-        if m.id in votes else None) for m in repo.list_messages(session, conversation_id=session_id)]
+        feedback=FeedbackState.model_validate(votes[m.id]) if m.id in votes else None) for m in repo.list_messages(session, conversation_id=session_id)]
     return Transcript(session_id=session_id, created_at=conversation.created_at, messages=messages)
 
 

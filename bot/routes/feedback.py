@@ -14,7 +14,7 @@ router = APIRouter(prefix="/api/messages")
 def give_feedback(message_id: str, body: FeedbackRequest, session: SessionDep) -> FeedbackResponse:
     vote = repo.set_feedback(session, message_id=message_id, thumb=body.thumb,
                              reason=body.reason, comment=body.comment)
-    return FeedbackResponse(message_id=message_id, thumb=vote.thumb, reason=vote.reason, comment=vote.comment)
+    return FeedbackResponse.model_validate(vote)
 
 
 @router.post("/{message_id}/corrections", response_model=CorrectionResponse, status_code=201)
