@@ -78,6 +78,7 @@ def test_models_list_and_unknown_model(served):
     ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages"),
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
     ({"messages": [{"role": "user", "content": "x" * 201}]}, "messages"),
+    ({"messages": [{"role": "user", "content": "   "}]}, "messages"),
 ])
 def test_bad_requests_get_openai_shaped_400(served, kwargs, param):
     client, _, _ = served

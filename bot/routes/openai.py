@@ -97,8 +97,10 @@ def _check(body: CompletionRequest, chat: ChatService) -> list[dict]:
         if len(m["content"]) > chat.settings.max_message_chars:
             raise OpenAIError(400, f"A message has {len(m['content'])} characters; the limit is "
                               f"{chat.settings.max_message_chars}.", "message_too_long", "messages")
-    if not messages[-1]["content"].strip():
-        raise OpenAIError(400, "The last user message is empty.", "empty_message", "messages")
+    try:  # the same rules as every other chat message (and the same refusal metrics)
+        chat.check_text(messages[-1]["content"], "openai")
+    except ChatError as exc:
+        raise OpenAIError(400, exc.message, exc.code, "messages") from exc
     return messages
 
 
