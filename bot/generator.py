@@ -105,11 +105,16 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from bot.fastlinear import pack_linears
+
         self.device = resolve_device(self.device_setting)
         self.dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype)
         self.model = model.to(self.device).eval()
+        packed = pack_linears(self.model)
+        log.info("serving %s on %s (%s)%s", self.model_path.name, self.device, self.dtype,
+                 f", {packed} Linear layers prepacked for oneDNN" if packed else "")
         self.context_window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}

@@ -1,0 +1,46 @@
+"""oneDNN-prepacked Linear layers for CPU serving."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bot.fastlinear import PackedLinear, pack_linears
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
+
+
+def test_packed_linear_matches_linear_and_a_row_does_not_depend_on_its_batch():
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 200)
+    packed = PackedLinear.from_linear(linear)
+    x = torch.randn(37, 96)
+    with torch.inference_mode():
+        full = packed(x)
+        assert torch.allclose(full, linear(x), atol=1e-5)
+        for rows in (1, 5, 16):
+            assert torch.equal(packed(x[:rows]), full[:rows])
+        assert packed(x[None]).shape == (1, 37, 200)  # (batch, tokens, features) inputs too
+
+
+def test_pack_linears_keeps_weights_shared_and_peft_wraps_the_packed_layers():
+    from peft import LoraConfig, get_peft_model
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    weight = model[0].weight
+    assert pack_linears(model) == 2
+    assert isinstance(model[0], PackedLinear) and model[0].weight is weight
+    assert "packed_weight" not in model.state_dict()  # never saved with the model
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["0", "2"]))
+    with torch.inference_mode():
+        out = peft_model(torch.randn(3, 8))
+    assert out.shape == (3, 4)
+    assert isinstance(peft_model.base_model.model[0].base_layer, PackedLinear)
+
+
+def test_training_still_uses_the_trainable_weight():
+    model = nn.Sequential(nn.Linear(4, 2))
+    pack_linears(model)
+    loss = model(torch.randn(3, 4)).sum()
+    loss.backward()
+    assert model[0].weight.grad is not None
