@@ -12,6 +12,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from bot.adapters import AdapterManager
 from bot.basemodel import resolve_base_model
@@ -20,10 +21,10 @@ from bot.engine import Engine
 from bot.limits import ClientLimits
 from bot.metrics import Metrics
 from bot.generator import Generator, HFGenerator
-from bot.routes import chat, feedback, openai, ops
+from bot.routes import chat, feedback, openai, ops, staff
 from bot.settings import Settings
 from feedback.db import Store, open_store
-from feedback.repo import NotFound
+from feedback.repo import Conflict, Invalid, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,21 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
 
+    @app.exception_handler(Invalid)
+    async def invalid_request(_request: Request, exc: Invalid) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(Conflict)
+    async def conflict(_request: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_down(_request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", exc.__class__.__name__)
+        return JSONResponse({"detail": "The database is unavailable right now; nothing was changed. "
+                             "Try again shortly."}, status_code=503, headers={"Retry-After": "5"})
+
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
@@ -95,9 +111,9 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
                                 max_batch=settings.max_batch, max_queue=settings.max_queue)
     app = FastAPI(title="supportloop", lifespan=_lifespan(settings, generator, store))
     app.state.settings = settings
-    app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST"],
+    app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST", "PATCH"],
                        allow_headers=["Authorization", "Content-Type"])
-    for module in (ops, chat, feedback, openai):
+    for module in (ops, chat, feedback, staff, openai):
         app.include_router(module.router)
     _install_error_handlers(app)
     return app

@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from bot.chat import ChatService
 from feedback import repo
-from feedback.models import Staff
+from feedback.models import Staff, StaffRole
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -40,8 +40,19 @@ def require_staff(session: SessionDep,
                             headers={"WWW-Authenticate": "Bearer"})
     staff = repo.staff_by_token(session, token=credentials.credentials)
     if staff is None:
-        raise HTTPException(401, "The staff token is wrong or disabled.", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, "The staff token is wrong: no staff account has it.", headers={"WWW-Authenticate": "Bearer"})
+    if staff.disabled:
+        raise HTTPException(403, "This staff account is disabled; ask an admin.")
     return staff
 
 
 StaffDep = Annotated[Staff, Depends(require_staff)]
+
+
+def require_admin(staff: StaffDep) -> Staff:
+    if staff.role != StaffRole.admin:
+        raise HTTPException(403, "This needs an admin account.")
+    return staff
+
+
+AdminDep = Annotated[Staff, Depends(require_admin)]

@@ -85,7 +85,7 @@ class FeedbackState(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     thumb: Thumb
-    reason: str | None
+    reason: Reason | None
     comment: str | None
 
 
@@ -114,14 +114,16 @@ class FeedbackResponse(FeedbackState):
     message_id: str
 
 
-class CorrectionRequest(BaseModel):
-    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=8000)]
-    approve: bool = False
+class HandoffRequest(BaseModel):
+    note: str | None = Field(None, max_length=2000)
 
 
-class CorrectionResponse(BaseModel):
+class HandoffResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
-    message_id: str
-    text: str
+    session_id: str = Field(validation_alias="conversation_id")
+    message_id: str | None
+    note: str | None
     status: str
-    staff: str
+    created_at: datetime

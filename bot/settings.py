@@ -8,6 +8,8 @@ from limits import parse
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from feedback.pii import KINDS
+
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly, concise customer-support assistant. Answer the customer's question "
     "accurately in one or two sentences."
@@ -36,6 +38,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(16, ge=1, description="requests generated together in one batch")
     allowed_origins: list[str] = Field(["*"], description="origins allowed to call the API and open the chat "
                                        "socket from a browser (JSON list); '*' allows any")
+    pii_scrub: list[str] = Field(["email", "phone", "card", "iban"], description="personal data replaced by "
+                                 "placeholders in training exports (JSON list; [] turns scrubbing off)")
     adapter_poll_seconds: float = Field(2.0, gt=0, description="how often the server checks the "
                                         "store for a newly promoted adapter")
 
@@ -48,6 +52,14 @@ class Settings(BaseSettings):
     @property
     def adapters_dir(self) -> Path:
         return self.data_dir / "adapters"
+
+    @field_validator("pii_scrub")
+    @classmethod
+    def _known_pii(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(KINDS))
+        if unknown:
+            raise ValueError(f"SUPPORTLOOP_PII_SCRUB: unknown kinds {unknown}; known: {', '.join(KINDS)}")
+        return value
 
     @field_validator("rate_limit")
     @classmethod

@@ -1,7 +1,7 @@
 """Engine creation from a URL and schema set-up.
 
 SQLite gets WAL and foreign keys on every connection; any SQLAlchemy URL works (PostgreSQL at scale).
-Schema creation is `create_all` for now; Alembic migrations replace it with the store issue.
+The schema is made and kept current by the Alembic migrations in `feedback.migrate`.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from feedback import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
@@ -47,8 +47,11 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
 
-    def create_schema(self) -> None:
-        SQLModel.metadata.create_all(self.engine)
+    def migrate(self) -> str | None:
+        """Apply pending migrations; returns the schema revision."""
+        from feedback.migrate import upgrade
+
+        return upgrade(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -60,6 +63,7 @@ class Store:
 
 
 def open_store(url: str) -> Store:
+    """A store whose schema is migrated to the newest revision."""
     store = Store(url)
-    store.create_schema()
+    store.migrate()
     return store

@@ -25,6 +25,20 @@ class Thumb(str, enum.Enum):
     down = "down"
 
 
+class Reason(str, enum.Enum):
+    """Why a customer thumbed an answer down (a fixed set, so it can be counted and filtered)."""
+    wrong = "wrong"
+    unhelpful = "unhelpful"
+    outdated = "outdated"
+    unsafe = "unsafe"
+    other = "other"
+
+
+class HandoffStatus(str, enum.Enum):
+    open = "open"
+    closed = "closed"
+
+
 class CorrectionStatus(str, enum.Enum):
     draft = "draft"
     approved = "approved"
@@ -67,24 +81,43 @@ class Message(SQLModel, table=True):
 
 class FeedbackBase(SQLModel):
     thumb: Thumb
-    reason: str | None = Field(default=None, max_length=32)
+    reason: Reason | None = None
     comment: str | None = Field(default=None, max_length=2000)
 
 
 class Feedback(FeedbackBase, table=True):
+    """A customer's vote on one answer: one per message (its session's), changeable."""
     id: int | None = Field(default=None, primary_key=True)
-    message_id: str = Field(foreign_key="message.id", index=True, max_length=64)
+    message_id: str = Field(foreign_key="message.id", unique=True, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow, index=True)
 
 
 class Correction(SQLModel, table=True):
+    """Staff's better answer for an assistant message; `revision` grows with every edit, so a stale
+    edit (based on an older revision) is detected instead of overwriting someone else's work."""
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(foreign_key="message.id", index=True, max_length=64)
     text: str
     staff_id: int = Field(foreign_key="staff.id")
     status: CorrectionStatus = CorrectionStatus.draft
+    revision: int = 1
+    reviewed_by: int | None = Field(default=None, foreign_key="staff.id")
+    reviewed_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
-    updated_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Handoff(SQLModel, table=True):
+    """A customer asked to talk to a human."""
+    id: int | None = Field(default=None, primary_key=True)
+    conversation_id: str = Field(foreign_key="conversation.id", index=True, max_length=64)
+    message_id: str | None = Field(default=None, foreign_key="message.id", max_length=64)
+    note: str | None = Field(default=None, max_length=2000)
+    status: HandoffStatus = HandoffStatus.open
+    created_at: datetime = Field(default_factory=utcnow)
+    closed_by: int | None = Field(default=None, foreign_key="staff.id")
+    closed_at: datetime | None = None
 
 
 class Staff(SQLModel, table=True):
@@ -96,6 +129,16 @@ class Staff(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class StaffAction(SQLModel, table=True):
+    """The audit trail: every state-changing staff action, with who and when."""
+    id: int | None = Field(default=None, primary_key=True)
+    staff_id: int = Field(foreign_key="staff.id", index=True)
+    action: str = Field(max_length=64)
+    target: str = Field(default="", max_length=128)
+    detail_json: str = "{}"
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
 class Adapter(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     version: str = Field(unique=True, max_length=128)
@@ -103,6 +146,7 @@ class Adapter(SQLModel, table=True):
     parent: str | None = Field(default=None, max_length=128)
     base_model: str
     dataset_hash: str | None = Field(default=None, max_length=128)
+    datasets_json: str = Field(default="{}", description="per method: content hash and size")
     metrics_json: str = "{}"
     status: AdapterStatus = AdapterStatus.candidate
     created_at: datetime = Field(default_factory=utcnow)

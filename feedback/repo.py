@@ -4,17 +4,27 @@ from __future__ import annotations
 import json
 import uuid
 
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, func, select
 
 from feedback.models import (
-    Adapter, AdapterStatus, Conversation, Correction, CorrectionStatus, Feedback, Message, Role,
-    Staff, StaffRole, Thumb, TrainingRun, utcnow,
+    Adapter, AdapterStatus, Conversation, Correction, CorrectionStatus, Feedback, Handoff, HandoffStatus,
+    Message, Reason, Role, Staff, StaffAction, StaffRole, Thumb, TrainingRun, utcnow,
 )
 from feedback.tokens import hash_token, new_token
 
 
 class NotFound(LookupError):
     """A row the caller named does not exist."""
+
+
+class Invalid(ValueError):
+    """The request names real rows but asks for something the rules forbid."""
+
+
+class Conflict(RuntimeError):
+    """The row changed since the caller read it (someone else acted first)."""
 
 
 def new_id() -> str:
@@ -82,49 +92,207 @@ def get_message(session: Session, *, message_id: str) -> Message:
     return message
 
 
-# feedback and corrections ---------------------------------------------------------------------
+# feedback and handoffs (customers) -------------------------------------------------------------
 
-def set_feedback(session: Session, *, message_id: str, thumb: Thumb, reason: str | None = None,
+def set_feedback(session: Session, *, message_id: str, thumb: Thumb, reason: Reason | None = None,
                  comment: str | None = None) -> Feedback:
-    """Record a vote on a message; a later vote on the same message replaces the earlier one."""
-    get_message(session, message_id=message_id)
-    vote = session.exec(select(Feedback).where(Feedback.message_id == message_id)).first()
-    if vote is None:
-        vote = Feedback(message_id=message_id, thumb=thumb)
-    vote.thumb, vote.reason, vote.comment, vote.created_at = thumb, reason, comment, utcnow()
-    session.add(vote)
+    """Record the customer's vote on an answer: one per message, a later vote replaces the earlier
+    one. Reasons go with thumbs down only. Safe under concurrent votes on the same message."""
+    if reason is not None and thumb != Thumb.down:
+        raise Invalid("a reason can only be given with a thumbs down")
+    if get_message(session, message_id=message_id).role != Role.assistant:
+        raise Invalid("votes go on the bot's answers, not on customer messages")
+    for _attempt in range(2):
+        vote = session.exec(select(Feedback).where(Feedback.message_id == message_id)).first()
+        if vote is None:
+            vote = Feedback(message_id=message_id, thumb=thumb)
+        vote.thumb, vote.reason, vote.comment, vote.updated_at = thumb, reason, comment, utcnow()
+        session.add(vote)
+        try:
+            session.commit()
+            return vote
+        except IntegrityError:  # a concurrent first vote on the same message won the insert
+            session.rollback()
+    raise Conflict("the vote changed concurrently; try again")
+
+
+def request_handoff(session: Session, *, conversation_id: str, note: str | None = None) -> Handoff:
+    """The customer wants a human. Linked to the latest answer of the session; asking again while
+    one is open returns the open request (with the newer note, if any)."""
+    get_conversation(session, conversation_id=conversation_id)
+    handoff = session.exec(select(Handoff).where(Handoff.conversation_id == conversation_id,
+                                                 Handoff.status == HandoffStatus.open)).first()
+    if handoff is None:
+        last = session.exec(select(Message.id).where(Message.conversation_id == conversation_id,
+                                                     Message.role == Role.assistant)
+                            .order_by(Message.seq.desc())).first()
+        handoff = Handoff(conversation_id=conversation_id, message_id=last)
+    handoff.note = note if note is not None else handoff.note
+    session.add(handoff)
     session.commit()
-    return vote
+    return handoff
 
 
-def add_correction(session: Session, *, message_id: str, staff_id: int, text: str,
-                   approve: bool) -> Correction:
+def list_handoffs(session: Session, *, status: HandoffStatus | None = HandoffStatus.open) -> list[Handoff]:
+    query = select(Handoff).order_by(Handoff.created_at.desc(), Handoff.id.desc())
+    return list(session.exec(query if status is None else query.where(Handoff.status == status)))
+
+
+def close_handoff(session: Session, *, handoff_id: int, actor: Staff) -> Handoff:
+    handoff = session.get(Handoff, handoff_id)
+    if handoff is None:
+        raise NotFound(f"no handoff request {handoff_id}")
+    if handoff.status == HandoffStatus.closed:
+        raise Conflict(f"handoff request {handoff_id} is already closed")
+    handoff.status, handoff.closed_by, handoff.closed_at = HandoffStatus.closed, actor.id, utcnow()
+    session.add(handoff)
+    _audit(session, actor, "handoff.close", str(handoff_id))
+    session.commit()
+    return handoff
+
+
+# corrections (staff) ----------------------------------------------------------------------------
+
+def add_correction(session: Session, *, message_id: str, actor: Staff, text: str, approve: bool) -> Correction:
     message = get_message(session, message_id=message_id)
     if message.role != Role.assistant:
-        raise ValueError("only assistant answers can be corrected")
-    status = CorrectionStatus.approved if approve else CorrectionStatus.draft
-    correction = Correction(message_id=message_id, staff_id=staff_id, text=text, status=status)
+        raise Invalid("only assistant answers (the bot's) can be corrected")
+    correction = Correction(message_id=message_id, staff_id=actor.id, text=text, status=CorrectionStatus.draft)
+    if approve:
+        _review(correction, actor, CorrectionStatus.approved)
     session.add(correction)
+    session.flush()
+    _audit(session, actor, "correction.approve" if approve else "correction.create", str(correction.id),
+           message_id=message_id)
     session.commit()
     return correction
 
 
-# staff ----------------------------------------------------------------------------------------
+def get_correction(session: Session, *, correction_id: int) -> Correction:
+    correction = session.get(Correction, correction_id)
+    if correction is None:
+        raise NotFound(f"no correction {correction_id}")
+    return correction
 
-def create_staff(session: Session, *, name: str, role: StaffRole = StaffRole.agent) -> tuple[Staff, str]:
-    """A new staff account and its bearer token; only the token's hash is stored."""
+
+def list_corrections(session: Session, *, status: CorrectionStatus | None = None,
+                     message_id: str | None = None) -> list[Correction]:
+    query = select(Correction).order_by(Correction.updated_at.desc(), Correction.id.desc())
+    if status is not None:
+        query = query.where(Correction.status == status)
+    if message_id is not None:
+        query = query.where(Correction.message_id == message_id)
+    return list(session.exec(query))
+
+
+def edit_correction(session: Session, *, correction_id: int, actor: Staff, text: str, revision: int) -> Correction:
+    """Change a draft's text. `revision` is the one the editor started from: if someone changed the
+    correction since, nothing is overwritten (Conflict)."""
+    _check_draft(session, correction_id, revision)
+    _audit(session, actor, "correction.edit", str(correction_id))
+    return _guarded_update(session, correction_id, revision, text=text)
+
+
+def review_correction(session: Session, *, correction_id: int, actor: Staff, approve: bool,
+                      revision: int | None = None) -> Correction:
+    """Approve or reject a draft (if `revision` is given, only while it is still at that revision)."""
+    correction = _check_draft(session, correction_id, revision)
+    status = CorrectionStatus.approved if approve else CorrectionStatus.rejected
+    _audit(session, actor, "correction.approve" if approve else "correction.reject", str(correction_id))
+    return _guarded_update(session, correction_id, correction.revision, status=status, reviewed_by=actor.id,
+                           reviewed_at=utcnow())
+
+
+def _check_draft(session: Session, correction_id: int, revision: int | None) -> Correction:
+    """The correction, if it is still an editable draft at `revision`; else a Conflict that says why."""
+    correction = get_correction(session, correction_id=correction_id)
+    if correction.status != CorrectionStatus.draft:
+        who = session.get(Staff, correction.reviewed_by) if correction.reviewed_by else None
+        raise Conflict(f"correction {correction_id} was already {correction.status.value}"
+                       + (f" by {who.name}" if who else "") + "; nothing was changed")
+    if revision is not None and revision != correction.revision:
+        raise Conflict(f"correction {correction_id} was edited by someone else (it is at revision "
+                       f"{correction.revision}, your edit started from {revision}); nothing was changed")
+    return correction
+
+
+def _guarded_update(session: Session, correction_id: int, revision: int, **values) -> Correction:
+    """Write `values` only if the row is still a draft at `revision` (compare-and-set in one UPDATE,
+    so two reviewers on different connections or replicas cannot both win)."""
+    claimed = session.execute(
+        update(Correction)
+        .where(Correction.id == correction_id, Correction.revision == revision,
+               Correction.status == CorrectionStatus.draft)
+        .values(revision=revision + 1, updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False))
+    if claimed.rowcount != 1:
+        session.rollback()
+        raise Conflict(f"correction {correction_id} was changed by someone else meanwhile; nothing was changed")
+    session.commit()
+    correction = session.get(Correction, correction_id)
+    session.refresh(correction)
+    return correction
+
+
+def _review(correction: Correction, actor: Staff, status: CorrectionStatus) -> None:
+    correction.status, correction.reviewed_by = status, actor.id
+    correction.reviewed_at = correction.updated_at = utcnow()
+
+
+# staff accounts and the audit trail -------------------------------------------------------------
+
+def create_staff(session: Session, *, name: str, role: StaffRole = StaffRole.agent,
+                 actor: Staff | None = None) -> tuple[Staff, str]:
+    """A new staff account and its bearer token; only the token's hash is stored. `actor` is the
+    admin who made it (None from the command line)."""
     if session.exec(select(Staff).where(Staff.name == name)).first() is not None:
-        raise ValueError(f"a staff member named {name!r} already exists")
+        raise Conflict(f"a staff member named {name!r} already exists")
     token = new_token()
     staff = Staff(name=name, role=role, token_hash=hash_token(token))
     session.add(staff)
+    session.flush()
+    if actor is not None:
+        _audit(session, actor, "staff.create", str(staff.id), name=name, role=role.value)
     session.commit()
     return staff, token
 
 
 def staff_by_token(session: Session, *, token: str) -> Staff | None:
-    staff = session.exec(select(Staff).where(Staff.token_hash == hash_token(token))).first()
-    return None if staff is None or staff.disabled else staff
+    """The account a token belongs to (disabled ones included: callers tell them apart)."""
+    return session.exec(select(Staff).where(Staff.token_hash == hash_token(token))).first()
+
+
+def list_staff(session: Session) -> list[Staff]:
+    return list(session.exec(select(Staff).order_by(Staff.id)))
+
+
+def update_staff(session: Session, *, staff_id: int, actor: Staff, role: StaffRole | None = None,
+                 disabled: bool | None = None) -> Staff:
+    staff = session.get(Staff, staff_id)
+    if staff is None:
+        raise NotFound(f"no staff member {staff_id}")
+    changes = {k: v for k, v in (("role", role), ("disabled", disabled)) if v is not None}
+    for key, value in changes.items():
+        setattr(staff, key, value)
+    if staff.role != StaffRole.admin or staff.disabled:
+        others = select(func.count()).select_from(Staff).where(Staff.role == StaffRole.admin, Staff.id != staff.id,
+                                                               Staff.disabled == False)  # noqa: E712
+        if session.exec(others).one() == 0:
+            session.rollback()
+            raise Invalid("this would leave no active admin")
+    session.add(staff)
+    _audit(session, actor, "staff.update", str(staff_id), **{k: getattr(v, "value", v) for k, v in changes.items()})
+    session.commit()
+    return staff
+
+
+def _audit(session: Session, actor: Staff, action: str, target: str, **detail) -> None:
+    session.add(StaffAction(staff_id=actor.id, action=action, target=target, detail_json=json.dumps(detail)))
+
+
+def list_actions(session: Session, *, limit: int = 100, offset: int = 0) -> list[StaffAction]:
+    query = select(StaffAction).order_by(StaffAction.created_at.desc(), StaffAction.id.desc())
+    return list(session.exec(query.offset(offset).limit(limit)))
 
 
 # adapters and training runs -------------------------------------------------------------------

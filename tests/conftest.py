@@ -45,14 +45,20 @@ def _drop_postgres(url: str) -> None:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def any_store(request, tmp_path) -> Store:
-    """The store on a real SQLite file and on the real local PostgreSQL."""
+def any_db_url(request, tmp_path) -> str:
+    """An empty database: a real SQLite file, or a fresh database on the real local PostgreSQL."""
     url = f"sqlite:///{tmp_path / 'store.db'}" if request.param == "sqlite" else _postgres_url()
-    store = open_store(url)
-    yield store
-    store.dispose()
+    yield url
     if request.param == "postgresql":
         _drop_postgres(url)
+
+
+@pytest.fixture
+def any_store(any_db_url) -> Store:
+    """The migrated store on a real SQLite file and on the real local PostgreSQL."""
+    store = open_store(any_db_url)
+    yield store
+    store.dispose()
 
 
 @pytest.fixture

@@ -122,7 +122,7 @@ def test_feedback_errors(client):
 
 def test_corrections_need_a_valid_staff_token(client, store):
     with store.session() as s:
-        _, token = repo.create_staff(s, name="dee", role=StaffRole.agent)
+        dee, token = repo.create_staff(s, name="dee", role=StaffRole.agent)
     reply = client.post("/api/chat", json={"message": "When is breakfast?"}).json()
     url = f"/api/messages/{reply['message_id']}/corrections"
     body = {"text": "Breakfast is 7-10am.", "approve": True}
@@ -130,7 +130,7 @@ def test_corrections_need_a_valid_staff_token(client, store):
     wrong = client.post(url, json=body, headers={"Authorization": "Bearer slt_wrong"})
     assert wrong.status_code == 401 and "wrong" in wrong.json()["detail"]
     ok = client.post(url, json=body, headers={"Authorization": f"Bearer {token}"})
-    assert ok.status_code == 201 and ok.json()["status"] == "approved" and ok.json()["staff"] == "dee"
+    assert ok.status_code == 201 and ok.json()["status"] == "approved" and ok.json()["staff_id"] == dee.id
     auth = {"Authorization": f"Bearer {token}"}
     assert client.post("/api/messages/nope/corrections", json=body, headers=auth).status_code == 404
     assert client.post(url, json={"text": "  ", "approve": True}, headers=auth).status_code == 422

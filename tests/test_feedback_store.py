@@ -58,8 +58,8 @@ def test_staff_token_stored_only_as_hash(any_store):
         staff.disabled = True
         s.add(staff)
         s.commit()
-        assert repo.staff_by_token(s, token=token) is None
-        with pytest.raises(ValueError, match="already exists"):
+        assert repo.staff_by_token(s, token=token).disabled  # found, and the caller sees it is disabled
+        with pytest.raises(repo.Conflict, match="already exists"):
             repo.create_staff(s, name="ana")
 
 
@@ -68,9 +68,9 @@ def test_sft_export_uses_context_and_latest_approved_correction(any_store):
         staff, _ = repo.create_staff(s, name="bo")
         msgs = _conversation(s, [(Role.user, "Hi"), (Role.assistant, "Hello!"),
                                  (Role.user, "When is check-in?"), (Role.assistant, "At noon.")])
-        repo.add_correction(s, message_id=msgs[3].id, staff_id=staff.id, text="From 3pm.", approve=True)
-        repo.add_correction(s, message_id=msgs[3].id, staff_id=staff.id, text="From 3:30pm.", approve=True)
-        repo.add_correction(s, message_id=msgs[1].id, staff_id=staff.id, text="draft only", approve=False)
+        repo.add_correction(s, message_id=msgs[3].id, actor=staff, text="From 3pm.", approve=True)
+        repo.add_correction(s, message_id=msgs[3].id, actor=staff, text="From 3:30pm.", approve=True)
+        repo.add_correction(s, message_id=msgs[1].id, actor=staff, text="draft only", approve=False)
         records = sft_records(s)
     assert records == [{
         "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
@@ -85,8 +85,8 @@ def test_only_answers_can_be_corrected(any_store):
         staff, _ = repo.create_staff(s, name="cy")
         user, _ = _conversation(s, [(Role.user, "Hi"), (Role.assistant, "Hello!")])
         with pytest.raises(ValueError, match="assistant"):
-            repo.add_correction(s, message_id=user.id, staff_id=staff.id, text="x", approve=True)
-        draft = repo.add_correction(s, message_id=_.id, staff_id=staff.id, text="x", approve=False)
+            repo.add_correction(s, message_id=user.id, actor=staff, text="x", approve=True)
+        draft = repo.add_correction(s, message_id=_.id, actor=staff, text="x", approve=False)
     assert draft.status == CorrectionStatus.draft
 
 

@@ -61,7 +61,7 @@ def _correct(store, question: str, answer: str, correction: str) -> None:
         message = repo.add_message(s, conversation_id=conversation.id, role=Role.assistant, text=answer,
                                    adapter_version="base")
         staff = repo.staff_by_token(s, token="x") or repo.create_staff(s, name=f"s-{message.id[:6]}")[0]
-        repo.add_correction(s, message_id=message.id, staff_id=staff.id, text=correction, approve=True)
+        repo.add_correction(s, message_id=message.id, actor=staff, text=correction, approve=True)
 
 
 def _config(store, tiny_model, tmp_path) -> RoundConfig:

@@ -1,28 +1,24 @@
-"""Feedback from customers (no auth) and corrections from staff (bearer token)."""
+"""What customers send besides chat: votes on answers and requests to talk to a human (no auth: the
+ids are unguessable and only reach the customer who was served)."""
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter
 
-from bot.deps import SessionDep, StaffDep
-from bot.protocol import CorrectionRequest, CorrectionResponse, FeedbackRequest, FeedbackResponse
+from bot.deps import SessionDep
+from bot.protocol import FeedbackRequest, FeedbackResponse, HandoffRequest, HandoffResponse
 from feedback import repo
 
-router = APIRouter(prefix="/api/messages")
+router = APIRouter(prefix="/api")
 
 
-@router.post("/{message_id}/feedback", response_model=FeedbackResponse)
+@router.post("/messages/{message_id}/feedback", response_model=FeedbackResponse)
 def give_feedback(message_id: str, body: FeedbackRequest, session: SessionDep) -> FeedbackResponse:
-    vote = repo.set_feedback(session, message_id=message_id, thumb=body.thumb,
-                             reason=body.reason, comment=body.comment)
+    vote = repo.set_feedback(session, message_id=message_id, thumb=body.thumb, reason=body.reason,
+                             comment=body.comment)
     return FeedbackResponse.model_validate(vote)
 
 
-@router.post("/{message_id}/corrections", response_model=CorrectionResponse, status_code=201)
-def correct(message_id: str, body: CorrectionRequest, session: SessionDep, staff: StaffDep) -> CorrectionResponse:
-    try:
-        correction = repo.add_correction(session, message_id=message_id, staff_id=staff.id,
-                                         text=body.text, approve=body.approve)
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from exc
-    return CorrectionResponse(id=correction.id, message_id=message_id, text=correction.text,
-                              status=correction.status.value, staff=staff.name)
+@router.post("/sessions/{session_id}/handoff", response_model=HandoffResponse, status_code=201)
+def ask_for_human(session_id: str, body: HandoffRequest, session: SessionDep) -> HandoffResponse:
+    handoff = repo.request_handoff(session, conversation_id=session_id, note=body.note)
+    return HandoffResponse.model_validate(handoff)
