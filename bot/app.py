@@ -12,19 +12,19 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from bot.adapters import AdapterManager
 from bot.basemodel import resolve_base_model
 from bot.chat import ChatService
 from bot.engine import Engine
+from bot.errors import HANDLED, error_reply
 from bot.limits import ClientLimits
 from bot.metrics import Metrics
 from bot.generator import Generator, HFGenerator
 from bot.routes import chat, feedback, openai, ops, staff
 from bot.settings import Settings
 from feedback.db import Store, open_store
-from feedback.repo import Conflict, Invalid, NotFound
+from feedback.ingest import VoteWriter
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ def _lifespan(settings: Settings, generator: Generator, store: Store | None):
         own_store = store is None
         state = app.state
         state.store = store or open_store(settings.db_url)
+        state.votes = VoteWriter(state.store)
         state.engine = Engine(generator)
         state.adapters = AdapterManager(state.engine, state.store, settings.adapters_dir,
                                         settings.adapter_poll_seconds, on_swap=lambda _v: state.metrics.swaps.inc())
@@ -59,6 +60,7 @@ def _lifespan(settings: Settings, generator: Generator, store: Store | None):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             state.engine.close()
+            await state.votes.close()
             if own_store:
                 state.store.dispose()
     return lifespan
@@ -78,24 +80,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return openai.OpenAIError(400, f"Invalid request: {param or 'body'}: {first.get('msg')}.",
                                   "invalid_request", param).response()
 
-    @app.exception_handler(NotFound)
-    async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+    async def store_error(_request: Request, exc: Exception) -> JSONResponse:
+        status, body, headers = error_reply(exc)
+        return JSONResponse(body, status_code=status, headers=headers)
 
-    @app.exception_handler(Invalid)
-    async def invalid_request(_request: Request, exc: Invalid) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
-    @app.exception_handler(Conflict)
-    async def conflict(_request: Request, exc: Conflict) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(InterfaceError)
-    async def database_down(_request: Request, exc: Exception) -> JSONResponse:
-        log.warning("database unavailable: %s", exc.__class__.__name__)
-        return JSONResponse({"detail": "The database is unavailable right now; nothing was changed. "
-                             "Try again shortly."}, status_code=503, headers={"Retry-After": "5"})
+    for kind in HANDLED:
+        app.add_exception_handler(kind, store_error)
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -111,6 +101,7 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
                                 max_batch=settings.max_batch, max_queue=settings.max_queue)
     app = FastAPI(title="supportloop", lifespan=_lifespan(settings, generator, store))
     app.state.settings = settings
+    app.add_middleware(feedback.VoteIngest)  # inside CORS: the widget's cross-origin votes get CORS headers
     app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST", "PATCH"],
                        allow_headers=["Authorization", "Content-Type"])
     for module in (ops, chat, feedback, staff, openai):

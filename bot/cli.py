@@ -28,7 +28,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     print(f"supportloop: serving on http://{args.host}:{args.port}/ (open it in a browser); "
           f"data in {settings.data_dir.resolve()}, store {settings.db_url}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws="websockets-sansio")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws="websockets-sansio",
+                access_log=not args.no_access_log)
     return 0
 
 
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Serve the product: chat page at /, WebSocket /ws/chat, REST /api.")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--no-access-log", action="store_true", help="do not log every HTTP request")
     serve.set_defaults(func=cmd_serve)
 
     model = commands.add_parser("model", help="manage the base model").add_subparsers(

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 
 from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, func, select
 
 from feedback.models import (
@@ -94,26 +94,60 @@ def get_message(session: Session, *, message_id: str) -> Message:
 
 # feedback and handoffs (customers) -------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Vote:
+    message_id: str
+    thumb: Thumb
+    reason: Reason | None = None
+    comment: str | None = None
+
+
 def set_feedback(session: Session, *, message_id: str, thumb: Thumb, reason: Reason | None = None,
                  comment: str | None = None) -> Feedback:
     """Record the customer's vote on an answer: one per message, a later vote replaces the earlier
-    one. Reasons go with thumbs down only. Safe under concurrent votes on the same message."""
-    if reason is not None and thumb != Thumb.down:
-        raise Invalid("a reason can only be given with a thumbs down")
-    if get_message(session, message_id=message_id).role != Role.assistant:
-        raise Invalid("votes go on the bot's answers, not on customer messages")
-    for _attempt in range(2):
-        vote = session.exec(select(Feedback).where(Feedback.message_id == message_id)).first()
-        if vote is None:
-            vote = Feedback(message_id=message_id, thumb=thumb)
-        vote.thumb, vote.reason, vote.comment, vote.updated_at = thumb, reason, comment, utcnow()
-        session.add(vote)
-        try:
-            session.commit()
-            return vote
-        except IntegrityError:  # a concurrent first vote on the same message won the insert
-            session.rollback()
-    raise Conflict("the vote changed concurrently; try again")
+    one. Reasons go with thumbs down only."""
+    outcome = record_votes(session, [Vote(message_id, thumb, reason, comment)])[0]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return session.exec(select(Feedback).where(Feedback.message_id == message_id)).one()
+
+
+def record_votes(session: Session, votes: list[Vote]) -> list[Vote | Exception]:
+    """Store many votes in one transaction (an upsert per message, so concurrent writers on any
+    number of connections or replicas never duplicate a vote); commits. Returns, per vote, the vote
+    as stored or the exception that refused it (NotFound, Invalid); refused votes do not stop the others."""
+    roles = dict(session.exec(select(Message.id, Message.role)
+                              .where(Message.id.in_({v.message_id for v in votes}))).all())
+    outcomes = [_vote_problem(vote, roles.get(vote.message_id)) or vote for vote in votes]
+    now = utcnow()
+    rows = [{"message_id": v.message_id, "thumb": v.thumb, "reason": v.reason, "comment": v.comment,
+             "created_at": now, "updated_at": now} for v in outcomes if isinstance(v, Vote)]
+    if rows:
+        session.execute(_upsert_vote(session.get_bind().dialect.name), rows)
+    session.commit()
+    return outcomes
+
+
+def _vote_problem(vote: Vote, role: Role | None) -> Exception | None:
+    if role is None:
+        return NotFound(f"no message with id {vote.message_id!r}")
+    if role != Role.assistant:
+        return Invalid("votes go on the bot's answers, not on customer messages")
+    if vote.reason is not None and vote.thumb != Thumb.down:
+        return Invalid("a reason can only be given with a thumbs down")
+    return None
+
+
+def _upsert_vote(dialect: str):
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise NotImplementedError(f"votes need an upsert; {dialect} is not supported (use SQLite or PostgreSQL)")
+    statement = insert(Feedback.__table__)
+    return statement.on_conflict_do_update(index_elements=["message_id"], set_={
+        name: statement.excluded[name] for name in ("thumb", "reason", "comment", "updated_at")})
 
 
 def request_handoff(session: Session, *, conversation_id: str, note: str | None = None) -> Handoff:

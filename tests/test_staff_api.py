@@ -251,3 +251,18 @@ def test_database_outage_gives_503_and_the_server_recovers(settings):
         proxy.cut()
         store.dispose()
         _drop_postgres(url)
+
+
+def test_the_vote_fast_path_answers_like_the_documented_route(client, any_store):
+    answer = _answer(any_store, "Hi", "Hello!")
+    url = f"/api/messages/{answer}/feedback"
+    assert url.replace(answer, "{message_id}") in client.get("/openapi.json").json()["paths"]
+    broken = client.post(url, content=b"{not json", headers={"Content-Type": "application/json"})
+    assert broken.status_code == 422 and broken.json()["detail"][0]["loc"][0] == "body"
+    missing = client.post(url, json={})
+    assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "thumb"]
+    huge = client.post(url, content=b" " * (2 << 20), headers={"Content-Type": "application/json"})
+    assert huge.status_code == 413 and "at most" in huge.json()["detail"]
+    cross = client.post(url, json={"thumb": "up"}, headers={"Origin": "https://shop.example"})
+    assert cross.status_code == 200 and cross.headers["access-control-allow-origin"] == "*"
+    assert cross.json() == {"thumb": "up", "reason": None, "comment": None, "message_id": answer}

@@ -8,6 +8,7 @@ from contextlib import aclosing
 
 from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from bot.chat import ChatError, ChatService, Reply
 from bot.deps import ChatDep, SessionDep, client_address
@@ -126,6 +127,9 @@ class _Connection:
                     await self.send(_frame_for(item))
         except ChatError as exc:
             await self.error(exc.code, exc.message)
+        except (OperationalError, InterfaceError):
+            log.warning("database unavailable during an answer", exc_info=True)
+            await self.error("store_unavailable", "The database is unavailable right now; try again shortly.")
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await self.error("cancelled", "The answer was cancelled.")
