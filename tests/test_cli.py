@@ -22,7 +22,8 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("args, expected", [
     ((), "serve"), (("serve",), "--port"), (("model", "pull"), "SUPPORTLOOP_MODEL_CACHE"),
-    (("staff", "add"), "--role"), (("train",), "--epochs")])
+    (("staff", "add"), "--role"), (("train",), "--epochs"), (("db", "upgrade"), "--revision"),
+    (("export",), "--since")])
 def test_every_command_has_help(args, expected):
     result = _run(*args, "--help")
     assert result.returncode == 0 and expected in result.stdout
@@ -54,3 +55,13 @@ def test_missing_model_gives_clear_error(tmp_path):
     assert result.returncode == 2 and "supportloop model pull" in result.stderr and "Traceback" not in result.stderr
     custom = _run("serve", env={**env, "SUPPORTLOOP_BASE_MODEL": str(tmp_path)})
     assert custom.returncode == 2 and "no config.json" in custom.stderr
+
+
+def test_db_upgrade_migrates_and_is_repeatable(tmp_path):
+    env = {"SUPPORTLOOP_DATABASE_URL": f"sqlite:///{tmp_path / 'ops.db'}"}
+    first = _run("db", "upgrade", env=env)
+    assert first.returncode == 0 and "schema empty → 0002" in first.stdout, first.stderr
+    again = _run("db", "upgrade", env=env)
+    assert again.returncode == 0 and "schema 0002 → 0002" in again.stdout
+    bad = _run("export", "--format", "csv", str(tmp_path / "x.jsonl"), env=env)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr

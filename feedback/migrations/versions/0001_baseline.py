@@ -17,6 +17,11 @@ depends_on = None
 
 
 def upgrade() -> None:
+    _standalone_tables()
+    _conversation_tables()
+
+
+def _standalone_tables() -> None:
     op.create_table('adapter',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('version', sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
@@ -58,6 +63,9 @@ def upgrade() -> None:
     sa.Column('log', sqlmodel.sql.sqltypes.AutoString(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
+
+
+def _conversation_tables() -> None:
     op.create_table('message',
     sa.Column('id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('conversation_id', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
