@@ -74,9 +74,9 @@ def _train_and_publish(config: RoundConfig, records: list[dict], parent: str, st
 def _round(config: RoundConfig, store, record: Callable[[str], None]) -> RoundSummary:
     records, parent = _snapshot(store)
     if not records:
-        raise NothingToTrain("No approved corrections yet: staff approve one with "
+        raise NothingToTrain("No approved corrections or thumbed-up answers yet: staff approve one with "
                              "POST /api/messages/{id}/corrections {\"text\": ..., \"approve\": true}.")
-    record(f"round: {len(records)} SFT examples from approved corrections, parent {parent}")
+    record(f"round: {len(records)} SFT examples (approved corrections, thumbed-up answers), parent {parent}")
     summary = _train_and_publish(config, records, parent, store, record)
     record(summary.describe())
     return summary
