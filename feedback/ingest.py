@@ -27,8 +27,10 @@ class VoteWriter:
         self._wake.set()
         return await future
 
-    async def close(self) -> None:
-        while self.pending:  # votes already accepted are written before shutting down
+    async def close(self, timeout: float = 10.0) -> None:
+        """Write the votes already accepted (for at most `timeout` seconds), then stop."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.pending and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)

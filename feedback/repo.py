@@ -120,10 +120,11 @@ def record_votes(session: Session, votes: list[Vote]) -> list[Vote | Exception]:
                               .where(Message.id.in_({v.message_id for v in votes}))).all())
     outcomes = [_vote_problem(vote, roles.get(vote.message_id)) or vote for vote in votes]
     now = utcnow()
-    rows = [{"message_id": v.message_id, "thumb": v.thumb, "reason": v.reason, "comment": v.comment,
-             "created_at": now, "updated_at": now} for v in outcomes if isinstance(v, Vote)]
+    rows = {v.message_id: {"message_id": v.message_id, "thumb": v.thumb, "reason": v.reason, "comment": v.comment,
+                           "created_at": now, "updated_at": now}
+            for v in outcomes if isinstance(v, Vote)}  # two votes on one answer in a batch: the later counts
     if rows:
-        session.execute(_upsert_vote(session.get_bind().dialect.name), rows)
+        session.execute(_upsert_vote(session.get_bind().dialect.name), list(rows.values()))
     session.commit()
     return outcomes
 

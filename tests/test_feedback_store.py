@@ -104,3 +104,13 @@ def test_activating_an_adapter_retires_the_previous(any_store):
         from sqlmodel import select
         statuses = {a.version: a.status for a in s.exec(select(Adapter))}
     assert statuses == {"v1": AdapterStatus.retired, "v2": AdapterStatus.active, "v3": AdapterStatus.candidate}
+
+
+def test_votes_in_one_batch_on_the_same_answer_keep_the_last(any_store):
+    with any_store.session() as s:
+        _, answer = _conversation(s, [(Role.user, "Hi"), (Role.assistant, "Hello!")])
+        outcomes = repo.record_votes(s, [repo.Vote(answer.id, Thumb.up), repo.Vote("nope", Thumb.up),
+                                         repo.Vote(answer.id, Thumb.down, "wrong")])
+        assert isinstance(outcomes[1], repo.NotFound)
+        stored = repo.feedback_by_message(s, conversation_id=answer.conversation_id)[answer.id]
+    assert (stored.thumb, stored.reason) == (Thumb.down, "wrong")
