@@ -26,6 +26,19 @@ class SFTSettings:
 
 
 @dataclass
+class PreferenceSettings:
+    """DPO and KTO (TRL defaults where they fit a small adapter round)."""
+    epochs: int = field(default=2, metadata={"help": "Passes over the round's examples."})
+    min_steps: int = field(default=8, metadata={"help": "At least this many optimizer steps."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
+    batch_size: int = field(default=4, metadata={"help": "Examples per optimizer step (KTO needs at least 2)."})
+    beta: float = field(default=0.1, metadata={"help": "How far the adapter may move from the reference "
+                                               "(the model without the adapter)."})
+    max_length: int = field(default=1024, metadata={"help": "Longest tokenized example; longer are cut."})
+    seed: int = field(default=0, metadata={"help": "Seed for reproducible rounds."})
+
+
+@dataclass
 class RoundConfig:
     database_url: str = field(metadata={"help": "The feedback store's SQLAlchemy URL."})
     adapters_dir: Path = field(metadata={"help": "The adapter registry folder (one subfolder per version)."})

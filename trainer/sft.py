@@ -1,93 +1,19 @@
 """Supervised fine-tuning of a LoRA adapter on conversational prompt/completion records (TRL)."""
 from __future__ import annotations
 
-import math
-import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.config import LoraSettings, SFTSettings
-from trainer.hardware import precision_args
+from trainer.lora import Method, TrainStats, plan_steps, train_lora
 
-
-@dataclass
-class TrainStats:
-    examples: int
-    steps: int
-    seconds: float
-    losses: list[float] = field(default_factory=list)
-    precision: str = "fp32"
-
-    @property
-    def first_loss(self) -> float | None:
-        return self.losses[0] if self.losses else None
-
-    @property
-    def final_loss(self) -> float | None:
-        return self.losses[-1] if self.losses else None
-
-
-def lora_config(lora: LoraSettings):
-    from peft import LoraConfig
-
-    targets = lora.target_modules
-    if targets != "all-linear":
-        targets = [name.strip() for name in targets.split(",") if name.strip()]
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
-
-
-def plan_steps(examples: int, sft: SFTSettings) -> int:
-    """Optimizer steps for a round: `epochs` passes, but never fewer than `min_steps`."""
-    per_epoch = math.ceil(examples / sft.batch_size)
-    return max(sft.min_steps, per_epoch * sft.epochs)
-
-
-def _loss_callback(losses: list[float], log: Callable[[str], None]):
-    from transformers import TrainerCallback
-
-    class LossLog(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                losses.append(float(logs["loss"]))
-                log(f"step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f}")
-
-    return LossLog()
-
-
-def _sft_args(sft: SFTSettings, steps: int, batch: int, device: str, progress: bool, work: str):
-    from trl import SFTConfig
-
-    return SFTConfig(output_dir=work, max_steps=steps, per_device_train_batch_size=batch,
-                     learning_rate=sft.learning_rate, max_length=sft.max_length, logging_steps=1,
-                     save_strategy="no", report_to="none", seed=sft.seed, disable_tqdm=not progress,
-                     dataloader_num_workers=0, **precision_args(device))
+__all__ = ["TrainStats", "plan_steps", "train_sft"]
 
 
 def train_sft(records: list[dict], *, base_model: Path, out_dir: Path, device: str, lora: LoraSettings,
               sft: SFTSettings, log: Callable[[str], None], progress: bool = True) -> TrainStats:
     """Train a LoRA adapter on `records` and save it (adapter weights and config only) to `out_dir`."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
-    from trl import SFTTrainer
+    from trl import SFTConfig, SFTTrainer
 
-    set_seed(sft.seed)
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
-    steps, batch = plan_steps(len(records), sft), min(sft.batch_size, len(records))
-    losses: list[float] = []
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="supportloop-sft-") as work:
-        args = _sft_args(sft, steps, batch, device, progress, work)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(records),
-                             processing_class=tokenizer, peft_config=lora_config(lora),
-                             callbacks=[_loss_callback(losses, log)])
-        trainer.remove_callback(PrinterCallback)  # our callback logs each step once, in our format
-        trainer.train()
-        trainer.model.save_pretrained(out_dir)
-    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-    return TrainStats(examples=len(records), steps=steps, seconds=time.perf_counter() - started,
-                      losses=losses, precision=precision)
+    return train_lora(Method(SFTConfig, SFTTrainer), records, base_model=base_model, out_dir=out_dir,
+                      device=device, lora=lora, settings=sft, log=log, progress=progress)
