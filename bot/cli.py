@@ -113,7 +113,7 @@ def _since(value: str):
 def cmd_train(args: argparse.Namespace) -> int:
     from bot.basemodel import resolve_base_model
     from trainer.config import LoraSettings, RoundConfig, SFTSettings
-    from trainer.round import NothingToTrain, run_round
+    from trainer.round import NothingToTrain, parse_methods, run_round
 
     settings = _settings()
     given = {name: getattr(args, name) for name in ("epochs", "min_steps", "learning_rate", "batch_size", "seed")
@@ -122,7 +122,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = RoundConfig(database_url=settings.db_url, adapters_dir=settings.adapters_dir,
                          base_model=resolve_base_model(settings.base_model, settings.model_cache),
                          device=args.device or settings.device, activate=not args.no_activate,
-                         progress=not args.quiet, lora=lora, sft=SFTSettings(**given))
+                         progress=not args.quiet, lora=lora, sft=SFTSettings(**given), methods=args.methods)
+    try:
+        parse_methods(args.methods)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         summary = run_round(config)
     except NothingToTrain as exc:
@@ -181,10 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("out", type=Path, metavar="OUT.jsonl", help="file to write")
     exp.set_defaults(func=cmd_export)
 
-    train = commands.add_parser("train", help="train a LoRA adapter from approved corrections and activate it",
-                                description="One SFT round on all approved corrections; publishes a new adapter "
-                                "version that running servers pick up. Exit 3 when there is nothing to train.")
-    train.add_argument("--epochs", type=int, help="passes over the examples (default 10)")
+    train = commands.add_parser("train", help="train a LoRA adapter from the feedback store and activate it",
+                                description="One round on the store's exports (SFT: approved corrections and "
+                                "thumbed-up answers; DPO: corrections vs originals; KTO: thumbs); publishes a new "
+                                "adapter version that running servers pick up. Exit 3 when there is nothing to train.")
+    train.add_argument("--methods", default="auto", help="auto (SFT when there are corrections or thumbed-up "
+                       "answers, else KTO on thumbs) or a comma-separated list of sft, dpo, kto, run in that "
+                       "order on one adapter")
+    train.add_argument("--epochs", type=int, help="SFT passes over the examples (default 10)")
     train.add_argument("--min-steps", type=int, help="at least this many optimizer steps (default 24)")
     train.add_argument("--lr", dest="learning_rate", type=float, help="learning rate (default 1e-3)")
     train.add_argument("--rank", type=int, help="LoRA rank (default 16; alpha = 2 × rank)")

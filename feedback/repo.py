@@ -342,10 +342,11 @@ def next_adapter_number(session: Session) -> int:
 
 def register_adapter(session: Session, *, version: str, path: str, base_model: str,
                      parent: str | None, dataset_hash: str | None, metrics: dict,
-                     activate: bool) -> Adapter:
+                     activate: bool, datasets: dict | None = None) -> Adapter:
     """Insert an adapter row; with `activate`, it becomes the one active version in one commit."""
     adapter = Adapter(version=version, path=path, parent=parent, base_model=base_model,
-                      dataset_hash=dataset_hash, metrics_json=json.dumps(metrics))
+                      dataset_hash=dataset_hash, metrics_json=json.dumps(metrics),
+                      datasets_json=json.dumps(datasets or {}))
     if activate:
         for old in session.exec(select(Adapter).where(Adapter.status == AdapterStatus.active)):
             old.status = AdapterStatus.retired

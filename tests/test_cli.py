@@ -44,9 +44,11 @@ def test_staff_add_prints_token_once_and_stores_its_hash(tmp_path):
 
 
 def test_train_without_corrections_says_so(tiny_model, tmp_path):
-    result = _run("train", "--quiet", env={"SUPPORTLOOP_DATA_DIR": str(tmp_path),
-                                            "SUPPORTLOOP_BASE_MODEL": str(tiny_model)})
+    env = {"SUPPORTLOOP_DATA_DIR": str(tmp_path), "SUPPORTLOOP_BASE_MODEL": str(tiny_model)}
+    result = _run("train", "--quiet", env=env)
     assert result.returncode == 3 and "No approved corrections" in result.stderr
+    unknown = _run("train", "--methods", "sft,ppo", env=env)
+    assert unknown.returncode == 2 and "unknown training methods ['ppo']" in unknown.stderr
 
 
 def test_missing_model_gives_clear_error(tmp_path):

@@ -104,3 +104,44 @@ def test_round_publishes_registers_and_serves(store, tiny_model, tmp_path):
     finally:
         generator.close()
     assert result.adapter_version == second.version and result.completion_tokens > 0
+
+
+def test_choose_methods_by_data_and_by_request():
+    from trainer.round import choose_methods
+
+    sizes = {"sft": 3, "dpo": 2, "kto": 5}
+    assert choose_methods("auto", sizes) == ["sft"]
+    assert choose_methods("auto", {"sft": 0, "dpo": 0, "kto": 4}) == ["kto"]
+    assert choose_methods("auto", {"sft": 0, "dpo": 0, "kto": 1}) == []
+    assert choose_methods("kto, sft,dpo", sizes) == ["sft", "dpo", "kto"]
+    assert choose_methods("dpo", {"sft": 1, "dpo": 0, "kto": 0}) == []
+    with pytest.raises(ValueError, match="unknown training methods"):
+        choose_methods("sft,ppo", sizes)
+
+
+def test_a_round_can_stack_sft_dpo_and_kto_on_one_adapter(store, tiny_model, tmp_path):
+    from dataclasses import replace
+
+    from feedback.models import Thumb
+    from trainer.config import PreferenceSettings
+
+    _correct(store, "When is check-in?", "At noon.", "Check-in is from 3:30pm to 9:00pm.")
+    _correct(store, "Is parking free?", "Yes.", "No, parking costs extra.")
+    with store.session() as s:
+        answers = [m for m in repo.list_corrections(s)]
+        for correction, thumb in zip(answers, (Thumb.down, Thumb.up)):
+            repo.set_feedback(s, message_id=correction.message_id, thumb=thumb)
+    config = replace(_config(store, tiny_model, tmp_path), methods="sft,dpo,kto",
+                     preference=PreferenceSettings(epochs=1, min_steps=2, learning_rate=1e-2, batch_size=2,
+                                                   max_length=128))
+    logs: list[str] = []
+    summary = run_round(config, log=logs.append)
+    assert list(summary.stats) == ["sft", "dpo", "kto"]
+    assert all(len(s.losses) == s.steps for s in summary.stats.values())
+    manifest = json.loads((summary.path / MANIFEST).read_text())
+    assert manifest["methods"] == ["sft", "dpo", "kto"]
+    assert {m: d["examples"] for m, d in manifest["datasets"].items()} == {"sft": 2, "dpo": 2, "kto": 4}
+    assert any("continuing the adapter of sft" in line for line in logs)
+    assert sorted(p.name for p in config.adapters_dir.iterdir()) == [summary.version]  # no staging left
+    with store.session() as s:
+        assert json.loads(repo.active_adapter(s).datasets_json)["dpo"]["hash"].startswith("sha256:")

@@ -46,8 +46,11 @@ class RoundConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda."})
     activate: bool = field(default=True, metadata={"help": "Make the new adapter the active version."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+    methods: str = field(default="auto", metadata={"help": "auto, or a comma-separated list of sft, dpo, kto; "
+                                                   "they run in that order, each continuing the same adapter."})
     lora: LoraSettings = field(default_factory=LoraSettings)
     sft: SFTSettings = field(default_factory=SFTSettings)
+    preference: PreferenceSettings = field(default_factory=PreferenceSettings)
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

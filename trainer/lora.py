@@ -68,9 +68,11 @@ class Method:
 
 def train_lora(method: Method, records: list[dict], *, base_model: Path, out_dir: Path, device: str,
                lora: LoraSettings, settings, log: Callable[[str], None], progress: bool = True,
-               min_batch: int = 1) -> TrainStats:
+               min_batch: int = 1, init_adapter: Path | None = None) -> TrainStats:
     """Train a LoRA adapter on `records` with `method` and save it (adapter weights and config only)
-    to `out_dir`. `settings` carries epochs, min_steps, learning_rate, batch_size, max_length, seed."""
+    to `out_dir`. `settings` carries epochs, min_steps, learning_rate, batch_size, max_length, seed.
+    With `init_adapter`, that adapter is trained further (preference methods then use the model
+    without it as their reference) instead of a fresh one."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, set_seed
@@ -78,6 +80,11 @@ def train_lora(method: Method, records: list[dict], *, base_model: Path, out_dir
     set_seed(settings.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    peft_config = lora_config(lora)
+    if init_adapter is not None:
+        from peft import PeftModel
+
+        model, peft_config = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True), None
     steps, batch = plan_steps(len(records), settings), max(min_batch, min(settings.batch_size, len(records)))
     losses: list[float] = []
     started = time.perf_counter()
@@ -88,7 +95,7 @@ def train_lora(method: Method, records: list[dict], *, base_model: Path, out_dir
             save_strategy="no", report_to="none", seed=settings.seed, disable_tqdm=not progress,
             dataloader_num_workers=0, **precision_args(device), **method.extra)
         trainer = method.trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(records),
-                                     processing_class=tokenizer, peft_config=lora_config(lora),
+                                     processing_class=tokenizer, peft_config=peft_config,
                                      callbacks=[loss_callback(losses, log)])
         trainer.remove_callback(PrinterCallback)  # our callback logs each step once, in our format
         trainer.train()

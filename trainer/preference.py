@@ -27,16 +27,19 @@ def kto_weights(records: list[dict]) -> tuple[float, float]:
 
 
 def train_dpo(records: list[dict], *, base_model: Path, out_dir: Path, device: str, lora: LoraSettings,
-              settings: PreferenceSettings, log: Callable[[str], None], progress: bool = True) -> TrainStats:
+              settings: PreferenceSettings, log: Callable[[str], None], progress: bool = True,
+              init_adapter: Path | None = None) -> TrainStats:
     """DPO on records with `prompt`, `chosen` and `rejected` (conversational)."""
     from trl import DPOConfig, DPOTrainer
 
     return train_lora(Method(DPOConfig, DPOTrainer, {"beta": settings.beta}), records, base_model=base_model,
-                      out_dir=out_dir, device=device, lora=lora, settings=settings, log=log, progress=progress)
+                      out_dir=out_dir, device=device, lora=lora, settings=settings, log=log, progress=progress,
+                      init_adapter=init_adapter)
 
 
 def train_kto(records: list[dict], *, base_model: Path, out_dir: Path, device: str, lora: LoraSettings,
-              settings: PreferenceSettings, log: Callable[[str], None], progress: bool = True) -> TrainStats:
+              settings: PreferenceSettings, log: Callable[[str], None], progress: bool = True,
+              init_adapter: Path | None = None) -> TrainStats:
     """KTO on records with `prompt`, `completion` and a boolean `label`, classes balanced by weight."""
     from trl import KTOConfig, KTOTrainer
 
@@ -44,4 +47,5 @@ def train_kto(records: list[dict], *, base_model: Path, out_dir: Path, device: s
     log(f"kto: desirable weight {desirable:.2f}, undesirable weight {undesirable:.2f}")
     extra = {"beta": settings.beta, "desirable_weight": desirable, "undesirable_weight": undesirable}
     return train_lora(Method(KTOConfig, KTOTrainer, extra), records, base_model=base_model, out_dir=out_dir,
-                      device=device, lora=lora, settings=settings, log=log, progress=progress, min_batch=2)
+                      device=device, lora=lora, settings=settings, log=log, progress=progress, min_batch=2,
+                      init_adapter=init_adapter)

@@ -11,9 +11,10 @@ __all__ = ["TrainStats", "plan_steps", "train_sft"]
 
 
 def train_sft(records: list[dict], *, base_model: Path, out_dir: Path, device: str, lora: LoraSettings,
-              sft: SFTSettings, log: Callable[[str], None], progress: bool = True) -> TrainStats:
+              sft: SFTSettings, log: Callable[[str], None], progress: bool = True,
+              init_adapter: Path | None = None) -> TrainStats:
     """Train a LoRA adapter on `records` and save it (adapter weights and config only) to `out_dir`."""
     from trl import SFTConfig, SFTTrainer
 
     return train_lora(Method(SFTConfig, SFTTrainer), records, base_model=base_model, out_dir=out_dir,
-                      device=device, lora=lora, settings=sft, log=log, progress=progress)
+                      device=device, lora=lora, settings=sft, log=log, progress=progress, init_adapter=init_adapter)
