@@ -14,32 +14,21 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-# This file is named like the `feedback` package; keep its folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import live  # noqa: I001 (first: it keeps this folder from shadowing the `feedback` package)
 
-import httpx  # noqa: E402
-from sqlalchemy import create_engine, insert, select, text  # noqa: E402
+from sqlalchemy import create_engine, insert, select, text
 
-from feedback.db import open_store  # noqa: E402
-from feedback.models import Conversation, Feedback, Message, Role  # noqa: E402
+from feedback.db import open_store
+from feedback.models import Conversation, Feedback, Message, Role
 
-CLI = str(Path(sys.executable).parent / "supportloop")
 PG_ADMIN = os.environ.get("SUPPORTLOOP_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REASONS = ("wrong", "unhelpful", "outdated", "unsafe", "other")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def database(kind: str, folder: Path) -> str:
@@ -80,20 +69,9 @@ def seed(url: str, answers: int) -> list[str]:
 
 
 def start_server(url: str, data_dir: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    env = {**os.environ, "SUPPORTLOOP_DATA_DIR": data_dir, "SUPPORTLOOP_DATABASE_URL": url}
-    proc = subprocess.Popen([CLI, "serve", "--port", str(port), "--no-access-log"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:  # model loaded: steady state
-                return proc, port
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise TimeoutError("server did not start")
+    proc, base = live.start_server({"SUPPORTLOOP_DATA_DIR": data_dir, "SUPPORTLOOP_DATABASE_URL": url},
+                                   "--no-access-log")
+    return proc, int(base.rsplit(":", 1)[1])
 
 
 def vote_body(i: int) -> dict:

@@ -14,10 +14,8 @@ import argparse
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -27,12 +25,12 @@ import httpx
 import uvicorn
 from websockets.sync.client import connect
 
+import live
 from bot.app import create_app
 from bot.settings import Settings
 from trainer.metrics import overlap_f1
 
 FAQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dstc9-faq" / "faq_qa.jsonl"
-CLI = str(Path(sys.executable).parent / "supportloop")
 
 
 def pick_pairs(n: int, seed: int) -> tuple[list[dict], list[dict]]:
@@ -67,9 +65,7 @@ def ask(ws_url: str, text: str) -> dict:
 
 
 def serve(settings: Settings) -> tuple[uvicorn.Server, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = live.free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
                                           ws="websockets-sansio"))
     threading.Thread(target=server.run, daemon=True).start()
@@ -105,13 +101,13 @@ def run(n: int, seed: int) -> dict:
     server, url = serve(Settings(data_dir=data_dir, adapter_poll_seconds=0.25, max_new_tokens=48))
     ws_url = url.replace("http", "ws") + "/ws/chat"
     before = [ask(ws_url, p["question"]) for p in corrected + held_out]
-    token = subprocess.run([CLI, "staff", "add", "bench"], env=env, capture_output=True, text=True,
+    token = subprocess.run([live.CLI, "staff", "add", "bench"], env=env, capture_output=True, text=True,
                            check=True).stdout.split()[-1]
     for answer, pair in zip(before, corrected):
         httpx.post(f"{url}/api/messages/{answer['message_id']}/corrections", headers={"Authorization": f"Bearer {token}"},
                    json={"text": pair["reference"], "approve": True}).raise_for_status()
     started = time.perf_counter()
-    out = subprocess.run([CLI, "train", "--quiet"], env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([live.CLI, "train", "--quiet"], env=env, capture_output=True, text=True, check=True).stdout
     trained = time.perf_counter()
     version = out.split("new adapter ")[1].split()[0]
     wait(lambda: _ready(url) == version, 120)

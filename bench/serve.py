@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,11 +23,11 @@ from pathlib import Path
 import httpx
 import websockets
 
+import live
 from bot.basemodel import resolve_base_model
 from bot.settings import Settings
 
 FAQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dstc9-faq" / "faq_qa.jsonl"
-CLI = str(Path(sys.executable).parent / "supportloop")
 LEVELS = (1, 4, 16)
 
 
@@ -41,27 +38,12 @@ def prompts(n: int) -> list[str]:
 
 
 def start_server(max_new_tokens: int, threads: int | None) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "SUPPORTLOOP_DATA_DIR": tempfile.mkdtemp(prefix="supportloop-bench-"),
+    env = {"SUPPORTLOOP_DATA_DIR": tempfile.mkdtemp(prefix="supportloop-bench-"),
            "SUPPORTLOOP_RATE_LIMIT": "100000/minute", "SUPPORTLOOP_MAX_SESSIONS_PER_CLIENT": "64",
            "SUPPORTLOOP_MAX_NEW_TOKENS": str(max_new_tokens)}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    proc = subprocess.Popen([CLI, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz").status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise TimeoutError("server did not become ready")
+    return live.start_server(env)
 
 
 async def ask(ws_url: str, text: str) -> dict:
