@@ -8,7 +8,7 @@ from limits import parse
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from feedback.pii import KINDS
+from feedback.pii import Scrubber
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly, concise customer-support assistant. Answer the customer's question "
@@ -56,9 +56,10 @@ class Settings(BaseSettings):
     @field_validator("pii_scrub")
     @classmethod
     def _known_pii(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(KINDS))
-        if unknown:
-            raise ValueError(f"SUPPORTLOOP_PII_SCRUB: unknown kinds {unknown}; known: {', '.join(KINDS)}")
+        try:
+            Scrubber(value)  # the scrubber's own check of the kinds
+        except ValueError as exc:
+            raise ValueError(f"SUPPORTLOOP_PII_SCRUB: {exc}") from exc
         return value
 
     @field_validator("rate_limit")
