@@ -21,8 +21,9 @@ from bot.errors import HANDLED, error_reply
 from bot.limits import ClientLimits
 from bot.metrics import Metrics
 from bot.generator import Generator, HFGenerator
-from bot.routes import chat, feedback, openai, ops, staff
+from bot.routes import admin, chat, feedback, openai, ops, staff
 from bot.settings import Settings
+from bot.training import round_launcher
 from feedback.db import Store, open_store
 from feedback.ingest import VoteWriter
 
@@ -101,10 +102,11 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
                                 max_batch=settings.max_batch, max_queue=settings.max_queue)
     app = FastAPI(title="supportloop", lifespan=_lifespan(settings, generator, store))
     app.state.settings = settings
+    app.state.launch_round = round_launcher(settings)
     app.add_middleware(feedback.VoteIngest)  # inside CORS: the widget's cross-origin votes get CORS headers
     app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST", "PATCH"],
                        allow_headers=["Authorization", "Content-Type"])
-    for module in (ops, chat, feedback, staff, openai):
+    for module in (ops, chat, feedback, staff, admin, openai):
         app.include_router(module.router)
     _install_error_handlers(app)
     return app

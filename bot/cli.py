@@ -1,5 +1,5 @@
 """The `supportloop` command line. Heavy imports (torch, the server, the trainer) happen inside the
-commands; the trainer is imported only by `train`, lazily."""
+commands; the trainer is imported only by `train` and `schedule`, lazily (`bot/training.py`)."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 
 from bot.basemodel import ModelNotAvailable
-
-EXIT_NOTHING_TO_TRAIN = 3
-
+from bot.training import add_round_commands
 
 def _settings():
     from bot.settings import Settings
@@ -110,34 +108,6 @@ def _since(value: str):
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from bot.basemodel import resolve_base_model
-    from trainer.config import LoraSettings, RoundConfig, SFTSettings
-    from trainer.round import NothingToTrain, parse_methods, run_round
-
-    settings = _settings()
-    given = {name: getattr(args, name) for name in ("epochs", "min_steps", "learning_rate", "batch_size", "seed")
-             if getattr(args, name) is not None}
-    lora = LoraSettings() if args.rank is None else LoraSettings(r=args.rank, alpha=2 * args.rank)
-    config = RoundConfig(database_url=settings.db_url, adapters_dir=settings.adapters_dir,
-                         base_model=resolve_base_model(settings.base_model, settings.model_cache),
-                         device=args.device or settings.device, activate=not args.no_activate,
-                         progress=not args.quiet, lora=lora, sft=SFTSettings(**given), methods=args.methods)
-    try:
-        parse_methods(args.methods)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        summary = run_round(config)
-    except NothingToTrain as exc:
-        print(f"nothing to train: {exc}", file=sys.stderr)
-        return EXIT_NOTHING_TO_TRAIN
-    state = "active" if config.activate else "candidate"
-    print(f"new adapter {summary.version} ({state}) at {summary.path}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="supportloop", description="A customer-support chatbot that "
                                      "learns from feedback. Settings come from SUPPORTLOOP_* variables.")
@@ -186,23 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("out", type=Path, metavar="OUT.jsonl", help="file to write")
     exp.set_defaults(func=cmd_export)
 
-    train = commands.add_parser("train", help="train a LoRA adapter from the feedback store and activate it",
-                                description="One round on the store's exports (SFT: approved corrections and "
-                                "thumbed-up answers; DPO: corrections vs originals; KTO: thumbs); publishes a new "
-                                "adapter version that running servers pick up. Exit 3 when there is nothing to train.")
-    train.add_argument("--methods", default="auto", help="auto (SFT when there are corrections or thumbed-up "
-                       "answers, else KTO on thumbs) or a comma-separated list of sft, dpo, kto, run in that "
-                       "order on one adapter")
-    train.add_argument("--epochs", type=int, help="SFT passes over the examples (default 10)")
-    train.add_argument("--min-steps", type=int, help="at least this many optimizer steps (default 24)")
-    train.add_argument("--lr", dest="learning_rate", type=float, help="learning rate (default 1e-3)")
-    train.add_argument("--rank", type=int, help="LoRA rank (default 16; alpha = 2 × rank)")
-    train.add_argument("--batch-size", type=int, help="examples per step (default 8)")
-    train.add_argument("--seed", type=int, help="random seed (default 0)")
-    train.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default SUPPORTLOOP_DEVICE")
-    train.add_argument("--no-activate", action="store_true", help="register as a candidate, do not activate")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
-    train.set_defaults(func=cmd_train)
+    add_round_commands(commands)
     return parser
 
 

@@ -2,6 +2,7 @@
 never at import time."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from limits import parse
@@ -40,8 +41,19 @@ class Settings(BaseSettings):
                                        "socket from a browser (JSON list); '*' allows any")
     pii_scrub: list[str] = Field(["email", "phone", "card", "iban"], description="personal data replaced by "
                                  "placeholders in training exports (JSON list; [] turns scrubbing off)")
+    golden_set: Path | None = Field(None, description="JSONL of {\"question\", \"answer\"} pairs a new adapter "
+                                    "must not regress on (the evaluation gate); optional")
     adapter_poll_seconds: float = Field(2.0, gt=0, description="how often the server checks the "
                                         "store for a newly promoted adapter")
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as `SUPPORTLOOP_*` variables, for a child process (a training round)."""
+        env = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            text = json.dumps(value) if isinstance(value, list) else str(value)
+            env[f"SUPPORTLOOP_{name.upper()}"] = text
+        env["SUPPORTLOOP_DATABASE_URL"] = self.db_url
+        return env
 
     @property
     def db_url(self) -> str:

@@ -8,7 +8,7 @@
 
 The prompt is the conversation up to the answer, system prompt included, as the bot saw it. Only the
 newest approved correction of an answer counts. Every text is PII-scrubbed unless told otherwise.
-`since` keeps the records whose feedback or correction changed at or after that time.
+`since` and `until` keep the records whose feedback or correction changed in [since, until).
 """
 from __future__ import annotations
 
@@ -74,55 +74,76 @@ def _votes(session: Session) -> list[Feedback]:
     return list(session.exec(select(Feedback).order_by(Feedback.updated_at, Feedback.id)))
 
 
-def _after(when: datetime, since: datetime | None) -> bool:
-    if since is None:
-        return True
-    if when.tzinfo is None and since.tzinfo is not None:
-        since = since.replace(tzinfo=None)
-    return when >= since
+def _naive_if(when: datetime, bound: datetime) -> datetime:
+    return bound.replace(tzinfo=None) if when.tzinfo is None and bound.tzinfo is not None else bound
+
+
+def _within(when: datetime, since: datetime | None, until: datetime | None = None) -> bool:
+    """`since` <= `when` < `until` (either bound optional)."""
+    if since is not None and when < _naive_if(when, since):
+        return False
+    return until is None or when < _naive_if(when, until)
 
 
 def _assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
-def sft_records(session: Session, *, since: datetime | None = None, scrubber: Scrubber | None = None) -> list[dict]:
+def correction_records(session: Session, *, since: datetime | None = None, until: datetime | None = None,
+                       scrubber: Scrubber | None = None) -> list[dict]:
+    """SFT records of the newest approved correction of each answer, oldest first. A correction
+    superseded by a newer one is gone even when the window only holds the older one."""
     scrub = scrubber or Scrubber()
     prompts, records = _Prompts(session, scrub.messages), []
-    corrections = _latest_approved(session)
-    corrected = {c.message_id for c in corrections}
-    for correction in corrections:
-        if _after(correction.updated_at, since):
+    for correction in _latest_approved(session):
+        if _within(correction.updated_at, since, until):
             message = session.get(Message, correction.message_id)
             records.append({"prompt": prompts.before(message), "completion": _assistant(scrub(correction.text))})
+    return records
+
+
+def thumbs_up_records(session: Session, *, since: datetime | None = None, until: datetime | None = None,
+                      scrubber: Scrubber | None = None) -> list[dict]:
+    """SFT records of the bot's answers that customers thumbed up and staff did not correct."""
+    scrub = scrubber or Scrubber()
+    prompts, records = _Prompts(session, scrub.messages), []
+    corrected = {c.message_id for c in _latest_approved(session)}
     for vote in _votes(session):
-        if vote.thumb == Thumb.up and vote.message_id not in corrected and _after(vote.updated_at, since):
+        if vote.thumb == Thumb.up and vote.message_id not in corrected and _within(vote.updated_at, since, until):
             message = session.get(Message, vote.message_id)
             records.append({"prompt": prompts.before(message), "completion": _assistant(scrub(message.text))})
     return records
 
 
-def dpo_records(session: Session, *, since: datetime | None = None, scrubber: Scrubber | None = None) -> list[dict]:
+def sft_records(session: Session, *, since: datetime | None = None, until: datetime | None = None,
+                scrubber: Scrubber | None = None) -> list[dict]:
+    window = dict(since=since, until=until, scrubber=scrubber)
+    return correction_records(session, **window) + thumbs_up_records(session, **window)
+
+
+def dpo_records(session: Session, *, since: datetime | None = None, until: datetime | None = None,
+                scrubber: Scrubber | None = None) -> list[dict]:
     scrub = scrubber or Scrubber()
     prompts, records = _Prompts(session, scrub.messages), []
     for correction in _latest_approved(session):
         message = session.get(Message, correction.message_id)
-        if correction.text.strip() != message.text.strip() and _after(correction.updated_at, since):
+        if correction.text.strip() != message.text.strip() and _within(correction.updated_at, since, until):
             records.append({"prompt": prompts.before(message), "chosen": _assistant(scrub(correction.text)),
                             "rejected": _assistant(scrub(message.text))})
     return records
 
 
-def kto_records(session: Session, *, since: datetime | None = None, scrubber: Scrubber | None = None) -> list[dict]:
+def kto_records(session: Session, *, since: datetime | None = None, until: datetime | None = None,
+                scrubber: Scrubber | None = None) -> list[dict]:
     scrub = scrubber or Scrubber()
     prompts, records = _Prompts(session, scrub.messages), []
     for vote in _votes(session):
-        if _after(vote.updated_at, since):
+        if _within(vote.updated_at, since, until):
             message = session.get(Message, vote.message_id)
             records.append({"prompt": prompts.before(message), "completion": _assistant(scrub(message.text)),
                             "label": vote.thumb == Thumb.up})
     for correction in _latest_approved(session):
-        if _after(correction.updated_at, since):
+        if _within(correction.updated_at, since, until):
             message = session.get(Message, correction.message_id)
             records.append({"prompt": prompts.before(message), "completion": _assistant(scrub(correction.text)),
                             "label": True})
@@ -132,10 +153,11 @@ def kto_records(session: Session, *, since: datetime | None = None, scrubber: Sc
 RECORDS = {"sft": sft_records, "dpo": dpo_records, "kto": kto_records}
 
 
-def records(session: Session, fmt: str, *, since: datetime | None = None, scrubber: Scrubber | None = None) -> list[dict]:
+def records(session: Session, fmt: str, *, since: datetime | None = None, until: datetime | None = None,
+            scrubber: Scrubber | None = None) -> list[dict]:
     if fmt not in RECORDS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return RECORDS[fmt](session, since=since, scrubber=scrubber)
+    return RECORDS[fmt](session, since=since, until=until, scrubber=scrubber)
 
 
 def _lines(rows: list[dict]) -> bytes:

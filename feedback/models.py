@@ -153,6 +153,22 @@ class Adapter(SQLModel, table=True):
     activated_at: datetime | None = None
 
 
+class RunOutcome(str, enum.Enum):
+    """Where a training run stands. `published`: the candidate passed the gate (and was activated unless
+    told not to); `rejected`: the gate refused it (kept for inspection, never served); `skipped`:
+    nothing to train or not needed; `abandoned`: its process died mid-round (cleaned up by the next)."""
+    queued = "queued"
+    running = "running"
+    published = "published"
+    rejected = "rejected"
+    skipped = "skipped"
+    failed = "failed"
+    abandoned = "abandoned"
+
+
+FINISHED = (RunOutcome.published, RunOutcome.rejected, RunOutcome.skipped, RunOutcome.failed, RunOutcome.abandoned)
+
+
 class TrainingRun(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     config_json: str = "{}"
@@ -161,3 +177,16 @@ class TrainingRun(SQLModel, table=True):
     outcome: str = Field(default="running", max_length=32)
     adapter_version: str | None = Field(default=None, max_length=128)
     log: str = ""
+    snapshot_at: datetime | None = Field(default=None, description="the store snapshot the round trained on")
+    progress_json: str = Field(default="{}", description="phase, step and steps of a running round")
+
+
+class TrainLock(SQLModel, table=True):
+    """At most one row per lock name: the round holding it. A holder whose process is gone (same host)
+    or whose heartbeat is stale is taken over by the next round."""
+    name: str = Field(primary_key=True, max_length=32)
+    run_id: int
+    host: str = Field(max_length=255)
+    pid: int
+    acquired_at: datetime = Field(default_factory=utcnow)
+    heartbeat_at: datetime = Field(default_factory=utcnow)

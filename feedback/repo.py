@@ -10,7 +10,7 @@ from sqlmodel import Session, func, select
 
 from feedback.models import (
     Adapter, AdapterStatus, Conversation, Correction, CorrectionStatus, Feedback, Handoff, HandoffStatus,
-    Message, Reason, Role, Staff, StaffAction, StaffRole, Thumb, TrainingRun, utcnow,
+    Message, Reason, Role, Staff, StaffAction, StaffRole, Thumb, utcnow,
 )
 from feedback.tokens import hash_token, new_token
 
@@ -181,7 +181,7 @@ def close_handoff(session: Session, *, handoff_id: int, actor: Staff) -> Handoff
         raise Conflict(f"handoff request {handoff_id} is already closed")
     handoff.status, handoff.closed_by, handoff.closed_at = HandoffStatus.closed, actor.id, utcnow()
     session.add(handoff)
-    _audit(session, actor, "handoff.close", str(handoff_id))
+    audit_action(session, actor, "handoff.close", str(handoff_id))
     session.commit()
     return handoff
 
@@ -197,7 +197,7 @@ def add_correction(session: Session, *, message_id: str, actor: Staff, text: str
         _review(correction, actor, CorrectionStatus.approved)
     session.add(correction)
     session.flush()
-    _audit(session, actor, "correction.approve" if approve else "correction.create", str(correction.id),
+    audit_action(session, actor, "correction.approve" if approve else "correction.create", str(correction.id),
            message_id=message_id)
     session.commit()
     return correction
@@ -224,7 +224,7 @@ def edit_correction(session: Session, *, correction_id: int, actor: Staff, text:
     """Change a draft's text. `revision` is the one the editor started from: if someone changed the
     correction since, nothing is overwritten (Conflict)."""
     _check_draft(session, correction_id, revision)
-    _audit(session, actor, "correction.edit", str(correction_id))
+    audit_action(session, actor, "correction.edit", str(correction_id))
     return _guarded_update(session, correction_id, revision, text=text)
 
 
@@ -233,7 +233,7 @@ def review_correction(session: Session, *, correction_id: int, actor: Staff, app
     """Approve or reject a draft (if `revision` is given, only while it is still at that revision)."""
     correction = _check_draft(session, correction_id, revision)
     status = CorrectionStatus.approved if approve else CorrectionStatus.rejected
-    _audit(session, actor, "correction.approve" if approve else "correction.reject", str(correction_id))
+    audit_action(session, actor, "correction.approve" if approve else "correction.reject", str(correction_id))
     return _guarded_update(session, correction_id, correction.revision, status=status, reviewed_by=actor.id,
                            reviewed_at=utcnow())
 
@@ -287,7 +287,7 @@ def create_staff(session: Session, *, name: str, role: StaffRole = StaffRole.age
     session.add(staff)
     session.flush()
     if actor is not None:
-        _audit(session, actor, "staff.create", str(staff.id), name=name, role=role.value)
+        audit_action(session, actor, "staff.create", str(staff.id), name=name, role=role.value)
     session.commit()
     return staff, token
 
@@ -316,12 +316,12 @@ def update_staff(session: Session, *, staff_id: int, actor: Staff, role: StaffRo
             session.rollback()
             raise Invalid("this would leave no active admin")
     session.add(staff)
-    _audit(session, actor, "staff.update", str(staff_id), **{k: getattr(v, "value", v) for k, v in changes.items()})
+    audit_action(session, actor, "staff.update", str(staff_id), **{k: getattr(v, "value", v) for k, v in changes.items()})
     session.commit()
     return staff
 
 
-def _audit(session: Session, actor: Staff, action: str, target: str, **detail) -> None:
+def audit_action(session: Session, actor: Staff, action: str, target: str, **detail) -> None:
     session.add(StaffAction(staff_id=actor.id, action=action, target=target, detail_json=json.dumps(detail)))
 
 
@@ -336,18 +336,21 @@ def active_adapter(session: Session) -> Adapter | None:
     return session.exec(select(Adapter).where(Adapter.status == AdapterStatus.active)).first()
 
 
-def next_adapter_number(session: Session) -> int:
-    return session.exec(select(func.count()).select_from(Adapter)).one() + 1
+def adapter_versions(session: Session) -> set[str]:
+    return set(session.exec(select(Adapter.version)))
 
 
 def register_adapter(session: Session, *, version: str, path: str, base_model: str,
                      parent: str | None, dataset_hash: str | None, metrics: dict,
-                     activate: bool, datasets: dict | None = None) -> Adapter:
-    """Insert an adapter row; with `activate`, it becomes the one active version in one commit."""
+                     activate: bool, datasets: dict | None = None, rejected: bool = False) -> Adapter:
+    """Insert an adapter row; with `activate`, it becomes the one active version in one commit. A
+    `rejected` one (the gate refused it) is kept for inspection and never activated."""
     adapter = Adapter(version=version, path=path, parent=parent, base_model=base_model,
                       dataset_hash=dataset_hash, metrics_json=json.dumps(metrics),
                       datasets_json=json.dumps(datasets or {}))
-    if activate:
+    if rejected:
+        adapter.status = AdapterStatus.rejected
+    elif activate:
         for old in session.exec(select(Adapter).where(Adapter.status == AdapterStatus.active)):
             old.status = AdapterStatus.retired
             session.add(old)
@@ -355,21 +358,3 @@ def register_adapter(session: Session, *, version: str, path: str, base_model: s
     session.add(adapter)
     session.commit()
     return adapter
-
-
-def start_run(session: Session, *, config: dict) -> TrainingRun:
-    run = TrainingRun(config_json=json.dumps(config, default=str))
-    session.add(run)
-    session.commit()
-    return run
-
-
-def finish_run(session: Session, *, run_id: int, outcome: str, log: str,
-               adapter_version: str | None = None) -> TrainingRun:
-    run = session.get(TrainingRun, run_id)
-    if run is None:
-        raise NotFound(f"no training run {run_id}")
-    run.outcome, run.log, run.adapter_version, run.finished_at = outcome, log, adapter_version, utcnow()
-    session.add(run)
-    session.commit()
-    return run

@@ -98,12 +98,15 @@ def test_activating_an_adapter_retires_the_previous(any_store):
                                   dataset_hash=None, metrics={"n": n}, activate=True)
         repo.register_adapter(s, version="v3", path="/a/v3", base_model="m", parent="v2",
                               dataset_hash=None, metrics={}, activate=False)
-        assert repo.active_adapter(s).version == "v2"
-        assert repo.next_adapter_number(s) == 4
+        repo.register_adapter(s, version="v4", path="/a/v4", base_model="m", parent="v2",
+                              dataset_hash=None, metrics={}, activate=True, rejected=True)
+        assert repo.active_adapter(s).version == "v2"  # a rejected candidate is never activated
+        assert repo.adapter_versions(s) == {"v1", "v2", "v3", "v4"}
         from feedback.models import Adapter
         from sqlmodel import select
         statuses = {a.version: a.status for a in s.exec(select(Adapter))}
-    assert statuses == {"v1": AdapterStatus.retired, "v2": AdapterStatus.active, "v3": AdapterStatus.candidate}
+    assert statuses == {"v1": AdapterStatus.retired, "v2": AdapterStatus.active, "v3": AdapterStatus.candidate,
+                        "v4": AdapterStatus.rejected}
 
 
 def test_votes_in_one_batch_on_the_same_answer_keep_the_last(any_store):

@@ -10,10 +10,12 @@ from safetensors.torch import load_file
 from bot.generator import HFGenerator, GenerationRequest
 from feedback import repo
 from feedback.models import AdapterStatus, Role
+from feedback.models import RunOutcome, TrainingRun
 from trainer.config import LoraSettings, RoundConfig, SFTSettings
+from trainer.gate import GateSettings
 from trainer.hardware import cpu_has_fast_bf16, precision_args
 from trainer.publish import MANIFEST
-from trainer.round import NothingToTrain, run_round
+from trainer.round import run_round
 from trainer.sft import plan_steps, train_sft
 
 RECORDS = [
@@ -23,6 +25,7 @@ RECORDS = [
      "completion": [{"role": "assistant", "content": "No, parking costs extra."}]},
 ]
 FAST = SFTSettings(epochs=1, min_steps=3, learning_rate=1e-2, batch_size=2, max_length=128)
+LEARNS = SFTSettings(epochs=1, min_steps=150, learning_rate=1e-2, batch_size=4, max_length=128)  # tiny memorizes
 
 
 def test_plan_steps_has_a_floor():
@@ -66,17 +69,19 @@ def _correct(store, question: str, answer: str, correction: str) -> None:
 
 def _config(store, tiny_model, tmp_path) -> RoundConfig:
     return RoundConfig(database_url=store.url, adapters_dir=tmp_path / "adapters", base_model=tiny_model,
-                       device="cpu", progress=False, lora=LoraSettings(r=4, alpha=8), sft=FAST)
+                       device="cpu", progress=False, lora=LoraSettings(r=16, alpha=32), sft=LEARNS,
+                       system_prompt="Be brief.", gate=GateSettings(max_new_tokens=24))
 
 
 def test_round_without_corrections_is_skipped_and_recorded(store, tiny_model, tmp_path):
-    with pytest.raises(NothingToTrain, match="approved corrections"):
-        run_round(_config(store, tiny_model, tmp_path), log=lambda _l: None)
-    from feedback.models import TrainingRun
+    result = run_round(_config(store, tiny_model, tmp_path), log=lambda _l: None)
+    assert result.outcome == RunOutcome.skipped and result.version is None
+    assert result.message.startswith("nothing to train: no approved corrections")
     from sqlmodel import select
     with store.session() as s:
         runs = list(s.exec(select(TrainingRun)))
     assert [r.outcome for r in runs] == ["skipped"] and runs[0].finished_at is not None
+    assert "nothing to train" in runs[0].log
 
 
 def test_round_publishes_registers_and_serves(store, tiny_model, tmp_path):
@@ -86,13 +91,19 @@ def test_round_publishes_registers_and_serves(store, tiny_model, tmp_path):
     second = run_round(config, log=lambda _l: None)
     assert first.version != second.version and second.parent == first.version and first.parent == "base"
     assert sorted(p.name for p in config.adapters_dir.iterdir()) == sorted([first.version, second.version])
+    assert first.outcome == second.outcome == RunOutcome.published
     manifest = json.loads((second.path / MANIFEST).read_text())
-    assert manifest["version"] == second.version and manifest["examples"] == 1
-    assert manifest["base_model"].startswith(tiny_model.name + "@")
+    assert manifest["version"] == second.version and manifest["training"]["sft"]["examples"] == 1
+    assert manifest["base_model"]["id"].startswith(tiny_model.name + "@")
+    assert manifest["base_model"]["weights"].startswith("sha256:") and manifest["parent"] == first.version
+    assert manifest["gate"]["passed"] and manifest["status"] == "active" and manifest["packages"]["trl"]
+    assert manifest["hyperparameters"]["lora"]["r"] == 16 and manifest["timings"]["train_s"] > 0
     with store.session() as s:
         active = repo.active_adapter(s)
         assert active.version == second.version and active.status == AdapterStatus.active
-        assert json.loads(active.metrics_json)["steps"] == 3
+        assert json.loads(active.metrics_json)["gate"]["passed"]
+        run = s.get(TrainingRun, second.run_id)
+        assert run.outcome == "published" and run.snapshot_at is not None and json.loads(run.progress_json)["phase"] == "done"
 
     generator = HFGenerator(tiny_model, device="cpu")
     generator.load()
@@ -143,5 +154,8 @@ def test_a_round_can_stack_sft_dpo_and_kto_on_one_adapter(store, tiny_model, tmp
     assert {m: d["examples"] for m, d in manifest["datasets"].items()} == {"sft": 2, "dpo": 2, "kto": 4}
     assert any("continuing the adapter of sft" in line for line in logs)
     assert sorted(p.name for p in config.adapters_dir.iterdir()) == [summary.version]  # no staging left
-    with store.session() as s:
-        assert json.loads(repo.active_adapter(s).datasets_json)["dpo"]["hash"].startswith("sha256:")
+    from feedback.models import Adapter
+    from sqlmodel import select
+    with store.session() as s:  # (published or, after DPO and KTO at this rate on the tiny model, rejected)
+        row = s.exec(select(Adapter).where(Adapter.version == summary.version)).one()
+        assert json.loads(row.datasets_json)["dpo"]["hash"].startswith("sha256:")

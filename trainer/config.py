@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from trainer.gate import GateSettings
+
 
 @dataclass
 class LoraSettings:
@@ -16,10 +18,10 @@ class LoraSettings:
 
 @dataclass
 class SFTSettings:
-    epochs: int = field(default=10, metadata={"help": "Passes over the round's examples."})
+    epochs: int = field(default=5, metadata={"help": "Passes over the round's examples."})
     min_steps: int = field(default=24, metadata={"help": "At least this many optimizer steps, so a round "
                                                  "with a handful of corrections still learns them."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (LoRA tolerates high rates)."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate (LoRA tolerates high rates)."})
     batch_size: int = field(default=8, metadata={"help": "Examples per optimizer step."})
     max_length: int = field(default=1024, metadata={"help": "Longest tokenized example; longer are cut."})
     seed: int = field(default=0, metadata={"help": "Seed for reproducible rounds."})
@@ -44,13 +46,22 @@ class RoundConfig:
     adapters_dir: Path = field(metadata={"help": "The adapter registry folder (one subfolder per version)."})
     base_model: Path = field(metadata={"help": "The base model's checkpoint folder."})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda."})
-    activate: bool = field(default=True, metadata={"help": "Make the new adapter the active version."})
+    activate: bool = field(default=True, metadata={"help": "Make the new adapter the active version when it "
+                                                   "passes the gate (else it stays a candidate)."})
+    system_prompt: str = field(default="", metadata={"help": "The bot's system prompt (for the golden set and "
+                                                     "the gate's reference answers)."})
+    pii_scrub: list[str] = field(default_factory=lambda: ["email", "phone", "card", "iban"],
+                                 metadata={"help": "Personal data replaced by placeholders in the datasets."})
+    min_new_feedback: int = field(default=0, metadata={"help": "Train only when at least this many votes and "
+                                                       "approved corrections changed since the last round "
+                                                       "(0: always)."})
     progress: bool = field(default=True, metadata={"help": "Show progress bars."})
     methods: str = field(default="auto", metadata={"help": "auto, or a comma-separated list of sft, dpo, kto; "
                                                    "they run in that order, each continuing the same adapter."})
     lora: LoraSettings = field(default_factory=LoraSettings)
     sft: SFTSettings = field(default_factory=SFTSettings)
     preference: PreferenceSettings = field(default_factory=PreferenceSettings)
+    gate: GateSettings = field(default_factory=GateSettings)
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

@@ -1,18 +1,32 @@
-"""Publishing an adapter: write to a temporary name, fsync, rename, then insert the DB row.
+"""The adapter registry on disk: `adapters/<version>/` = a PEFT `save_pretrained` folder plus
+`manifest.json`.
 
-A crash at any point never leaves a half-written adapter visible under a version name, and version
-names are never reused (the folder rename refuses an existing name)."""
+Publishing writes the folder under a temporary name (`.staging-*`), fsyncs it, renames it to its
+version, then the caller inserts the DB row. A crash at any point never leaves a half-written adapter
+under a version name; a folder renamed but never registered (killed between the two) is removed by the
+next round's `clean_registry`. Version numbers count up past every row and every folder, so a version
+name is never reused."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
+import shutil
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version as package_version
 from pathlib import Path
 
 from bot.basemodel import fsync_path, fsync_tree
 
-MANIFEST = "supportloop.json"
+MANIFEST = "manifest.json"
+STAGING_PREFIX = ".staging-"
+_VERSION = re.compile(r"^v(\d+)-\d{14}$")
+
+
+class ManifestError(ValueError):
+    """An adapter folder whose manifest is missing or unreadable."""
 
 
 def base_model_id(base_model: Path) -> str:
@@ -21,9 +35,44 @@ def base_model_id(base_model: Path) -> str:
     return f"{Path(base_model).name}@{digest}"
 
 
+def weights_hash(base_model: Path) -> str:
+    """SHA-256 over the base checkpoint's weight files, in name order."""
+    digest = hashlib.sha256()
+    files = sorted(Path(base_model).glob("*.safetensors")) or sorted(Path(base_model).glob("*.bin"))
+    for path in files:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def supportloop_version() -> str:
+    try:
+        return package_version("supportloop")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def version_name(number: int, now: datetime | None = None) -> str:
     now = now or datetime.now(timezone.utc)
     return f"v{number}-{now:%Y%m%d%H%M%S}"
+
+
+def next_number(adapters_dir: Path, registered: Iterable[str]) -> int:
+    """One more than the highest version number among DB rows and folders (kept or orphaned)."""
+    names = list(registered) + ([p.name for p in Path(adapters_dir).iterdir()] if Path(adapters_dir).is_dir() else [])
+    numbers = [int(m.group(1)) for m in map(_VERSION.match, names) if m]
+    return max(numbers, default=0) + 1
+
+
+def read_manifest(folder: Path) -> dict:
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{folder}: unreadable {MANIFEST}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{folder}: {MANIFEST} is not a JSON object")
+    return manifest
 
 
 def publish_folder(staging: Path, adapters_dir: Path, version: str, manifest: dict) -> Path:
@@ -36,3 +85,19 @@ def publish_folder(staging: Path, adapters_dir: Path, version: str, manifest: di
     os.rename(staging, final)
     fsync_path(adapters_dir)
     return final
+
+
+def clean_registry(adapters_dir: Path, registered: set[str], log: Callable[[str], None]) -> list[str]:
+    """Remove what a killed round left: staging folders, and version folders with no DB row. Call only
+    while holding the round lock. Returns the names removed."""
+    removed = []
+    if not Path(adapters_dir).is_dir():
+        return removed
+    for path in sorted(Path(adapters_dir).iterdir()):
+        orphan = _VERSION.match(path.name) and path.name not in registered
+        if path.is_dir() and (path.name.startswith(STAGING_PREFIX) or orphan):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    if removed:
+        log(f"cleaned up after an interrupted round: removed {', '.join(removed)}")
+    return removed

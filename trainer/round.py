@@ -1,45 +1,63 @@
-"""One training round: snapshot the store, build the datasets, train the chosen methods one after the
-other on one adapter, publish, register."""
+"""One training round: take the round lock, clean up after an interrupted round, snapshot the store,
+train the chosen methods one after the other on one adapter, run the evaluation gate, publish the
+adapter folder with its manifest, register it (active, candidate or rejected), record the run."""
 from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from bot.basemodel import resolve_device
 from feedback import repo
 from feedback.db import open_store
-from feedback.export import dataset_hash, records as export_records
-from feedback.models import BASE_VERSION
+from feedback.export import dataset_hash
+from feedback.models import BASE_VERSION, RunOutcome
+from feedback.pii import Scrubber
+from feedback.rounds import (
+    Holder, acquire_lock, finish_run, last_trained_snapshot, new_feedback_count, release_lock, start_run, update_run,
+)
 from trainer.config import RoundConfig
+from trainer.datasets import METHODS, RoundData, snapshot
+from trainer.gate import GateInputs, Verdict, evaluate, load_golden
 from trainer.lora import TrainStats
 from trainer.preference import train_dpo, train_kto
-from trainer.publish import base_model_id, publish_folder, version_name
+from trainer.publish import (
+    STAGING_PREFIX, base_model_id, clean_registry, next_number, publish_folder, supportloop_version, version_name,
+    weights_hash,
+)
+from trainer.runlog import RunLog
 from trainer.sft import train_sft
 
-METHODS = ("sft", "dpo", "kto")  # the order methods run in when several are chosen
+
+class RoundBusy(RuntimeError):
+    """Another round holds the lock."""
+
+    def __init__(self, holder: Holder) -> None:
+        super().__init__(f"another training round is running: {holder.describe()}")
+        self.holder = holder
 
 
-class NothingToTrain(RuntimeError):
-    """The store has nothing any chosen method can learn from yet."""
-
-
-@dataclass(frozen=True)
-class RoundSummary:
-    version: str
-    parent: str
-    path: Path
-    datasets: dict[str, dict]  # method → {"hash", "examples"}
-    stats: dict[str, TrainStats]  # method → its training
-    device: str
+@dataclass
+class RoundResult:
+    run_id: int
+    outcome: RunOutcome
+    message: str
+    version: str | None = None
+    path: Path | None = None
+    parent: str = BASE_VERSION
+    verdict: Verdict | None = None
+    stats: dict[str, TrainStats] = field(default_factory=dict)
+    device: str = "cpu"
 
     def describe(self) -> str:
         parts = [f"{m} {s.examples} examples, {s.steps} steps, loss {s.first_loss:.3f} → {s.final_loss:.3f}, "
                  f"{s.seconds:.1f} s" for m, s in self.stats.items()]
-        return f"trained {self.version} (parent {self.parent}) on {self.device}: " + "; ".join(parts)
+        trained = f"trained {self.version} (parent {self.parent}) on {self.device}: " + "; ".join(parts)
+        return trained + (f"; {self.verdict.describe()}" if self.verdict else "")
 
 
 def parse_methods(setting: str) -> list[str] | None:
@@ -65,13 +83,6 @@ def choose_methods(setting: str, sizes: dict[str, int]) -> list[str]:
     return [m for m in named if sizes[m] >= (2 if m == "kto" else 1)]
 
 
-def _snapshot(store) -> tuple[dict[str, list[dict]], str]:
-    with store.session() as session:
-        datasets = {method: export_records(session, method) for method in METHODS}
-        active = repo.active_adapter(session)
-    return datasets, active.version if active else BASE_VERSION
-
-
 def _train(config: RoundConfig, method: str, records: list[dict], out: Path, previous: Path | None,
            device: str, log: Callable[[str], None]) -> TrainStats:
     common = dict(base_model=config.base_model, out_dir=out, device=device, lora=config.lora, log=log,
@@ -82,13 +93,14 @@ def _train(config: RoundConfig, method: str, records: list[dict], out: Path, pre
 
 
 def _train_methods(config: RoundConfig, methods: list[str], datasets: dict[str, list[dict]], device: str,
-                   log: Callable[[str], None]) -> tuple[Path, dict[str, TrainStats]]:
+                   log: RunLog) -> tuple[Path, dict[str, TrainStats]]:
     """Each method continues the previous one's adapter; returns the last adapter's folder (a staging
     folder inside the registry, invisible until published) and each method's training."""
     stats, previous = {}, None
     for method in methods:
-        out = Path(tempfile.mkdtemp(prefix=f".staging-{method}-", dir=config.adapters_dir))
+        out = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{method}-", dir=config.adapters_dir))
         after = f", continuing the adapter of {list(stats)[-1]}" if stats else ""
+        log.phase(f"train {method}")
         log(f"{method}: {len(datasets[method])} examples{after}")
         try:
             stats[method] = _train(config, method, datasets[method], out, previous, device, log)
@@ -102,81 +114,163 @@ def _train_methods(config: RoundConfig, methods: list[str], datasets: dict[str, 
     return previous, stats
 
 
-def _train_and_publish(config: RoundConfig, methods: list[str], datasets: dict[str, list[dict]], parent: str,
-                       store, log: Callable[[str], None]) -> RoundSummary:
+def _active_folder(config: RoundConfig, data: RoundData) -> Path | None:
+    if data.parent == BASE_VERSION:
+        return None
+    local = config.adapters_dir / data.parent
+    return local if local.is_dir() else Path(data.parent_path or local)
+
+
+def _gate(config: RoundConfig, data: RoundData, staging: Path, device: str, log: RunLog) -> Verdict:
+    log.phase("gate")
+    golden = load_golden(config.gate.golden_set, config.system_prompt) if config.gate.golden_set else []
+    verdict = evaluate(base_model=config.base_model, device=device, candidate=staging,
+                       active=(data.parent, _active_folder(config, data)),
+                       inputs=GateInputs(data.new, data.regression, golden), settings=config.gate,
+                       system_prompt=config.system_prompt, log=log)
+    for check in verdict.checks:
+        log(f"gate: {'pass' if check.passed else 'FAIL'} {check.name}: {check.detail}")
+    return verdict
+
+
+def _manifest(config: RoundConfig, data: RoundData, version: str, methods: list[str], stats: dict[str, TrainStats],
+              verdict: Verdict, timings: dict) -> dict:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    return {
+        "version": version, "parent": data.parent, "status": _status(config, verdict),
+        "base_model": {"id": base_model_id(config.base_model), "weights": weights_hash(config.base_model)},
+        "methods": methods,
+        "datasets": {m: {"hash": dataset_hash(data.datasets[m]), "examples": len(data.datasets[m])} for m in methods},
+        "hyperparameters": {"lora": config.to_dict()["lora"], "sft": config.to_dict()["sft"],
+                            "preference": config.to_dict()["preference"]},
+        "training": {m: {"examples": s.examples, "steps": s.steps, "losses": s.losses, "seconds": round(s.seconds, 2),
+                         "precision": s.precision} for m, s in stats.items()},
+        "gate": verdict.to_dict(), "timings": timings,
+        "snapshot_at": data.snapshot_at.isoformat(), "created": datetime.now(timezone.utc).isoformat(),
+        "packages": {"supportloop": supportloop_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__, "peft": peft.__version__, "trl": trl.__version__},
+        "config": config.to_dict(),
+    }
+
+
+def _status(config: RoundConfig, verdict: Verdict) -> str:
+    return "rejected" if not verdict.passed else "active" if config.activate else "candidate"
+
+
+def _publish(config: RoundConfig, store, data: RoundData, staging: Path, manifest_for: Callable[[str], dict],
+             verdict: Verdict, log: RunLog) -> tuple[str, Path]:
+    log.phase("publish")
+    if log.lost_lock:
+        raise RuntimeError("this round lost the round lock (its heartbeat went stale); not publishing")
+    with store.session() as session:
+        version = version_name(next_number(config.adapters_dir, repo.adapter_versions(session)))
+    manifest = manifest_for(version)
+    final = publish_folder(staging, config.adapters_dir, version, manifest)
+    losses = [loss for t in manifest["training"].values() for loss in t["losses"]]
+    metrics = {"examples": sum(t["examples"] for t in manifest["training"].values()), "gate": verdict.to_dict(),
+               "timings": manifest["timings"], "train_loss_final": losses[-1] if losses else None}
+    combined = dataset_hash([{m: d["hash"]} for m, d in manifest["datasets"].items()])
+    with store.session() as session:
+        repo.register_adapter(session, version=version, path=str(final.resolve()), parent=data.parent,
+                              base_model=manifest["base_model"]["id"], dataset_hash=combined, metrics=metrics,
+                              activate=config.activate, datasets=manifest["datasets"], rejected=not verdict.passed)
+    return version, final
+
+
+def _not_needed(config: RoundConfig, store) -> str | None:
+    if config.min_new_feedback <= 0:
+        return None
+    with store.session() as session:
+        since = last_trained_snapshot(session)
+        count = new_feedback_count(session, since=since)
+    if count >= config.min_new_feedback:
+        return None
+    return (f"not needed: {count} new votes and approved corrections since the last round "
+            f"({since:%Y-%m-%d %H:%M} UTC), fewer than {config.min_new_feedback}" if since else
+            f"not needed: {count} votes and approved corrections so far, fewer than {config.min_new_feedback}")
+
+
+def _nothing(config: RoundConfig, data: RoundData) -> str:
+    return (f"nothing to train: no approved corrections or thumbed-up answers yet (dataset sizes {data.sizes}, "
+            f"methods {config.methods}); staff approve one with POST /api/messages/{{id}}/corrections "
+            "{\"text\": ..., \"approve\": true}")
+
+
+def _locked_round(config: RoundConfig, store, run_id: int, log: RunLog) -> RoundResult:
+    started = time.perf_counter()
+    with store.session() as session:
+        clean_registry(config.adapters_dir, repo.adapter_versions(session), log)
+    if reason := _not_needed(config, store):
+        return RoundResult(run_id, RunOutcome.skipped, reason)
+    log.phase("snapshot")
+    data = snapshot(store, Scrubber(config.pii_scrub))
+    with store.session() as session:
+        update_run(session, run_id=run_id, snapshot_at=data.snapshot_at)
+    methods = choose_methods(config.methods, data.sizes)
+    if not methods:
+        return RoundResult(run_id, RunOutcome.skipped, _nothing(config, data), parent=data.parent)
+    log(f"round: methods {', '.join(methods)}; dataset sizes {data.sizes}; parent {data.parent}; "
+        f"gate sets: {len(data.new)} new corrections, {len(data.regression)} regression questions")
     device = resolve_device(config.device)
     config.adapters_dir.mkdir(parents=True, exist_ok=True)
-    described = {m: {"hash": dataset_hash(datasets[m]), "examples": len(datasets[m])} for m in methods}
-    staging, stats = None, {}
+    staging = None
     try:
-        staging, stats = _train_methods(config, methods, datasets, device, log)
-        with store.session() as session:
-            version = version_name(repo.next_adapter_number(session))
-        manifest = {"version": version, "parent": parent, "base_model": base_model_id(config.base_model),
-                    "methods": methods, "datasets": described, "examples": sum(s.examples for s in stats.values()),
-                    "training": {m: {"steps": s.steps, "losses": s.losses, "seconds": s.seconds,
-                                     "precision": s.precision} for m, s in stats.items()},
-                    "created": datetime.now(timezone.utc).isoformat(), "config": config.to_dict()}
-        final = publish_folder(staging, config.adapters_dir, version, manifest)
+        staging, stats = _train_methods(config, methods, data.datasets, device, log)
+        trained = time.perf_counter()
+        verdict = _gate(config, data, staging, device, log)
+        timings = {"train_s": round(trained - started, 1), "gate_s": round(time.perf_counter() - trained, 1)}
+        version, final = _publish(config, store, data, staging,
+                                  lambda v: _manifest(config, data, v, methods, stats, verdict, timings), verdict, log)
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-    _register(config, store, version, final, parent, manifest, stats)
-    return RoundSummary(version, parent, final, described, stats, device)
+    outcome = RunOutcome.published if verdict.passed else RunOutcome.rejected
+    result = RoundResult(run_id, outcome, "", version, final, data.parent, verdict, stats, device)
+    result.message = result.describe()
+    return result
 
 
-def _register(config: RoundConfig, store, version: str, final: Path, parent: str, manifest: dict,
-              stats: dict[str, TrainStats]) -> None:
-    last = list(stats.values())[-1]
-    metrics = {"train_loss_first": list(stats.values())[0].first_loss, "train_loss_final": last.final_loss,
-               "examples": manifest["examples"], "steps": sum(s.steps for s in stats.values()),
-               "seconds": round(sum(s.seconds for s in stats.values()), 2)}
-    combined = dataset_hash([{m: d["hash"]} for m, d in manifest["datasets"].items()])
-    with store.session() as session:
-        repo.register_adapter(session, version=version, path=str(final.resolve()), parent=parent,
-                              base_model=manifest["base_model"], dataset_hash=combined, metrics=metrics,
-                              activate=config.activate, datasets=manifest["datasets"])
-
-
-def _round(config: RoundConfig, store, record: Callable[[str], None]) -> RoundSummary:
-    datasets, parent = _snapshot(store)
-    sizes = {m: len(d) for m, d in datasets.items()}
-    methods = choose_methods(config.methods, sizes)
-    if not methods:
-        raise NothingToTrain(f"No approved corrections or thumbed-up answers yet (dataset sizes {sizes}, methods "
-                             f"{config.methods}): staff approve one with POST /api/messages/{{id}}/corrections "
-                             "{\"text\": ..., \"approve\": true}.")
-    record(f"round: methods {', '.join(methods)}; dataset sizes {sizes}; parent {parent}")
-    summary = _train_and_publish(config, methods, datasets, parent, store, record)
-    record(summary.describe())
-    return summary
-
-
-def run_round(config: RoundConfig, log: Callable[[str], None] = print) -> RoundSummary:
-    """Train one round from the store's approved corrections; the run and its log are recorded."""
+def run_round(config: RoundConfig, log: Callable[[str], None] = print, run_id: int | None = None) -> RoundResult:
+    """One round under the store's round lock; the run, its progress and its log are recorded.
+    Raises `RoundBusy` when another round holds the lock."""
     store = open_store(config.database_url)
-    with store.session() as session:
-        run_id = repo.start_run(session, config=config.to_dict()).id
-    lines: list[str] = []
-
-    def record(line: str) -> None:
-        lines.append(line)
-        log(line)
-
-    summary, outcome = None, "failed"
     try:
-        summary = _round(config, store, record)
-        outcome = "published"
-    except NothingToTrain as exc:
-        outcome = "skipped"
-        lines.append(str(exc))
-        raise
-    except Exception as exc:
-        lines.append(f"failed: {exc!r}")
-        raise
-    finally:
         with store.session() as session:
-            repo.finish_run(session, run_id=run_id, outcome=outcome, log="\n".join(lines),
-                            adapter_version=summary.version if summary else None)
+            if run_id is None:
+                run_id = start_run(session, config=config.to_dict()).id
+            update_run(session, run_id=run_id, outcome=RunOutcome.running)
+            holder = acquire_lock(session, run_id=run_id)
+        if holder is not None:
+            busy = RoundBusy(holder)
+            with store.session() as session:
+                finish_run(session, run_id=run_id, outcome=RunOutcome.skipped, log=str(busy))
+            raise busy
+        try:
+            return _record(config, store, run_id, log)
+        finally:
+            with store.session() as session:
+                release_lock(session, run_id=run_id)
+    finally:
         store.dispose()
-    return summary
+
+
+def _record(config: RoundConfig, store, run_id: int, log: Callable[[str], None]) -> RoundResult:
+    with RunLog(store, run_id, log) as record:
+        result = None
+        try:
+            result = _locked_round(config, store, run_id, record)
+            record(result.message)
+        except Exception as exc:
+            record(f"failed: {exc!r}")
+            raise
+        finally:
+            outcome = result.outcome if result else RunOutcome.failed
+            record.phase("done")
+            with store.session() as session:
+                finish_run(session, run_id=run_id, outcome=outcome, log=record.text,
+                           adapter_version=result.version if result else None)
+    return result

@@ -1,0 +1,65 @@
+"""The admin API for training rounds: `POST /api/admin/train` starts one (in its own process),
+`GET /api/admin/train/{run_id}` reports its progress, log and outcome (with the gate's verdict)."""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field, field_validator
+
+from bot.deps import AdminDep, SessionDep
+from feedback import rounds
+from feedback.models import Adapter
+from sqlmodel import select
+
+router = APIRouter(prefix="/api/admin")
+METHODS = ("sft", "dpo", "kto")
+
+
+class TrainRequest(BaseModel):
+    methods: str = Field("auto", description="auto, or a comma-separated list of sft, dpo, kto")
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        names = {m.strip() for m in value.split(",") if m.strip()}
+        if value.strip() != "auto" and (not names or names - set(METHODS)):
+            raise ValueError(f"methods must be auto or some of {', '.join(METHODS)}, got {value!r}")
+        return value.strip()
+
+
+class TrainStarted(BaseModel):
+    run_id: int
+    outcome: str
+    url: str
+
+
+class TrainStatus(BaseModel):
+    run_id: int
+    outcome: str = Field(description="queued, running, published, rejected, skipped, failed or abandoned")
+    started_at: datetime
+    finished_at: datetime | None
+    progress: dict
+    adapter_version: str | None
+    gate: dict | None = Field(description="the gate's verdict on the candidate, once trained")
+    log: list[str]
+
+
+@router.post("/train", status_code=202, response_model=TrainStarted)
+def start_training(body: TrainRequest, request: Request, session: SessionDep, admin: AdminDep) -> TrainStarted:
+    run = rounds.request_run(session, actor=admin, config={"methods": body.methods, "requested_by": admin.name})
+    request.app.state.launch_round(run.id, body.methods)
+    return TrainStarted(run_id=run.id, outcome=run.outcome, url=f"/api/admin/train/{run.id}")
+
+
+@router.get("/train/{run_id}", response_model=TrainStatus)
+def training_status(run_id: int, session: SessionDep, _admin: AdminDep) -> TrainStatus:
+    run = rounds.get_run(session, run_id=run_id)
+    gate = None
+    if run.adapter_version:
+        adapter = session.exec(select(Adapter).where(Adapter.version == run.adapter_version)).first()
+        gate = json.loads(adapter.metrics_json).get("gate") if adapter else None
+    return TrainStatus(run_id=run.id, outcome=run.outcome, started_at=run.started_at, finished_at=run.finished_at,
+                       progress=json.loads(run.progress_json or "{}"), adapter_version=run.adapter_version,
+                       gate=gate, log=run.log.splitlines())
