@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, func, select
 
@@ -132,8 +132,9 @@ def acquire_lock(session: Session, *, run_id: int, stale_after: timedelta = time
     """Take the lock for `run_id`. Returns None when taken, else the live holder. A stale holder is
     replaced and its run marked abandoned (the caller cleans up what it left on disk)."""
     now = utcnow()
-    session.add(TrainLock(name=name, run_id=run_id, host=HOST, pid=os.getpid(), acquired_at=now, heartbeat_at=now))
     try:
+        session.exec(insert(TrainLock).values(name=name, run_id=run_id, host=HOST, pid=os.getpid(), acquired_at=now,
+                                              heartbeat_at=now))
         session.commit()
         return None
     except IntegrityError:
