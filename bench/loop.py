@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import tempfile
@@ -23,46 +22,11 @@ from pathlib import Path
 
 import httpx
 import uvicorn
-from websockets.sync.client import connect
 
 import live
 from bot.app import create_app
 from bot.settings import Settings
 from trainer.metrics import overlap_f1
-
-FAQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dstc9-faq" / "faq_qa.jsonl"
-
-
-def pick_pairs(n: int, seed: int) -> tuple[list[dict], list[dict]]:
-    """2n pairs, one per entity, with the entity named in the question: n to correct, n held out."""
-    rows = [json.loads(line) for line in FAQ.open()]
-    by_entity: dict[str, list[dict]] = {}
-    for row in rows:
-        if row["domain"] in ("hotel", "restaurant"):
-            by_entity.setdefault(row["entity_name"], []).append(row)
-    rng = random.Random(seed)
-    picked = [rng.choice(by_entity[e]) for e in rng.sample(sorted(by_entity), 2 * n)]
-    pairs = [{"question": f"{r['entity_name'].title()}: {r['question']}", "reference": r["answer"]} for r in picked]
-    return pairs[:n], pairs[n:]
-
-
-def ask(ws_url: str, text: str) -> dict:
-    started = time.perf_counter()
-    first = None
-    with connect(ws_url, open_timeout=30) as ws:
-        ws.send(json.dumps({"type": "user_message", "text": text}))
-        parts = []
-        while True:
-            frame = json.loads(ws.recv(timeout=600))
-            if frame["type"] == "token":
-                first = first or time.perf_counter()
-                parts.append(frame["text"])
-            elif frame["type"] in ("done", "error"):
-                break
-    total = time.perf_counter() - started
-    return {"text": "".join(parts).strip(), "ttft_s": (first or time.perf_counter()) - started, "total_s": total,
-            **{k: frame.get(k) for k in ("message_id", "adapter_version", "code")}}
-
 
 def serve(settings: Settings) -> tuple[uvicorn.Server, str]:
     port = live.free_port()
@@ -95,24 +59,22 @@ def scores(answers: list[dict], pairs: list[dict]) -> float:
 
 
 def run(n: int, seed: int) -> dict:
-    corrected, held_out = pick_pairs(n, seed)
+    corrected, held_out = live.pick_pairs(n, n, seed)
     data_dir = Path(tempfile.mkdtemp(prefix="supportloop-bench-"))
     env = {**os.environ, "SUPPORTLOOP_DATA_DIR": str(data_dir)}
     server, url = serve(Settings(data_dir=data_dir, adapter_poll_seconds=0.25, max_new_tokens=48))
     ws_url = url.replace("http", "ws") + "/ws/chat"
-    before = [ask(ws_url, p["question"]) for p in corrected + held_out]
-    token = subprocess.run([live.CLI, "staff", "add", "bench"], env=env, capture_output=True, text=True,
-                           check=True).stdout.split()[-1]
+    before = [live.ask(ws_url, p["question"]) for p in corrected + held_out]
+    token = live.staff_token(env)
     for answer, pair in zip(before, corrected):
-        httpx.post(f"{url}/api/messages/{answer['message_id']}/corrections", headers={"Authorization": f"Bearer {token}"},
-                   json={"text": pair["reference"], "approve": True}).raise_for_status()
+        live.approve(url, token, answer["message_id"], pair["reference"])
     started = time.perf_counter()
     out = subprocess.run([live.CLI, "train", "--quiet"], env=env, capture_output=True, text=True, check=True).stdout
     trained = time.perf_counter()
     version = out.split("new adapter ")[1].split()[0]
     wait(lambda: _ready(url) == version, 120)
     swapped = time.perf_counter()
-    after = [ask(ws_url, p["question"]) for p in corrected + held_out]
+    after = [live.ask(ws_url, p["question"]) for p in corrected + held_out]
     server.should_exit = True
     assert all(a["adapter_version"] == version for a in after)
     return {

