@@ -55,7 +55,7 @@ def test_a_candidate_that_learned_the_new_corrections_and_kept_the_old_passes(ti
     assert verdict.metrics["new"]["candidate"] >= 0.8 and verdict.metrics["regression"]["items"] == 3
     assert verdict.metrics["regression"]["candidate"] >= verdict.metrics["regression"]["active"] - 0.02
     assert {c.name for c in verdict.checks} == {"learned", "no regression (regression)", "perplexity",
-                                                "no empty answers", "no runaway answers"}
+                                                "no empty answers", "no repetition loops", "no runaway answers"}
     assert verdict.to_dict()["compared_with"] == "v1"
 
 
@@ -91,3 +91,12 @@ def test_an_unreadable_candidate_is_rejected_not_crashed_on(tiny_model, active, 
     (tmp_path / "empty").mkdir()
     verdict = _gate(tiny_model, tmp_path / "empty", active)
     assert not verdict.passed and _failed(verdict) == {"loads"}
+
+
+def test_repetition_loops_are_detected_in_answers():
+    from trainer.evaluate import Answer
+    from trainer.gate import _degenerate
+
+    texts = ["You can choose either home or ourdoordoordoordoordoordoor", "the the the the the",
+             "Check-in is from 3:30pm to 9:00pm.", "Call 555-0100, or 555-0101 after 6pm."]
+    assert _degenerate([Answer(t, True) for t in texts]) == 2

@@ -158,3 +158,37 @@ def test_the_admin_api_starts_a_round_in_its_own_process_and_reports_it(admin_cl
     with store.session() as s:
         newest = repo.list_actions(s)[0]
     assert newest.action == "train.start" and json.loads(newest.detail_json)["requested_by"] == "ada"
+
+
+@pytest.fixture
+def pg_env(env):
+    from tests.conftest import _drop_postgres, _postgres_url
+
+    url = _postgres_url()
+    yield {**env, "SUPPORTLOOP_DATABASE_URL": url}
+    _drop_postgres(url)
+
+
+def _full_disk() -> None:
+    """In the child: files larger than 16 KiB cannot be written (EFBIG), like a disk that is full."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+
+
+def test_a_round_that_cannot_write_its_adapter_leaves_no_partial_adapter(pg_env):
+    store = open_store(pg_env["SUPPORTLOOP_DATABASE_URL"])  # the store is not on the "full" disk
+    _seed(store)
+    full = subprocess.run([CLI, "train", *TINY_ROUND], env=pg_env, capture_output=True, text=True, timeout=600,
+                          preexec_fn=_full_disk)
+    assert full.returncode != 0 and "File too large" in full.stdout + full.stderr
+    adapters = Path(pg_env["SUPPORTLOOP_DATA_DIR"]) / "adapters"
+    assert list(adapters.iterdir()) == []  # the staging folder was removed, nothing published
+    with store.session() as s:
+        assert not repo.adapter_versions(s)
+    [run] = _runs(store)
+    assert run.outcome == "failed" and "File too large" in run.log and run.finished_at
+    done = _train(pg_env)
+    assert done.returncode in (0, 4) and "new adapter v1-" in done.stdout, done.stdout + done.stderr
+    store.dispose()

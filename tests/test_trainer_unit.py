@@ -33,6 +33,13 @@ def test_plan_steps_has_a_floor():
     assert plan_steps(48, SFTSettings(epochs=10, min_steps=24, batch_size=8)) == 60
 
 
+def test_few_examples_get_smaller_batches_not_more_passes():
+    from trainer.lora import plan
+
+    assert [plan(n, SFTSettings()) for n in (1, 8, 48, 100)] == [(1, 5), (2, 20), (8, 30), (8, 65)]
+    assert plan(1, SFTSettings(), min_batch=2) == (2, 5)  # KTO needs two examples a batch
+
+
 def test_precision_on_cpu_is_fp32_whatever_trl_defaults_to():
     args = precision_args("cpu")
     assert args == {"bf16": False, "fp16": False, "use_cpu": True, "gradient_checkpointing": False}

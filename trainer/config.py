@@ -19,10 +19,14 @@ class LoraSettings:
 @dataclass
 class SFTSettings:
     epochs: int = field(default=5, metadata={"help": "Passes over the round's examples."})
-    min_steps: int = field(default=24, metadata={"help": "At least this many optimizer steps, so a round "
-                                                 "with a handful of corrections still learns them."})
+    min_steps: int = field(default=0, metadata={"help": "At least this many optimizer steps."})
+    min_steps_per_epoch: int = field(default=4, metadata={"help": "Smaller batches when there are few examples, "
+                                                         "so each pass still makes this many updates."})
     learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate (LoRA tolerates high rates)."})
-    batch_size: int = field(default=8, metadata={"help": "Examples per optimizer step."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per optimizer step (at most)."})
+    anchors: int = field(default=16, metadata={"help": "The base model's own answers to this many everyday "
+                                               "support questions, mixed in so the adapter leaves other "
+                                               "answers alone (trainer/anchors.py); 0 turns it off."})
     max_length: int = field(default=1024, metadata={"help": "Longest tokenized example; longer are cut."})
     seed: int = field(default=0, metadata={"help": "Seed for reproducible rounds."})
 

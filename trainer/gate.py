@@ -4,7 +4,8 @@
 (b) does not regress: on the regression set (answers staff approved or customers thumbed up before
     this round) and on the operator's golden set, its mean fact score is at most `max_regression`
     below the active version's;
-(c) stays sane: no empty answers; on the questions both answer (regression, golden, and a built-in
+(c) stays sane: no empty answers; no more answers caught in a repetition loop than the active
+    version's; on the questions both answer (regression, golden, and a built-in
     set of generic support questions) runaway answers (stopped by the token limit) at most
     `max_runaway_increase` more often than the active version's; perplexity of the reference answers
     of those questions at most `max_perplexity_ratio` times the active version's.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -42,11 +44,11 @@ class GateSettings:
     min_learned: float = field(default=0.8, metadata={"help": "Lowest mean fact score on this round's new corrections."})
     max_regression: float = field(default=0.02, metadata={"help": "Largest allowed drop of the mean fact score on "
                                                           "the regression and golden sets versus the active version."})
-    max_perplexity_ratio: float = field(default=2.5, metadata={"help": "Largest allowed candidate / active "
-                                                               "perplexity on the reference answers (a sanity bound: "
-                                                               "a good SmolLM2 round measured 1.7 on the generic "
-                                                               "replies — it learns a terser style — a broken one "
-                                                               "far more)."})
+    max_perplexity_ratio: float = field(default=8.0, metadata={"help": "Largest allowed candidate / active "
+                                                               "perplexity on the reference answers: a bound for "
+                                                               "broken models, not a quality measure (a useful "
+                                                               "SmolLM2 round measured 1.1-5.4: training on the "
+                                                               "anchors sharpens the distribution)."})
     max_runaway_increase: float = field(default=0.1, metadata={"help": "Largest allowed increase of the share of "
                                                                "answers stopped by the token limit."})
     golden_set: Path | None = field(default=None, metadata={"help": "Optional JSONL of {\"question\", \"answer\"} "
@@ -123,6 +125,14 @@ def _empty(answers: list[Answer]) -> int:
     return sum(not a.text for a in answers)
 
 
+_LOOP = re.compile(r"(.{2,}?)\1{3,}", re.DOTALL)  # a piece of text repeated 4+ times in a row
+
+
+def _degenerate(answers: list[Answer]) -> int:
+    """Answers caught in a repetition loop ("ourdoordoordoor…", "the the the the")."""
+    return sum(bool(_LOOP.search(a.text)) for a in answers)
+
+
 def _runaway(answers: list[Answer]) -> float:
     return sum(not a.finished for a in answers) / len(answers) if answers else 0.0
 
@@ -158,6 +168,7 @@ def evaluate(*, base_model: Path, device: str, candidate: Path, active: tuple[st
     metrics["empty"] = empty
     metrics["runaway"] = {"candidate": round(_runaway(both[CANDIDATE]), 4),
                           "active": round(_runaway(both[reference_name]), 4)}
+    metrics["loops"] = {"candidate": _degenerate(both[CANDIDATE]), "active": _degenerate(both[reference_name])}
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     checks = _checks(metrics, settings)
     return Verdict(all(c.passed for c in checks), checks, metrics, version)
@@ -182,6 +193,9 @@ def _checks(metrics: dict, settings: GateSettings) -> list[Check]:
                         f"{ppl['candidate']:.2f} vs active {ppl['active']:.2f} (ratio {ratio:.2f}, "
                         f"limit {settings.max_perplexity_ratio})"))
     checks.append(Check("no empty answers", metrics["empty"] == 0, f"{metrics['empty']} empty answers"))
+    loops = metrics["loops"]
+    checks.append(Check("no repetition loops", loops["candidate"] <= loops["active"],
+                        f"{loops['candidate']} answers caught in a repetition loop vs active {loops['active']}"))
     runaway = metrics["runaway"]
     checks.append(Check("no runaway answers", runaway["candidate"] <= runaway["active"] + settings.max_runaway_increase,
                         f"{runaway['candidate']:.0%} of answers hit the token limit vs active "

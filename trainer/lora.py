@@ -40,10 +40,19 @@ def lora_config(lora: LoraSettings):
                       target_modules=targets, task_type="CAUSAL_LM")
 
 
+def plan(examples: int, settings, min_batch: int = 1) -> tuple[int, int]:
+    """(batch size, optimizer steps) for a round: `epochs` passes over the examples in batches of up to
+    `batch_size`, smaller when there are few examples so that an epoch still has
+    `min_steps_per_epoch` updates; never fewer than `min_steps` steps. Passes, not steps, are what a
+    small set of examples over-learns: 24 steps over 8 corrections broke SmolLM2's other answers."""
+    per_epoch_floor = getattr(settings, "min_steps_per_epoch", 1)
+    batch = max(min_batch, min(settings.batch_size, math.ceil(examples / per_epoch_floor)))
+    steps = max(settings.min_steps, math.ceil(examples / batch) * settings.epochs)
+    return batch, steps
+
+
 def plan_steps(examples: int, settings) -> int:
-    """Optimizer steps for a round: `epochs` passes, but never fewer than `min_steps`."""
-    per_epoch = math.ceil(examples / settings.batch_size)
-    return max(settings.min_steps, per_epoch * settings.epochs)
+    return plan(examples, settings)[1]
 
 
 def loss_callback(losses: list[float], log: Callable[[str], None]):
@@ -85,7 +94,7 @@ def train_lora(method: Method, records: list[dict], *, base_model: Path, out_dir
         from peft import PeftModel
 
         model, peft_config = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True), None
-    steps, batch = plan_steps(len(records), settings), max(min_batch, min(settings.batch_size, len(records)))
+    batch, steps = plan(len(records), settings, min_batch)
     losses: list[float] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="supportloop-train-") as work:

@@ -20,6 +20,7 @@ from feedback.pii import Scrubber
 from feedback.rounds import (
     Holder, acquire_lock, finish_run, last_trained_snapshot, new_feedback_count, release_lock, start_run, update_run,
 )
+from trainer.anchors import anchor_records
 from trainer.config import RoundConfig
 from trainer.datasets import METHODS, RoundData, snapshot
 from trainer.gate import GateInputs, Verdict, evaluate, load_golden
@@ -208,6 +209,16 @@ def _nothing(config: RoundConfig, data: RoundData) -> str:
             "{\"text\": ..., \"approve\": true}")
 
 
+def _anchors(config: RoundConfig, device: str, log: RunLog) -> list[dict]:
+    log.phase("anchors")
+    records = anchor_records(base_model=config.base_model, base_id=base_model_id(config.base_model), device=device,
+                             system_prompt=config.system_prompt, count=config.sft.anchors,
+                             cache_dir=config.adapters_dir, log=log)
+    if records:
+        log(f"sft: {len(records)} anchor examples (the base model's answers to everyday questions) mixed in")
+    return records
+
+
 def _locked_round(config: RoundConfig, store, run_id: int, log: RunLog) -> RoundResult:
     started = time.perf_counter()
     with store.session() as session:
@@ -225,9 +236,11 @@ def _locked_round(config: RoundConfig, store, run_id: int, log: RunLog) -> Round
         f"gate sets: {len(data.new)} new corrections, {len(data.regression)} regression questions")
     device = resolve_device(config.device)
     config.adapters_dir.mkdir(parents=True, exist_ok=True)
+    anchors = _anchors(config, device, log) if "sft" in methods else []
     staging = None
     try:
-        staging, stats = _train_methods(config, methods, data.datasets, device, log)
+        staging, stats = _train_methods(config, methods, data.datasets | {"sft": data.datasets["sft"] + anchors},
+                                        device, log)
         trained = time.perf_counter()
         verdict = _gate(config, data, staging, device, log)
         timings = {"train_s": round(trained - started, 1), "gate_s": round(time.perf_counter() - trained, 1)}
