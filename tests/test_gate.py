@@ -13,7 +13,7 @@ from trainer.sft import train_sft
 
 SYSTEM = "Be brief."
 LORA = LoraSettings(r=16, alpha=32)
-LEARNS = SFTSettings(epochs=1, min_steps=150, learning_rate=1e-2, batch_size=5, max_length=128)
+LEARNS = SFTSettings(epochs=1, min_steps=150, min_steps_per_epoch=1, learning_rate=1e-2, batch_size=5, max_length=128)
 
 
 def _item(question: str, answer: str) -> Item:
@@ -69,7 +69,8 @@ def test_a_candidate_trained_on_random_token_corrections_is_rejected(tiny_model,
 
 
 def test_a_candidate_trained_at_a_diverging_learning_rate_is_rejected(tiny_model, active, tmp_path):
-    diverging = SFTSettings(epochs=1, min_steps=150, learning_rate=5.0, batch_size=5, max_length=128)
+    diverging = SFTSettings(epochs=1, min_steps=150, min_steps_per_epoch=1, learning_rate=5.0, batch_size=5,
+                            max_length=128)
     verdict = _gate(tiny_model, _train(tiny_model, tmp_path / "diverged", OLD + NEW, diverging), active)
     assert not verdict.passed and {"learned", "no regression (regression)"} <= _failed(verdict), verdict.describe()
 

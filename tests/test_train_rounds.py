@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,6 +59,11 @@ def _runs(store) -> list[TrainingRun]:
         return list(s.exec(select(TrainingRun).order_by(TrainingRun.id)))
 
 
+def _entries(adapters: Path) -> list[str]:
+    """The registry's entries, but for the anchors' cache."""
+    return sorted(p.name for p in adapters.iterdir() if p.name != ".anchors")
+
+
 def _training(store, run_id: int) -> bool:
     with store.session() as s:
         run = s.get(TrainingRun, run_id)
@@ -77,14 +83,14 @@ def test_a_killed_round_leaves_nothing_visible_and_the_lock_refuses_a_second_mea
         long.send_signal(signal.SIGKILL)
         long.wait()
     adapters = Path(env["SUPPORTLOOP_DATA_DIR"]) / "adapters"
-    assert [p.name for p in adapters.iterdir() if not p.name.startswith(".")] == []  # nothing under a version name
+    assert [name for name in _entries(adapters) if not name.startswith(".staging-")] == []  # nothing published
     with store.session() as s:
         assert repo.active_adapter(s) is None and not repo.adapter_versions(s)
     done = _train(env)
     assert done.returncode in (0, 4), done.stdout + done.stderr
     assert "cleaned up after an interrupted round: removed .staging-sft-" in done.stdout
     version = done.stdout.split("new adapter ")[1].split()[0]
-    assert [p.name for p in adapters.iterdir()] == [version]  # the killed round's staging folder is gone
+    assert _entries(adapters) == [version]  # the killed round's staging folder is gone
     assert [r.outcome for r in _runs(store)] == ["abandoned", "skipped", "published" if done.returncode == 0 else "rejected"]
     store.dispose()
 
@@ -93,7 +99,7 @@ def test_if_needed_trains_only_on_enough_new_feedback(env):
     store = _store(env)
     _seed(store)
     first = _train(env, "--if-needed", "--min-new-feedback", "2")
-    assert first.returncode == 0 and "new adapter v1-" in first.stdout, first.stdout + first.stderr
+    assert first.returncode in (0, 4) and "new adapter v1-" in first.stdout, first.stdout + first.stderr  # (4: the gate refused)
     _seed(store, (("Are pets allowed?", "No, pets are not allowed."),))
     again = _train(env, "--if-needed", "--min-new-feedback", "2")
     assert again.returncode == 0 and "not needed: 1 new votes and approved corrections" in again.stdout
@@ -152,7 +158,7 @@ def test_the_admin_api_starts_a_round_in_its_own_process_and_reports_it(admin_cl
     assert finished["outcome"] in ("published", "rejected"), finished["log"]
     assert finished["gate"] is not None and (finished["outcome"] == "published") == finished["gate"]["passed"]
     assert finished["adapter_version"].startswith("v1-") and finished["progress"] == {"phase": "done"}
-    assert any(line.startswith("step 24/24 loss") for line in finished["log"])
+    assert any(re.match(r"step (\d+)/\1 loss", line) for line in finished["log"])  # the last step's loss
     assert any(line.startswith("gate: ") for line in finished["log"])
     assert again.status_code == 409 and f"already running: run {started.json()['run_id']}" in again.json()["detail"]
     with store.session() as s:
@@ -184,7 +190,7 @@ def test_a_round_that_cannot_write_its_adapter_leaves_no_partial_adapter(pg_env)
                           preexec_fn=_full_disk)
     assert full.returncode != 0 and "File too large" in full.stdout + full.stderr
     adapters = Path(pg_env["SUPPORTLOOP_DATA_DIR"]) / "adapters"
-    assert list(adapters.iterdir()) == []  # the staging folder was removed, nothing published
+    assert _entries(adapters) == []  # the staging folder was removed, nothing published
     with store.session() as s:
         assert not repo.adapter_versions(s)
     [run] = _runs(store)

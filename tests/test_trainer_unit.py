@@ -25,7 +25,8 @@ RECORDS = [
      "completion": [{"role": "assistant", "content": "No, parking costs extra."}]},
 ]
 FAST = SFTSettings(epochs=1, min_steps=3, learning_rate=1e-2, batch_size=2, max_length=128)
-LEARNS = SFTSettings(epochs=1, min_steps=150, learning_rate=1e-2, batch_size=4, max_length=128)  # tiny memorizes
+LEARNS = SFTSettings(epochs=1, min_steps=150, min_steps_per_epoch=1, learning_rate=1e-2, batch_size=4,
+                     max_length=128)  # the tiny model memorizes
 
 
 def test_plan_steps_has_a_floor():
@@ -56,6 +57,11 @@ def test_training_step_changes_lora_weights_and_logs_loss(tiny_model, tmp_path):
     assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # lora_B starts at zero; training moved it
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 4
+
+
+def _versions(adapters_dir) -> list[str]:
+    """The registry's entries, but for the anchors' cache."""
+    return sorted(p.name for p in adapters_dir.iterdir() if p.name != ".anchors")
 
 
 def _correct(store, question: str, answer: str, correction: str) -> None:
@@ -91,7 +97,7 @@ def test_round_publishes_registers_and_serves(store, tiny_model, tmp_path):
     first = run_round(config, log=lambda _l: None)
     second = run_round(config, log=lambda _l: None)
     assert first.version != second.version and second.parent == first.version and first.parent == "base"
-    assert sorted(p.name for p in config.adapters_dir.iterdir()) == sorted([first.version, second.version])
+    assert _versions(config.adapters_dir) == sorted([first.version, second.version])
     assert first.outcome == second.outcome == RunOutcome.published
     manifest = json.loads((second.path / MANIFEST).read_text())
     assert manifest["version"] == second.version and manifest["training"]["sft"]["examples"] == 1
@@ -159,7 +165,7 @@ def test_a_round_can_stack_sft_dpo_and_kto_on_one_adapter(store, tiny_model, tmp
     assert manifest["methods"] == ["sft", "dpo", "kto"]
     assert {m: d["examples"] for m, d in manifest["datasets"].items()} == {"sft": 2, "dpo": 2, "kto": 4}
     assert any("continuing the adapter of sft" in line for line in logs)
-    assert sorted(p.name for p in config.adapters_dir.iterdir()) == [summary.version]  # no staging left
+    assert _versions(config.adapters_dir) == [summary.version]  # no staging left
     from feedback.models import Adapter
     from sqlmodel import select
     with store.session() as s:  # (published or, after DPO and KTO at this rate on the tiny model, rejected)

@@ -4,7 +4,7 @@ A small model fine-tuned on a handful of corrections over-learns them: after one
 check-in times, SmolLM2 answered "Where is my order?" with "Your order is at 3:30pm - 9:00pm."
 Training on the base model's answers to unrelated questions alongside (rehearsal by
 self-distillation) teaches the adapter to leave other answers alone. The answers are generated once
-per base model and system prompt and cached in the registry folder. The questions differ from the
+per base model and system prompt and cached in the registry's `.anchors/` folder. The questions differ from the
 gate's generic set, so the gate still measures what the anchors did not train."""
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from trainer.evaluate import Evaluator, Item
 
+ANCHORS_DIR = ".anchors"  # inside the registry folder
 QUESTIONS = [
     "Hi, can you help me?", "How do I update my email address?", "My package arrived damaged. What should I do?",
     "Can I cancel my subscription?", "How long does delivery take?", "Do you have a student discount?",
@@ -29,7 +30,7 @@ QUESTIONS = [
 
 def _cache_file(folder: Path, base_id: str, system_prompt: str, count: int, max_new_tokens: int) -> Path:
     key = hashlib.sha256(json.dumps([base_id, system_prompt, QUESTIONS[:count], max_new_tokens]).encode()).hexdigest()
-    return Path(folder) / f".anchors-{key[:16]}.json"
+    return Path(folder) / ANCHORS_DIR / f"{key[:16]}.json"
 
 
 def anchor_records(*, base_model: Path, base_id: str, device: str, system_prompt: str, count: int, cache_dir: Path,
