@@ -123,7 +123,8 @@ def round_config(args: argparse.Namespace, settings):
                        progress=not args.quiet, lora=lora, sft=SFTSettings(**given), methods=args.methods,
                        system_prompt=settings.system_prompt, pii_scrub=list(settings.pii_scrub),
                        min_new_feedback=args.min_new_feedback if args.if_needed else 0,
-                       gate=GateSettings(golden_set=Path(golden) if golden else None))
+                       gate=GateSettings(golden_set=Path(golden) if golden else None,
+                                         max_new_tokens=settings.max_new_tokens))
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@
 (c) stays sane: no empty answers; no more answers caught in a repetition loop than the active
     version's; on the questions both answer (regression, golden, and a built-in
     set of generic support questions) runaway answers (stopped by the token limit) at most
-    `max_runaway_increase` more often than the active version's; perplexity of the reference answers
+    `max_runaway_increase` (or one answer) more often than the active version's, at the server's
+    answer length limit; perplexity of the reference answers
     of those questions at most `max_perplexity_ratio` times the active version's.
 
 Each set is capped at `max_items` (a seeded sample) to bound the gate's cost."""
@@ -50,11 +51,15 @@ class GateSettings:
                                                                "SmolLM2 round measured 1.1-5.4: training on the "
                                                                "anchors sharpens the distribution)."})
     max_runaway_increase: float = field(default=0.1, metadata={"help": "Largest allowed increase of the share of "
-                                                               "answers stopped by the token limit."})
+                                                               "answers stopped by the token limit (one answer "
+                                                               "more is always allowed: on 8 questions, one is "
+                                                               "12%)."})
     golden_set: Path | None = field(default=None, metadata={"help": "Optional JSONL of {\"question\", \"answer\"} "
                                                             "(or {\"prompt\": messages, \"answer\"}) that must not regress."})
     max_items: int = field(default=48, metadata={"help": "At most this many questions per set (seeded sample)."})
-    max_new_tokens: int = field(default=96, metadata={"help": "Answer length limit while evaluating."})
+    max_new_tokens: int = field(default=128, metadata={"help": "Answer length limit while evaluating (the "
+                                                       "server's SUPPORTLOOP_MAX_NEW_TOKENS: a runaway answer is "
+                                                       "one a customer would see cut off)."})
     seed: int = field(default=0, metadata={"help": "Seed of the samples."})
 
 
@@ -166,7 +171,7 @@ def evaluate(*, base_model: Path, device: str, candidate: Path, active: tuple[st
     metrics["perplexity"] = {"items": len(reference), "candidate": round(evaluator.perplexity(CANDIDATE, reference), 4),
                              "active": round(evaluator.perplexity(reference_name, reference), 4)}
     metrics["empty"] = empty
-    metrics["runaway"] = {"candidate": round(_runaway(both[CANDIDATE]), 4),
+    metrics["runaway"] = {"items": len(both[CANDIDATE]), "candidate": round(_runaway(both[CANDIDATE]), 4),
                           "active": round(_runaway(both[reference_name]), 4)}
     metrics["loops"] = {"candidate": _degenerate(both[CANDIDATE]), "active": _degenerate(both[reference_name])}
     metrics["seconds"] = round(time.perf_counter() - started, 1)
@@ -196,8 +201,9 @@ def _checks(metrics: dict, settings: GateSettings) -> list[Check]:
     loops = metrics["loops"]
     checks.append(Check("no repetition loops", loops["candidate"] <= loops["active"],
                         f"{loops['candidate']} answers caught in a repetition loop vs active {loops['active']}"))
-    runaway = metrics["runaway"]
-    checks.append(Check("no runaway answers", runaway["candidate"] <= runaway["active"] + settings.max_runaway_increase,
-                        f"{runaway['candidate']:.0%} of answers hit the token limit vs active "
-                        f"{runaway['active']:.0%} (tolerance {settings.max_runaway_increase:.0%})"))
+    runaway, items = metrics["runaway"], metrics["runaway"]["items"]
+    allowed = runaway["active"] + max(settings.max_runaway_increase, 1 / max(items, 1))
+    checks.append(Check("no runaway answers", runaway["candidate"] <= allowed + 1e-9,
+                        f"{runaway['candidate']:.0%} of {items} answers hit the token limit vs active "
+                        f"{runaway['active']:.0%} (allowed up to {allowed:.0%})"))
     return checks
