@@ -113,8 +113,8 @@ def round_config(args: argparse.Namespace, settings):
     from trainer.config import LoraSettings, RoundConfig, SFTSettings
     from trainer.gate import GateSettings
 
-    given = {name: getattr(args, name) for name in ("epochs", "min_steps", "learning_rate", "batch_size", "seed")
-             if getattr(args, name) is not None}
+    names = ("epochs", "min_steps", "learning_rate", "batch_size", "anchors", "seed")
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     lora = LoraSettings() if args.rank is None else LoraSettings(r=args.rank, alpha=2 * args.rank)
     golden = args.golden_set or settings.golden_set
     return RoundConfig(database_url=settings.db_url, adapters_dir=settings.adapters_dir,

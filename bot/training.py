@@ -1,10 +1,10 @@
 """Training rounds from the command line and from the admin API.
 
-`supportloop train` (its command function is in `bot/cli.py`) runs one round now (`--if-needed --min-new-feedback N` for cron);
-`supportloop schedule --every 1h --min-new-feedback N` runs `train --if-needed` on an APScheduler
-interval, each round in its own process. The admin API starts a round with `launch_round` (a separate
-`supportloop train --run-id N` process: a crash or the CPU load of training never reaches the server).
-The trainer is imported only inside the commands."""
+`supportloop train` (its command function is in `bot/cli.py`) runs one round now; with `--if-needed
+--min-new-feedback N` it suits cron. `supportloop schedule --every 1h --min-new-feedback N` runs
+`train --if-needed` on an APScheduler interval, each round in its own process. The admin API starts a
+round with `round_launcher` (a separate `supportloop train --run-id N` process: a crash or the CPU load
+of training never reaches the server). The trainer is imported only inside the commands."""
 from __future__ import annotations
 
 import argparse
@@ -98,10 +98,12 @@ def _round_arguments(parser: argparse.ArgumentParser) -> None:
                         "answers, else KTO on thumbs) or a comma-separated list of sft, dpo, kto, run in that "
                         "order on one adapter")
     parser.add_argument("--epochs", type=int, help="SFT passes over the examples (default 5)")
-    parser.add_argument("--min-steps", type=int, help="at least this many optimizer steps (default 24)")
+    parser.add_argument("--min-steps", type=int, help="at least this many optimizer steps (default 0)")
     parser.add_argument("--lr", dest="learning_rate", type=float, help="SFT learning rate (default 2e-3)")
     parser.add_argument("--rank", type=int, help="LoRA rank (default 16; alpha = 2 × rank)")
     parser.add_argument("--batch-size", type=int, help="examples per step (default 8)")
+    parser.add_argument("--anchors", type=int, help="the base model's answers to this many everyday questions "
+                        "mixed into SFT so other answers stay as they were (default 16; 0: none)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default SUPPORTLOOP_DEVICE")
     parser.add_argument("--golden-set", type=Path, help="JSONL of {\"question\", \"answer\"} the candidate must "

@@ -24,7 +24,8 @@ QUESTIONS = [
     "The app keeps crashing. Any advice?", "Can I pay in instalments?", "How do I delete my account?",
     "Thanks, that's all I needed!", "Do you offer gift cards?", "Can I return an item without a receipt?",
     "How do I apply a promo code?", "Is there a phone number I can call?", "Why was my card declined?",
-    "Can I change the delivery address after ordering?", "Do you have a loyalty programme?", "What's your returns policy?",
+    "Can I change the delivery address after ordering?", "Do you have a loyalty programme?",
+    "What's your returns policy?",
 ]
 
 
