@@ -3,13 +3,17 @@
 On the 2-core CPUs supportloop targets, a decode step is dominated by the Linear layers. oneDNN's
 prepacked fp32 path runs them about 1.6x faster than `F.linear` at 4-64 rows (measured here for
 SmolLM2's shapes), and a row's output does not depend on how many other rows share the call, so a
-request's answer is the same alone or batched. The packed copy is used for inference only; the
+request's answer is the same alone or batched. On CPUs with AMX (`amx_bf16`), the weights are packed
+in bf16 and the layer computes in bf16 (inputs rounded, outputs returned in fp32): 2.2-4.3x faster
+than packed fp32 at 16 rows for SmolLM2's shapes, still row-independent (measured bit-identical alone
+and batched). Without AMX, bf16 is far slower than fp32, so it is chosen by hardware only. The packed copy is used for inference only; the
 module stays an `nn.Linear` (same weight parameter, tied weights kept), so PEFT wraps it as the base
 layer of a LoRA adapter like any other Linear.
 """
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,24 +22,34 @@ log = logging.getLogger(__name__)
 BATCH_HINT = 16  # rows oneDNN tunes the packed layout for (the default max batch)
 
 
+def cpu_has_amx(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    try:
+        return "amx_bf16" in cpuinfo.read_text()
+    except OSError:
+        return False
+
+
 class PackedLinear(nn.Linear):
     """An `nn.Linear` computed from a oneDNN-prepacked copy of its weight (inference only)."""
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> PackedLinear:
+    def from_linear(cls, linear: nn.Linear, compute: torch.dtype = torch.float32) -> PackedLinear:
         packed = cls.__new__(cls)
         nn.Module.__init__(packed)
         packed.in_features, packed.out_features = linear.in_features, linear.out_features
-        packed.weight, packed.bias = linear.weight, linear.bias
-        packed.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), BATCH_HINT),
+        packed.weight, packed.bias, packed.compute = linear.weight, linear.bias, compute
+        weight = linear.weight.detach().to(compute)
+        packed.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(weight, BATCH_HINT),
+                               persistent=False)
+        packed.register_buffer("packed_bias", None if linear.bias is None else linear.bias.detach().to(compute),
                                persistent=False)
         return packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and self.weight.requires_grad:
             return super().forward(x)
-        bias = None if self.bias is None else self.bias.detach()
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, bias, "none", [], "")
+        out = torch.ops.mkldnn._linear_pointwise(x.to(self.compute), self.packed_weight, self.packed_bias, "none", [], "")
+        return out.to(x.dtype)
 
 
 def supported(model: nn.Module) -> bool:
@@ -44,25 +58,37 @@ def supported(model: nn.Module) -> bool:
     return param.device.type == "cpu" and param.dtype == torch.float32 and torch.backends.mkldnn.is_available()
 
 
-def pack_linears(model: nn.Module) -> int:
-    """Swap every plain `nn.Linear` of `model` for a `PackedLinear` in place; returns how many.
-    Does nothing (returns 0) where unsupported or if the packed kernel disagrees with `F.linear`."""
-    if not supported(model) or not _kernel_agrees():
-        return 0
+def compute_dtype(cpuinfo: Path = Path("/proc/cpuinfo")) -> torch.dtype:
+    """bf16 where the CPU has AMX, else fp32."""
+    return torch.bfloat16 if cpu_has_amx(cpuinfo) else torch.float32
+
+
+def pack_linears(model: nn.Module, compute: torch.dtype | None = None) -> tuple[int, torch.dtype | None]:
+    """Swap every plain `nn.Linear` of `model` for a `PackedLinear` in place; returns how many and the
+    compute dtype (by hardware unless given). Falls back from bf16 to fp32, and to nothing (0, None),
+    where unsupported or if the packed kernel disagrees with `F.linear`."""
+    if not supported(model):
+        return 0, None
+    for dtype in dict.fromkeys([compute or compute_dtype(), torch.float32]):
+        if _kernel_agrees(dtype):
+            break
+    else:
+        return 0, None
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, name, PackedLinear.from_linear(child))
+                setattr(parent, name, PackedLinear.from_linear(child, dtype))
                 count += 1
-    return count
+    return count, dtype
 
 
-def _kernel_agrees() -> bool:
+def _kernel_agrees(dtype: torch.dtype) -> bool:
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2  # bf16 keeps 8 bits of mantissa
     try:
         linear, x = nn.Linear(64, 32), torch.randn(3, 64)
         with torch.inference_mode():
-            return torch.allclose(PackedLinear.from_linear(linear)(x), linear(x), atol=1e-4, rtol=1e-4)
+            return torch.allclose(PackedLinear.from_linear(linear, dtype)(x), linear(x), atol=tolerance, rtol=tolerance)
     except RuntimeError as exc:  # an op missing from this torch build
-        log.info("oneDNN prepacked Linear unavailable: %s", exc)
+        log.info("oneDNN prepacked %s Linear unavailable: %s", dtype, exc)
         return False

@@ -112,9 +112,9 @@ class HFGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype)
         self.model = model.to(self.device).eval()
-        packed = pack_linears(self.model)
+        packed, compute = pack_linears(self.model)
         log.info("serving %s on %s (%s)%s", self.model_path.name, self.device, self.dtype,
-                 f", {packed} Linear layers prepacked for oneDNN" if packed else "")
+                 f", {packed} Linear layers prepacked for oneDNN, computing in {compute}" if packed else "")
         self.context_window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from bot.fastlinear import PackedLinear, pack_linears
+from bot.fastlinear import PackedLinear, _kernel_agrees, compute_dtype, pack_linears
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
 
@@ -28,7 +28,7 @@ def test_pack_linears_keeps_weights_shared_and_peft_wraps_the_packed_layers():
 
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
     weight = model[0].weight
-    assert pack_linears(model) == 2
+    assert pack_linears(model, torch.float32) == (2, torch.float32)
     assert isinstance(model[0], PackedLinear) and model[0].weight is weight
     assert "packed_weight" not in model.state_dict()  # never saved with the model
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["0", "2"]))
@@ -44,3 +44,25 @@ def test_training_still_uses_the_trainable_weight():
     loss = model(torch.randn(3, 4)).sum()
     loss.backward()
     assert model[0].weight.grad is not None
+
+
+def test_bf16_is_chosen_only_on_cpus_with_amx(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags: avx2 avx512f avx512_bf16\n")
+    assert compute_dtype(cpuinfo) == torch.float32  # bf16 without AMX is far slower than fp32
+    cpuinfo.write_text("flags: avx512f amx_bf16 amx_tile\n")
+    assert compute_dtype(cpuinfo) == torch.bfloat16
+    assert compute_dtype(tmp_path / "missing") == torch.float32
+
+
+@pytest.mark.skipif(not _kernel_agrees(torch.bfloat16), reason="this CPU's oneDNN has no bf16 Linear")
+def test_bf16_packed_linear_is_close_to_fp32_and_row_independent():
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 200)
+    packed = PackedLinear.from_linear(linear, torch.bfloat16)
+    x = torch.randn(37, 96)
+    with torch.inference_mode():
+        full = packed(x)
+        assert full.dtype == torch.float32 and torch.allclose(full, linear(x), atol=5e-2, rtol=5e-2)
+        for rows in (1, 5, 16):
+            assert torch.equal(packed(x[:rows]), full[:rows])  # a request's answer does not depend on its batch
