@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     settings = settings or Settings()
     if generator is None:
         generator = HFGenerator(resolve_base_model(settings.base_model, settings.model_cache), settings.device,
-                                max_batch=settings.max_batch, max_queue=settings.max_queue)
+                                max_batch=settings.max_batch, max_queue=settings.max_queue, threads=settings.threads)
     app = FastAPI(title="supportloop", lifespan=_lifespan(settings, generator, store))
     app.state.settings = settings
     app.state.launch_round = round_launcher(settings)

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     max_sessions_per_client: int = Field(20, ge=1, description="open chat connections per client address")
     max_queue: int = Field(64, ge=0, description="requests waiting for a batch slot before 'busy'")
     max_batch: int = Field(16, ge=1, description="requests generated together in one batch")
+    threads: int = Field(0, ge=0, description="CPU threads for the model; 0 = all cores but one (the event "
+                         "loop, websockets and database keep one)")
     allowed_origins: list[str] = Field(["*"], description="origins allowed to call the API and open the chat "
                                        "socket from a browser (JSON list); '*' allows any")
     pii_scrub: list[str] = Field(["email", "phone", "card", "iban"], description="personal data replaced by "

@@ -214,3 +214,12 @@ def test_broken_adapter_is_refused_and_leaves_no_trace(tiny_model, adapter, tmp_
             assert "v9-bad" not in generator.peft.peft_config
     finally:
         generator.close()
+
+
+def test_the_model_leaves_a_core_to_the_event_loop():
+    import os
+
+    from bot.generator import model_threads
+
+    assert model_threads(3) == 3
+    assert model_threads(0) == max(1, (os.cpu_count() or 2) - 1)
