@@ -16,21 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import live
 from trainer.facts import mean_fact_score
-
-
-def _train(env: dict[str, str], extra: list[str]) -> tuple[subprocess.CompletedProcess, float]:
-    started = time.perf_counter()
-    result = subprocess.run([live.CLI, "train", "--quiet", *extra], env={**os.environ, **env},
-                            capture_output=True, text=True)
-    return result, time.perf_counter() - started
 
 
 def _answered(answers: list[dict]) -> list[dict]:
@@ -57,12 +47,8 @@ def run(n: int, seed: int, extra: list[str]) -> dict:
         token = live.staff_token(env)
         for answer, pair in zip(before, corrected):
             live.approve(url, token, answer["message_id"], pair["reference"])
-        trained, train_s = _train(env, extra)
-        if trained.returncode not in (0, 4):
-            raise RuntimeError(f"train failed ({trained.returncode}):\n{trained.stdout}\n{trained.stderr}")
-        version = trained.stdout.split("new adapter ")[1].split()[0]
-        manifest = json.loads((data_dir / "adapters" / version / "manifest.json").read_text())
-        if trained.returncode == 0:
+        version, manifest, passed, train_s = live.train_round(env, *extra)
+        if passed:
             live.wait_for_version(url, version)
         after = _answered(live.ask_all(ws_url, questions))
     finally:

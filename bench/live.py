@@ -120,3 +120,20 @@ def wait_for_version(url: str, version: str, timeout: float = 300) -> float:
             pass
         time.sleep(0.05)
     raise TimeoutError(f"the server did not switch to {version} within {timeout} s")
+
+
+def train_round(env: dict[str, str], *args: str) -> tuple[str, dict, bool, float]:
+    """`supportloop train --quiet [args]` with `env` added: the new version, its manifest, whether the gate
+    passed (exit 0; 4 = rejected) and the wall time. Raises on any other exit."""
+    import json
+
+    env = {**os.environ, **env}
+    started = time.perf_counter()
+    result = subprocess.run([CLI, "train", "--quiet", *args], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode not in (0, 4):
+        raise RuntimeError(f"train failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    version = result.stdout.split("new adapter ")[1].split()[0]
+    data_dir = Path(env["SUPPORTLOOP_DATA_DIR"])
+    manifest = json.loads((data_dir / "adapters" / version / "manifest.json").read_text())
+    return version, manifest, result.returncode == 0, seconds

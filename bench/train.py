@@ -13,9 +13,7 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import live
@@ -57,15 +55,8 @@ def run(n: int, device: str, seed: int) -> dict:
     golden_file = data_dir / "golden.jsonl"
     golden_file.write_text("".join(json.dumps({"question": p["question"], "answer": p["reference"]}) + "\n"
                                    for p in golden))
-    env = {**os.environ, "SUPPORTLOOP_DATA_DIR": str(data_dir)}
-    started = time.perf_counter()
-    result = subprocess.run([live.CLI, "train", "--quiet", "--device", device, "--golden-set", str(golden_file)],
-                            env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if result.returncode not in (0, 4):
-        raise RuntimeError(f"train failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    version = result.stdout.split("new adapter ")[1].split()[0]
-    manifest = json.loads((data_dir / "adapters" / version / "manifest.json").read_text())
+    version, manifest, _passed, wall = live.train_round({"SUPPORTLOOP_DATA_DIR": str(data_dir)}, "--device", device,
+                                                       "--golden-set", str(golden_file))
     sft = manifest["training"]["sft"]
     return {
         "corrections": n, "device": device, "cpu": cpu_name(),

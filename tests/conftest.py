@@ -108,6 +108,13 @@ class LiveServer:
         self.thread.join(timeout=30)
 
 
+def registry_entries(adapters_dir: Path) -> list[str]:
+    """The adapter registry's entries, but for the anchors' cache."""
+    from trainer.anchors import ANCHORS_DIR
+
+    return sorted(p.name for p in Path(adapters_dir).iterdir() if p.name != ANCHORS_DIR)
+
+
 def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from bot.settings import Settings
 from feedback import repo
 from feedback.db import open_store
 from feedback.models import Adapter, Role, StaffRole, TrainingRun
-from tests.conftest import wait_until
+from tests.conftest import registry_entries, wait_until
 from tests.fakes import FakeGenerator
 
 CLI = str(Path(sys.executable).parent / "supportloop")
@@ -59,11 +58,6 @@ def _runs(store) -> list[TrainingRun]:
         return list(s.exec(select(TrainingRun).order_by(TrainingRun.id)))
 
 
-def _entries(adapters: Path) -> list[str]:
-    """The registry's entries, but for the anchors' cache."""
-    return sorted(p.name for p in adapters.iterdir() if p.name != ".anchors")
-
-
 def _training(store, run_id: int) -> bool:
     with store.session() as s:
         run = s.get(TrainingRun, run_id)
@@ -83,14 +77,14 @@ def test_a_killed_round_leaves_nothing_visible_and_the_lock_refuses_a_second_mea
         long.send_signal(signal.SIGKILL)
         long.wait()
     adapters = Path(env["SUPPORTLOOP_DATA_DIR"]) / "adapters"
-    assert [name for name in _entries(adapters) if not name.startswith(".staging-")] == []  # nothing published
+    assert [name for name in registry_entries(adapters) if not name.startswith(".staging-")] == []  # nothing published
     with store.session() as s:
         assert repo.active_adapter(s) is None and not repo.adapter_versions(s)
     done = _train(env)
     assert done.returncode in (0, 4), done.stdout + done.stderr
     assert "cleaned up after an interrupted round: removed .staging-sft-" in done.stdout
     version = done.stdout.split("new adapter ")[1].split()[0]
-    assert _entries(adapters) == [version]  # the killed round's staging folder is gone
+    assert registry_entries(adapters) == [version]  # the killed round's staging folder is gone
     assert [r.outcome for r in _runs(store)] == ["abandoned", "skipped", "published" if done.returncode == 0 else "rejected"]
     store.dispose()
 
@@ -190,7 +184,7 @@ def test_a_round_that_cannot_write_its_adapter_leaves_no_partial_adapter(pg_env)
                           preexec_fn=_full_disk)
     assert full.returncode != 0 and "File too large" in full.stdout + full.stderr
     adapters = Path(pg_env["SUPPORTLOOP_DATA_DIR"]) / "adapters"
-    assert _entries(adapters) == []  # the staging folder was removed, nothing published
+    assert registry_entries(adapters) == []  # the staging folder was removed, nothing published
     with store.session() as s:
         assert not repo.adapter_versions(s)
     [run] = _runs(store)

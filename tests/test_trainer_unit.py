@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from bot.generator import HFGenerator, GenerationRequest
 from feedback import repo
-from feedback.models import AdapterStatus, Role
-from feedback.models import RunOutcome, TrainingRun
+from feedback.models import AdapterStatus, Role, RunOutcome, TrainingRun
+from tests.conftest import registry_entries
 from trainer.config import LoraSettings, RoundConfig, SFTSettings
 from trainer.gate import GateSettings
 from trainer.hardware import precision_args
@@ -59,11 +59,6 @@ def test_training_step_changes_lora_weights_and_logs_loss(tiny_model, tmp_path):
     assert config["r"] == 4
 
 
-def _versions(adapters_dir) -> list[str]:
-    """The registry's entries, but for the anchors' cache."""
-    return sorted(p.name for p in adapters_dir.iterdir() if p.name != ".anchors")
-
-
 def _correct(store, question: str, answer: str, correction: str) -> None:
     with store.session() as s:
         conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt="Be brief.")
@@ -97,7 +92,7 @@ def test_round_publishes_registers_and_serves(store, tiny_model, tmp_path):
     first = run_round(config, log=lambda _l: None)
     second = run_round(config, log=lambda _l: None)
     assert first.version != second.version and second.parent == first.version and first.parent == "base"
-    assert _versions(config.adapters_dir) == sorted([first.version, second.version])
+    assert registry_entries(config.adapters_dir) == sorted([first.version, second.version])
     assert first.outcome == second.outcome == RunOutcome.published
     manifest = json.loads((second.path / MANIFEST).read_text())
     assert manifest["version"] == second.version and manifest["training"]["sft"]["examples"] == 1
@@ -165,7 +160,7 @@ def test_a_round_can_stack_sft_dpo_and_kto_on_one_adapter(store, tiny_model, tmp
     assert manifest["methods"] == ["sft", "dpo", "kto"]
     assert {m: d["examples"] for m, d in manifest["datasets"].items()} == {"sft": 2, "dpo": 2, "kto": 4}
     assert any("continuing the adapter of sft" in line for line in logs)
-    assert _versions(config.adapters_dir) == [summary.version]  # no staging left
+    assert registry_entries(config.adapters_dir) == [summary.version]  # no staging left
     from feedback.models import Adapter
     from sqlmodel import select
     with store.session() as s:  # (published or, after DPO and KTO at this rate on the tiny model, rejected)

@@ -149,20 +149,20 @@ def _manifest(config: RoundConfig, data: RoundData, version: str, methods: list[
     import transformers
     import trl
 
+    settings = config.to_dict()
     return {
         "version": version, "parent": data.parent, "status": _status(config, verdict),
         "base_model": {"id": base_model_id(config.base_model), "weights": weights_hash(config.base_model)},
         "methods": methods,
         "datasets": {m: {"hash": dataset_hash(data.datasets[m]), "examples": len(data.datasets[m])} for m in methods},
-        "hyperparameters": {"lora": config.to_dict()["lora"], "sft": config.to_dict()["sft"],
-                            "preference": config.to_dict()["preference"]},
+        "hyperparameters": {key: settings[key] for key in ("lora", "sft", "preference")},
         "training": {m: {"examples": s.examples, "steps": s.steps, "losses": s.losses, "seconds": round(s.seconds, 2),
                          "precision": s.precision} for m, s in stats.items()},
         "gate": verdict.to_dict(), "timings": timings,
         "snapshot_at": data.snapshot_at.isoformat(), "created": datetime.now(timezone.utc).isoformat(),
         "packages": {"supportloop": supportloop_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "peft": peft.__version__, "trl": trl.__version__},
-        "config": config.to_dict(),
+        "config": settings,
     }
 
 
@@ -180,7 +180,7 @@ def _publish(config: RoundConfig, store, data: RoundData, staging: Path, manifes
     manifest = manifest_for(version)
     final = publish_folder(staging, config.adapters_dir, version, manifest)
     losses = [loss for t in manifest["training"].values() for loss in t["losses"]]
-    metrics = {"examples": sum(t["examples"] for t in manifest["training"].values()), "gate": verdict.to_dict(),
+    metrics = {"examples": sum(t["examples"] for t in manifest["training"].values()), "gate": manifest["gate"],
                "timings": manifest["timings"], "train_loss_final": losses[-1] if losses else None}
     combined = dataset_hash([{m: d["hash"]} for m, d in manifest["datasets"].items()])
     with store.session() as session:
