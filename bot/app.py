@@ -23,6 +23,7 @@ from bot.metrics import Metrics
 from bot.generator import Generator, HFGenerator
 from bot.routes import admin, chat, feedback, openai, ops, staff
 from bot.settings import Settings
+from bot.worker import ProcessGenerator
 from bot.training import round_launcher
 from feedback.db import Store, open_store
 from feedback.ingest import VoteWriter
@@ -98,8 +99,9 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
                store: Store | None = None) -> FastAPI:
     settings = settings or Settings()
     if generator is None:
-        generator = HFGenerator(resolve_base_model(settings.base_model, settings.model_cache), settings.device,
-                                max_batch=settings.max_batch, max_queue=settings.max_queue, threads=settings.threads)
+        kind = ProcessGenerator if settings.model_process else HFGenerator
+        generator = kind(resolve_base_model(settings.base_model, settings.model_cache), settings.device,
+                         max_batch=settings.max_batch, max_queue=settings.max_queue, threads=settings.threads)
     app = FastAPI(title="supportloop", lifespan=_lifespan(settings, generator, store))
     app.state.settings = settings
     app.state.launch_round = round_launcher(settings)

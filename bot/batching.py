@@ -156,6 +156,7 @@ class Scheduler:
         self.rows: list[Row] = []
         self.steps = self.rows_stepped = self.prefill_tokens = 0
         self.seconds = 0.0
+        self.after_tick: Callable[[], None] | None = None  # called in the loop's thread after every tick
         self._next_seq = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="supportloop-batch", daemon=True)
@@ -200,6 +201,8 @@ class Scheduler:
                         row.job.future.set_exception(exc)
                     self.runner.release(row)
                 self.rows = []
+            if self.after_tick is not None:
+                self.after_tick()
 
     def _tick(self) -> None:
         self._run_controls()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -9,13 +10,17 @@ from dataclasses import dataclass
 
 from bot.adapters import AdapterManager
 from bot.engine import Engine
-from bot.generator import Busy, GenerationRequest, GenerationResult
+from bot.generator import Busy, GenerationRequest, GenerationResult, ModelUnavailable
 from bot.limits import ClientLimits, LimitExceeded
 from bot.metrics import Metrics
 from bot.settings import Settings
 from feedback import repo
 from feedback.db import Store
 from feedback.models import Role
+
+
+log = logging.getLogger(__name__)
+UNAVAILABLE = "The assistant is unavailable right now; the team has been alerted. Please try again later."
 
 
 class ChatError(Exception):
@@ -60,6 +65,8 @@ class ChatService:
 
     def admit(self, client: str, api: str) -> None:
         """Refuse when the model is not loaded yet or `client` is over its message rate."""
+        if self.engine.failure:
+            raise self._refuse(api, "model_unavailable", UNAVAILABLE, 503)
         if not self.adapters.synced:
             raise self._refuse(api, "model_loading", "The model is still loading; try again in a moment.", 503)
         try:
@@ -155,3 +162,6 @@ class ChatService:
             await asyncio.to_thread(self._forget, user_message_id)  # refused, so not kept
             raise self._refuse(api, "busy", f"The assistant is busy ({exc}); please retry in a few seconds.",
                                429) from exc
+        except ModelUnavailable as exc:  # the model's worker stopped; what was accepted stays stored
+            log.error("answer to message %s failed: %s", user_message_id, exc)
+            raise self._refuse(api, "model_unavailable", UNAVAILABLE, 503) from exc

@@ -39,6 +39,11 @@ class Engine:
         self.load_error: str | None = None
         self._outbox: _Outbox | None = None
 
+    @property
+    def failure(self) -> str | None:
+        """Why the model cannot serve: it failed to load, or its worker process stopped."""
+        return self.load_error or getattr(self.generator, "failure", None)
+
     async def load(self) -> None:
         try:
             await asyncio.to_thread(self.generator.load)

@@ -34,6 +34,10 @@ class Busy(RuntimeError):
     """The request queue is full; the client should retry later."""
 
 
+class ModelUnavailable(RuntimeError):
+    """The model cannot serve (its worker process stopped); the message says why, for the logs."""
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     messages: list[dict]

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(16, ge=1, description="requests generated together in one batch")
     threads: int = Field(0, ge=0, description="CPU threads for the model; 0 = all cores but one (the event "
                          "loop, websockets and database keep one)")
+    model_process: bool = Field(True, description="run the model and its batch loop in a worker process of "
+                                "their own (no GIL shared with the event loop); false: a thread of the server")
     allowed_origins: list[str] = Field(["*"], description="origins allowed to call the API and open the chat "
                                        "socket from a browser (JSON list); '*' allows any")
     pii_scrub: list[str] = Field(["email", "phone", "card", "iban"], description="personal data replaced by "

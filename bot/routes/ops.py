@@ -18,10 +18,10 @@ def healthz() -> dict:
 @router.get("/readyz")
 def readyz(request: Request) -> JSONResponse:
     state = request.app.state
+    if state.engine.failure:
+        return JSONResponse({"status": "error", "detail": state.engine.failure}, status_code=503)
     if state.adapters.synced:
         return JSONResponse({"status": "ready", "adapter_version": state.adapters.active_version})
-    if state.engine.load_error:
-        return JSONResponse({"status": "error", "detail": state.engine.load_error}, status_code=503)
     return JSONResponse({"status": "loading"}, status_code=503)
 
 
