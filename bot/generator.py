@@ -105,8 +105,9 @@ class HFGenerator:
     """A causal LM from a local checkpoint folder, LoRA adapters side by side by version, batched."""
 
     def __init__(self, model_path: Path, device: str = "auto", max_batch: int = 16, max_queue: int = 64,
-                 prefill_chunk: int = 256, threads: int = 0) -> None:
+                 prefill_chunk: int = 256, threads: int = 0, lean_forward: bool = True) -> None:
         self.model_path, self.device_setting, self.threads = Path(model_path), device, threads
+        self.lean_forward = lean_forward  # the lean pass of `bot.decoder` where the model's kind allows
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.model = self.tokenizer = self.scheduler = None
         self.peft = None  # the PeftModel wrapping `model` once an adapter is loaded
@@ -148,8 +149,10 @@ class HFGenerator:
         import torch
         from transformers import AttentionInterface
 
+        from bot.decoder import lean_stack
         from bot.kvcache import PackedCache, PrefixCache, packed_attention
 
+        self.lean = lean_stack(self.model) if self.lean_forward else None
         AttentionInterface.register(PACKED_ATTENTION, packed_attention)
         self.model.config._attn_implementation = PACKED_ATTENTION
         self._no_mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # masks are per sequence
@@ -255,15 +258,20 @@ class HFGenerator:
     def _packed_forward(self, segments, version: str):
         import torch
 
+        from bot.decoder import lean_forward
+
         ids = torch.tensor([[t for s in segments for t in s.tokens]], device=self.device)
         positions = torch.tensor([[s.start + k for s in segments for k in range(len(s.tokens))]], device=self.device)
         last = torch.tensor([len(s.tokens) for s in segments], device=self.device).cumsum(0) - 1
         self.cache.prepare(segments)
-        extra = {"adapter_names": ["__base__" if version == BASE_VERSION else version]} if self.peft else {}
-        model = self.peft if self.peft is not None else self.model
+        names = ["__base__" if version == BASE_VERSION else version] if self.peft else None
         with torch.inference_mode():
+            if self.lean is not None:
+                return lean_forward(self.model, self.lean, ids, positions, last, self.cache, names)
+            model = self.peft if self.peft is not None else self.model
             out = model(input_ids=ids, position_ids=positions, cache=self.cache, attention_mask=self._no_mask,
-                        use_cache=True, logits_to_keep=last, packed_cache=self.cache, **extra)
+                        use_cache=True, logits_to_keep=last, packed_cache=self.cache,
+                        **({"adapter_names": names} if names else {}))
         return out.logits[0]
 
     def _remember_prefixes(self, segments) -> None:
@@ -277,6 +285,9 @@ class HFGenerator:
     def release(self, row) -> None:
         self.cache.release(row.seq)
         self._want_prefix.pop(row.seq, None)
+
+    def rank(self, row) -> int:
+        return self.cache.rank(row.seq)
 
     def logits_for(self, prompt: list[int], version: str = BASE_VERSION):
         """Next-token logits after `prompt`, through the serving path (call it in the scheduler thread)."""

@@ -24,8 +24,9 @@ class StepPlan:
     dec_offsets: torch.Tensor  # positions of decode tokens in the packed row
     dec_slots: torch.Tensor
     dec_positions: torch.Tensor
-    dec_mask: torch.Tensor  # (active, 1, 1, width): which keys each slot's decode query sees
+    dec_mask: torch.Tensor  # (slots attended, 1, 1, width): which keys each slot's decode query sees
     prefills: list[tuple[int, int, int, int]]  # (slot, offset in the packed row, first position, tokens)
+    aligned: bool = False  # decode token i sits at packed offset i and in slot i (no gathers needed)
 
 
 class PackedLayer(DynamicLayer):
@@ -47,14 +48,7 @@ class PackedLayer(DynamicLayer):
             self.keys[:s, :, :t], self.values[:s, :, :t] = old
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        plan = self.owner.plan
-        keys, values = key_states[0], value_states[0]  # (heads, packed tokens, dim)
-        if len(plan.dec_offsets):
-            self.keys[plan.dec_slots, :, plan.dec_positions] = keys[:, plan.dec_offsets].transpose(0, 1)
-            self.values[plan.dec_slots, :, plan.dec_positions] = values[:, plan.dec_offsets].transpose(0, 1)
-        for slot, offset, start, n in plan.prefills:
-            self.keys[slot, :, start:start + n] = keys[:, offset:offset + n]
-            self.values[slot, :, start:start + n] = values[:, offset:offset + n]
+        write_kv(self, key_states[0].transpose(0, 1), value_states[0].transpose(0, 1))
         return key_states, value_states
 
     def get_seq_length(self) -> int:
@@ -116,13 +110,20 @@ class PackedCache(Cache):
         self.plan = self._plan(decode, prefills)
 
     def _plan(self, decode: list[tuple[int, int, int]], prefills: list) -> StepPlan:
-        active, width = len(self.order), max(self.length.values())
+        aligned = all(offset == i and slot == i for i, (offset, slot, _) in enumerate(decode))
+        active = len(decode) if aligned else len(self.order)
+        width = max([position + 1 for *_, position in decode] if aligned else self.length.values(), default=1)
         as_tensor = lambda i: torch.tensor([d[i] for d in decode], dtype=torch.long, device=self.device)  # noqa: E731
         visible = torch.ones(active, dtype=torch.long, device=self.device)  # non-decoding slots: a dummy key
         if decode:
             visible[as_tensor(1)] = as_tensor(2) + 1
         mask = torch.arange(width, device=self.device)[None, :] < visible[:, None]
-        return StepPlan(active, width, as_tensor(0), as_tensor(1), as_tensor(2), mask[:, None, None, :], prefills)
+        return StepPlan(active, width, as_tensor(0), as_tensor(1), as_tensor(2), mask[:, None, None, :], prefills,
+                        aligned and bool(decode))
+
+    def rank(self, seq: int) -> int:
+        """The slot of `seq` (rows kept in slot order make decode steps gather-free), or past the end."""
+        return self.slot_of.get(seq, len(self.order))
 
     def copy_prefix(self, seq: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         slot = self.slot_of[seq]
@@ -138,35 +139,64 @@ class PackedCache(Cache):
         self.length[seq] = length
 
 
+def write_kv(layer: PackedLayer, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Store this step's keys and values, (packed tokens, kv heads, dim), in their sequences' slots."""
+    plan = layer.owner.plan
+    if len(plan.dec_offsets):
+        n = len(plan.dec_offsets)
+        dec_keys, dec_values = (keys[:n], values[:n]) if plan.aligned else (keys[plan.dec_offsets], values[plan.dec_offsets])
+        layer.keys[plan.dec_slots, :, plan.dec_positions] = dec_keys
+        layer.values[plan.dec_slots, :, plan.dec_positions] = dec_values
+    for slot, offset, start, n in plan.prefills:
+        layer.keys[slot, :, start:start + n] = keys[offset:offset + n].transpose(0, 1)
+        layer.values[slot, :, start:start + n] = values[offset:offset + n].transpose(0, 1)
+
+
 def _decode_attention(query: torch.Tensor, layer: PackedLayer, plan: StepPlan, scaling: float) -> torch.Tensor:
     """One token per sequence against the slot range's keys, as two batched matmuls over views of the
-    buffers. The query heads that share a KV head are stacked as rows, so GQA needs no K/V copies."""
-    heads, dim = query.shape[1], query.shape[3]
+    buffers; `query` is (packed tokens, heads, dim). The query heads that share a KV head are stacked
+    as rows, so GQA needs no K/V copies. When decode token i is in slot i, nothing is gathered."""
+    heads, dim = query.shape[1], query.shape[2]
     keys, values = layer.keys[:plan.active, :, :plan.width], layer.values[:plan.active, :, :plan.width]
     group = heads // keys.shape[1]
-    q = query.new_zeros(plan.active, heads, dim)
-    q[plan.dec_slots] = query[0][:, plan.dec_offsets].transpose(0, 1)
+    if plan.aligned:
+        q = query[:plan.active]
+    else:
+        q = query.new_zeros(plan.active, heads, dim)
+        q[plan.dec_slots] = query[plan.dec_offsets]
     scores = torch.matmul(q.view(plan.active, keys.shape[1], group, dim), keys.transpose(-1, -2)) * scaling
     scores = scores.masked_fill(~plan.dec_mask, float("-inf")).softmax(-1)
     out = torch.matmul(scores, values).view(plan.active, heads, dim)
-    return out[plan.dec_slots].transpose(0, 1)
+    return out if plan.aligned else out[plan.dec_slots]
+
+
+def attend(query: torch.Tensor, layer: PackedLayer, scaling: float) -> torch.Tensor:
+    """Attention for a packed step, `query` (packed tokens, heads, dim) → the same shape: each
+    sequence's queries see only that sequence's keys. All decode queries go in one batched call."""
+    plan = layer.owner.plan
+    out = torch.empty_like(query)
+    n = len(plan.dec_offsets)
+    if n:
+        decoded = _decode_attention(query, layer, plan, scaling)
+        if plan.aligned:
+            out[:n] = decoded
+        else:
+            out[plan.dec_offsets] = decoded
+    for slot, offset, start, count in plan.prefills:
+        total = start + count
+        positions = torch.arange(total, device=query.device)
+        mask = positions[None, :] <= (start + torch.arange(count, device=query.device))[:, None]
+        out[offset:offset + count] = F.scaled_dot_product_attention(
+            query[offset:offset + count].transpose(0, 1)[None], layer.keys[slot:slot + 1, :, :total],
+            layer.values[slot:slot + 1, :, :total], attn_mask=mask, scale=scaling, enable_gqa=True)[0].transpose(0, 1)
+    return out
 
 
 def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                      packed_cache: PackedCache | None = None, **kwargs):
-    """Attention for a packed step (an `AttentionInterface` function): each sequence's queries see
-    only that sequence's keys. All decode queries go in one batched call over the slot range."""
-    layer, plan = packed_cache.layers[module.layer_idx], packed_cache.plan
-    out = torch.empty_like(query)  # (1, heads, packed tokens, dim)
-    if len(plan.dec_offsets):
-        out[0][:, plan.dec_offsets] = _decode_attention(query, layer, plan, scaling)
-    for slot, offset, start, n in plan.prefills:
-        total = start + n
-        mask = torch.arange(total, device=query.device)[None, :] <= (start + torch.arange(n, device=query.device))[:, None]
-        out[:, :, offset:offset + n] = F.scaled_dot_product_attention(
-            query[:, :, offset:offset + n], layer.keys[slot:slot + 1, :, :total], layer.values[slot:slot + 1, :, :total],
-            attn_mask=mask, scale=scaling, enable_gqa=True)
-    return out.transpose(1, 2).contiguous(), None
+    """`attend` as a transformers `AttentionInterface` function: `query` is (1, heads, tokens, dim)."""
+    out = attend(query[0].transpose(0, 1), packed_cache.layers[module.layer_idx], scaling)
+    return out[None].contiguous(), None
 
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # one (keys, values) pair per layer

@@ -6,7 +6,7 @@ Why: every torch op gives the GIL back and takes it again, and in one process th
 (websockets, JSON, the database) holds it while the batch thread waits. Measured on a 2-core CPU: a
 thread busy 30% of the time on the *other* core slowed a 16-row decode step from 78 to 123 ms.
 
-Messages over a `multiprocessing` pipe (pickled tuples):
+Messages over a socket pair as `multiprocessing` connections (pickled tuples):
   server → worker: ("submit", rid, GenerationRequest) · ("cancel", rid) · ("call", cid, method, args) · ("close",)
   worker → server: ("ready", stats) or ("failed", reason) once; then ("out", [(rid, kind, value), ...], stats)
                    after every batch step that produced something (kind: "text", "done" with the
@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import itertools
 import logging
-import multiprocessing
 import signal
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from bot.generator import AdapterError, Busy, GenerationRequest, HFGenerator, ModelUnavailable
@@ -39,9 +42,12 @@ def portable(exc: BaseException) -> Exception:
 
 # ---- the worker process -----------------------------------------------------------------------
 
-def worker_main(conn, options: dict, log_level: int) -> None:
-    """The child process: load the model, then serve the pipe until the server closes it."""
+def worker_main(fd: int) -> None:
+    """The child process (`python -m bot.worker FD`): load the model, then serve the socket `FD`
+    until the server closes it. The first message is the `HFGenerator` options and the log level."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the server, which closes the worker
+    conn = Connection(fd)
+    options, log_level = conn.recv()
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[model]: %(message)s")
     generator = HFGenerator(**options)
     try:
@@ -155,15 +161,17 @@ class ProcessGenerator:
         self._conn = self._process = self._reader = None
 
     def load(self) -> None:
-        context = multiprocessing.get_context("spawn")  # no fork: the server has threads
-        self._conn, child = context.Pipe()
-        self._process = context.Process(target=worker_main, name="supportloop-model", daemon=True,
-                                        args=(child, self.options, logging.getLogger().getEffectiveLevel()))
-        self._process.start()
-        child.close()
+        """Start the worker (`python -m bot.worker`, not multiprocessing's spawn, which would re-run
+        the server's main script) and wait until its model is loaded."""
+        mine, theirs = socket.socketpair()
+        self._process = subprocess.Popen([sys.executable, "-m", "bot.worker", str(theirs.fileno())],
+                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+        self._conn = Connection(mine.detach())
+        self._conn.send((self.options, logging.getLogger().getEffectiveLevel()))
         kind, value = self._first_message()
         if kind != "ready":
-            self._process.join(timeout=10)
+            self._process.wait(timeout=10)
             raise RuntimeError(f"the model worker failed to load the model: {value}")
         self._stats = value
         self._reader = threading.Thread(target=self._read, name="supportloop-model-reader", daemon=True)
@@ -176,9 +184,9 @@ class ProcessGenerator:
                     return self._conn.recv()
                 except EOFError:
                     break
-            if not self._process.is_alive():
+            if self._process.poll() is not None:
                 break
-        return "failed", f"the worker process ended (exit code {self._process.exitcode})"
+        return "failed", f"the worker process ended (exit code {self._process.poll()})"
 
     def stats(self) -> dict:
         return dict(self._stats)
@@ -218,10 +226,11 @@ class ProcessGenerator:
                 self._conn.send(("close",))
         except OSError:
             pass
-        self._process.join(timeout=15)
-        if self._process.is_alive():
+        try:
+            self._process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
             self._process.kill()
-            self._process.join(timeout=5)
+            self._process.wait(timeout=5)
         self._conn.close()
 
     # ---- the reader thread ----------------------------------------------------------------------
@@ -234,7 +243,11 @@ class ProcessGenerator:
                 self._forward_cancels()
             except (EOFError, OSError):
                 break
-        self._fail_all(f"the model worker stopped (exit code {self._process.exitcode}); restart the server")
+        try:
+            code = self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = "none: it still runs"
+        self._fail_all(f"the model worker stopped (exit code {code}); restart the server")
 
     def _dispatch(self, message: tuple) -> None:
         if message[0] == "out":
@@ -276,3 +289,7 @@ class ProcessGenerator:
             log.error("%s; failing %d request(s) in flight", reason, len(requests) + len(calls))
         for future in [r.future for r in requests.values()] + list(calls.values()):
             future.set_exception(ModelUnavailable(reason))
+
+
+if __name__ == "__main__":
+    worker_main(int(sys.argv[1]))

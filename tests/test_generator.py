@@ -223,3 +223,21 @@ def test_the_model_leaves_a_core_to_the_event_loop():
 
     assert model_threads(3) == 3
     assert model_threads(0) == max(1, (os.cpu_count() or 2) - 1)
+
+
+def test_lean_forward_gives_the_transformers_forward_logits(tiny_model, generator, adapter):
+    hf = HFGenerator(tiny_model, device="cpu", lean_forward=False)
+    hf.load()
+    try:
+        assert generator.lean is not None and hf.lean is None
+        for version in ("base", "v1-good"):
+            for g in (generator, hf):
+                if version != "base":
+                    g.load_adapter(version, adapter)
+            lean, reference = _last_logits(generator, version), _last_logits(hf, version)
+            assert torch.allclose(lean, reference, atol=1e-4), (lean - reference).abs().max()
+        requests = [_request(q, version=v) for q in QUESTIONS[:3] for v in ("base", "v1-good")]
+        assert [run(generator, r)[0].text for r in requests] == [run(hf, r)[0].text for r in requests]
+    finally:
+        generator.unload_adapter("v1-good")
+        hf.close()
