@@ -98,9 +98,8 @@ class WorkerLoop:
         cancel = self.cancels[rid] = threading.Event()
         try:
             future = self.generator.submit(request, lambda text: self._put(rid, "text", text), cancel)
-        except Exception as exc:  # noqa: BLE001 — e.g. Busy: refused before it started
+        except Exception as exc:  # noqa: BLE001 — e.g. Busy: refused before it started (sent at the next tick)
             self._finished(rid, None, exc)
-            self.flush()
             return
         future.add_done_callback(lambda f: self._finished(rid, f, None))
 
