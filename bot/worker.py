@@ -142,7 +142,7 @@ class _Request:
 
 class ProcessGenerator:
     """The `Generator` the server uses by default: an `HFGenerator` in a child process. Requests and
-    adapter loads go over a pipe; a reader thread delivers text deltas and results, and forwards
+    adapter loads go over a socket pair; a reader thread delivers text deltas and results, and forwards
     cancellations. If the worker dies, every request in flight fails and `failure` says why."""
 
     def __init__(self, model_path: Path, device: str = "auto", max_batch: int = 16, max_queue: int = 64,
@@ -170,7 +170,7 @@ class ProcessGenerator:
         self._conn.send((self.options, logging.getLogger().getEffectiveLevel()))
         kind, value = self._first_message()
         if kind != "ready":
-            self._process.wait(timeout=10)
+            self._stop_process()
             raise RuntimeError(f"the model worker failed to load the model: {value}")
         self._stats = value
         self._reader = threading.Thread(target=self._read, name="supportloop-model-reader", daemon=True)
@@ -184,8 +184,8 @@ class ProcessGenerator:
                 except EOFError:
                     break
             if self._process.poll() is not None:
-                break
-        return "failed", f"the worker process ended (exit code {self._process.poll()})"
+                return "failed", f"the worker process ended (exit code {self._process.poll()})"
+        return "failed", f"no word from the worker process in {START_TIMEOUT:.0f} s"
 
     def stats(self) -> dict:
         return dict(self._stats)
@@ -225,12 +225,15 @@ class ProcessGenerator:
                 self._conn.send(("close",))
         except OSError:
             pass
+        self._stop_process()
+        self._conn.close()
+
+    def _stop_process(self, grace: float = 15) -> None:
         try:
-            self._process.wait(timeout=15)
+            self._process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait(timeout=5)
-        self._conn.close()
 
     # ---- the reader thread ----------------------------------------------------------------------
 
