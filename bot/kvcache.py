@@ -143,8 +143,8 @@ def write_kv(layer: PackedLayer, keys: torch.Tensor, values: torch.Tensor) -> No
     """Store this step's keys and values, (packed tokens, kv heads, dim), in their sequences' slots."""
     plan = layer.owner.plan
     if len(plan.dec_offsets):
-        n = len(plan.dec_offsets)
-        dec_keys, dec_values = (keys[:n], values[:n]) if plan.aligned else (keys[plan.dec_offsets], values[plan.dec_offsets])
+        rows = slice(0, len(plan.dec_offsets)) if plan.aligned else plan.dec_offsets
+        dec_keys, dec_values = keys[rows], values[rows]
         layer.keys[plan.dec_slots, :, plan.dec_positions] = dec_keys
         layer.values[plan.dec_slots, :, plan.dec_positions] = dec_values
     for slot, offset, start, n in plan.prefills:
