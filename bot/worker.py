@@ -7,7 +7,8 @@ Why: every torch op gives the GIL back and takes it again, and in one process th
 thread busy 30% of the time on the *other* core slowed a 16-row decode step from 78 to 123 ms.
 
 Messages over a socket pair as `multiprocessing` connections (pickled tuples):
-  server → worker: ("submit", rid, GenerationRequest) · ("cancel", rid) · ("call", cid, method, args) · ("close",)
+  server → worker: (HFGenerator options, log level) first; then ("submit", rid, GenerationRequest) ·
+                   ("cancel", rid) · ("call", cid, method, args) · ("close",)
   worker → server: ("ready", stats) or ("failed", reason) once; then ("out", [(rid, kind, value), ...], stats)
                    after every batch step that produced something (kind: "text", "done" with the
                    `GenerationResult`, "error" with the exception) and ("reply", cid, ok, value) for calls.
