@@ -35,7 +35,7 @@ def _apply(module: nn.Module, x: torch.Tensor, names: list[str] | None) -> torch
 
 
 def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """RMSNorm as one fused op where the module is the usual kind (same result), else the module."""
+    """RMSNorm as one `F.rms_norm` call where the module is the usual kind (same result), else the module."""
     eps = getattr(norm, "variance_epsilon", None)
     if eps is None or type(norm).__name__ not in RMS_NORMS:
         return norm(x)

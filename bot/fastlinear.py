@@ -6,9 +6,9 @@ SmolLM2's shapes), and a row's output does not depend on how many other rows sha
 request's answer is the same alone or batched. On CPUs with AMX (`amx_bf16`), the weights are packed
 in bf16 and the layer computes in bf16 (inputs rounded, outputs returned in fp32): 2.2-4.3x faster
 than packed fp32 at 16 rows for SmolLM2's shapes, still row-independent (measured bit-identical alone
-and batched). Without AMX, bf16 is far slower than fp32, so it is chosen by hardware only. The packed copy is used for inference only; the
-module stays an `nn.Linear` (same weight parameter, tied weights kept), so PEFT wraps it as the base
-layer of a LoRA adapter like any other Linear.
+and batched). Without AMX, bf16 is far slower than fp32, so it is chosen by hardware only. The
+packed copy is used for inference only; the module stays an `nn.Linear` (same weight parameter, tied
+weights kept), so PEFT wraps it as the base layer of a LoRA adapter like any other Linear.
 """
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ class Generator(Protocol):
 def model_threads(setting: int = 0) -> int:
     """CPU threads for the model: `setting`, or (0) all cores but one — the event loop, the websockets
     and the database need a core too. On 2 cores: 1 thread, which also skips the thread synchronisation
-    that costs more than it gains on one-row decode steps (bench/serve.py: 16 sessions 96 → 150 tok/s)."""
+    that costs more than it gains on one-row decode steps (bench/serve.py: 16 sessions 96 → 136 tok/s)."""
     return setting if setting > 0 else max(1, (os.cpu_count() or 2) - 1)
 
 
