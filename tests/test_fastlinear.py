@@ -46,11 +46,13 @@ def test_training_still_uses_the_trainable_weight():
     assert model[0].weight.grad is not None
 
 
-def test_bf16_is_chosen_only_on_cpus_with_amx(tmp_path):
+def test_bf16_is_chosen_only_on_cpus_with_native_bf16_dot_products(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("flags: avx2 avx512f avx512_bf16\n")
-    assert compute_dtype(cpuinfo) == torch.float32  # bf16 without AMX is far slower than fp32
-    cpuinfo.write_text("flags: avx512f amx_bf16 amx_tile\n")
+    cpuinfo.write_text("flags: fma avx2 avx512f avx512bw avx512_vnni\n")
+    assert compute_dtype(cpuinfo) == torch.float32  # bf16 is emulated there: far slower than fp32
+    cpuinfo.write_text("flags: avx2 avx512f avx512_bf16\n")  # AMD Zen 4
+    assert compute_dtype(cpuinfo) == torch.bfloat16
+    cpuinfo.write_text("flags: avx512f amx_bf16 amx_tile\n")  # Intel Sapphire Rapids and later
     assert compute_dtype(cpuinfo) == torch.bfloat16
     assert compute_dtype(tmp_path / "missing") == torch.float32
 
