@@ -64,13 +64,25 @@ async def ask(ws_url: str, text: str) -> dict:
 def engine_stats(url: str) -> dict:
     """The server's own accounting from /metrics: time in prefill and decode, steps, rows."""
     wanted = {"supportloop_engine_step_seconds": "step_s", "supportloop_engine_steps": "steps",
-              "supportloop_engine_step_rows": "rows", "supportloop_engine_prefill_tokens": "prefill_tokens"}
+              "supportloop_engine_step_rows": "rows", "supportloop_engine_prefill_tokens": "prefill_tokens",
+              "supportloop_prefill_worker_steps": "prefill_steps", "supportloop_prefill_worker_seconds": "prefill_s"}
     stats = {}
     for line in httpx.get(url + "/metrics").text.splitlines():
         name, _, value = line.rpartition(" ")
         if name in wanted:
             stats[wanted[name]] = float(value)
     return stats
+
+
+def engine(before: dict, after: dict) -> dict:
+    """What the engine did during a level: decode-batch steps, their mean time and rows, prompt tokens
+    computed, and the prefill worker's steps (0 without one)."""
+    delta = {key: after.get(key, 0) - before.get(key, 0) for key in after}
+    steps, prefill_steps = delta["steps"], delta.get("prefill_steps", 0)
+    return {"steps": int(steps), "step_ms": round(1000 * delta["step_s"] / max(steps, 1), 1),
+            "mean_batch": round(delta["rows"] / max(steps, 1), 1), "prefill_tokens": int(delta["prefill_tokens"]),
+            "prefill_worker_steps": int(prefill_steps),
+            "prefill_worker_step_ms": round(1000 * delta.get("prefill_s", 0) / max(prefill_steps, 1), 1)}
 
 
 async def level(ws_url: str, questions: list[str], sessions: int) -> dict:
@@ -130,10 +142,7 @@ def main() -> None:
             before = engine_stats(url)
             levels.append(asyncio.run(level(ws_url, questions, n)))
             after = engine_stats(url)
-            steps = after["steps"] - before["steps"]
-            levels[-1].update(steps=int(steps), step_ms=round(1000 * (after["step_s"] - before["step_s"]) / max(steps, 1), 1),
-                              mean_batch=round((after["rows"] - before["rows"]) / max(steps, 1), 1),
-                              prefill_tokens=int(after["prefill_tokens"] - before["prefill_tokens"]))
+            levels[-1].update(engine(before, after))
     finally:
         proc.terminate()
         proc.wait(timeout=30)

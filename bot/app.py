@@ -99,9 +99,10 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
                store: Store | None = None) -> FastAPI:
     settings = settings or Settings()
     if generator is None:
-        kind = ProcessGenerator if settings.model_process else HFGenerator
-        generator = kind(resolve_base_model(settings.base_model, settings.model_cache), settings.device,
-                         max_batch=settings.max_batch, max_queue=settings.max_queue, threads=settings.threads)
+        path = resolve_base_model(settings.base_model, settings.model_cache)
+        options = {"max_batch": settings.max_batch, "max_queue": settings.max_queue, "threads": settings.threads}
+        generator = (ProcessGenerator(path, settings.device, prefill_process=settings.prefill_process, **options)
+                     if settings.model_process else HFGenerator(path, settings.device, **options))
     app = FastAPI(title="supportloop", lifespan=_lifespan(settings, generator, store))
     app.state.settings = settings
     app.state.launch_round = round_launcher(settings)

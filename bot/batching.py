@@ -21,7 +21,7 @@ from typing import Protocol
 
 import torch
 
-from bot.generator import Busy
+from bot.generator import Busy, Handoff
 
 log = logging.getLogger(__name__)
 PREFILL_CHUNK = 256  # default: prompt tokens of one request fed per step (longer prompts take several)
@@ -81,6 +81,10 @@ class Job:
     emit: Callable[[str], None]
     cancel: threading.Event
     future: Future = field(default_factory=Future)
+    resume: Handoff | None = None  # the prompt was prefilled elsewhere: carry on from there
+    export: bool = False  # stop after the first token (finish reason "handoff"); the runner leaves a
+    # `Handoff` in `handoff` when it releases the row
+    handoff: Handoff | None = None
 
 
 @dataclass
@@ -91,7 +95,8 @@ class Row:
     fed: int = 0  # prompt tokens already in the KV cache
     last_token: int = 0
     generated: int = 0
-    finish_reason: str | None = None  # "stop" (end of answer or a stop string), "length" or "cancelled"
+    finish_reason: str | None = None  # "stop" (end of answer or a stop string), "length", "cancelled", or
+    # "handoff" (an exporting job after its first token)
 
     @property
     def prefilling(self) -> bool:
@@ -242,6 +247,9 @@ class Scheduler:
     def _admit(self, job: Job) -> None:
         self._next_seq += 1
         row = Row(job, TextDecoder(self.runner.tokenizer, job.stops), seq=self._next_seq)
+        if job.resume is not None:
+            row.last_token, row.generated = job.resume.token, 1
+            row.decoder.ids, row.decoder.sent = list(job.resume.decoded), job.resume.sent
         try:
             row.fed = self.runner.start(row)
         except Exception as exc:  # noqa: BLE001 — only this request fails; the batch keeps going
@@ -281,7 +289,8 @@ class Scheduler:
                     row.job.emit(delta)
             row.finish_reason = ("stop" if finished or row.decoder.stopped else
                                  "cancelled" if row.job.cancel.is_set() else
-                                 "length" if row.generated >= row.job.max_new_tokens else None)
+                                 "length" if row.generated >= row.job.max_new_tokens else
+                                 "handoff" if row.job.export else None)
 
     def _retire(self) -> None:
         keep = []
@@ -291,7 +300,7 @@ class Scheduler:
             if row.finish_reason is None:
                 keep.append(row)
                 continue
-            tail = row.decoder.finish() if row.finish_reason != "cancelled" else ""
+            tail = row.decoder.finish() if row.finish_reason not in ("cancelled", "handoff") else ""
             if tail:
                 row.job.emit(tail)
             self.runner.release(row)

@@ -57,6 +57,19 @@ class GenerationResult:
     finish_reason: str = "stop"  # "stop", "length" or "cancelled"
 
 
+@dataclass
+class Handoff:
+    """A request prefilled in one process and decoded in another (`bot.worker`): the prompt's KV, the
+    first sampled token and the text decoder's state, so the decoding side carries on exactly where
+    the prefilling side stopped. Plain data (the KV as bytes), so it pickles across processes."""
+    prompt: list[int]
+    kv: tuple[bytes, tuple[int, ...], str]  # (raw bytes, shape, dtype name) of (layers, 2, heads, tokens, dim)
+    token: int
+    decoded: list[int]  # what the text decoder has seen
+    sent: str  # the text already emitted
+    max_new_tokens: int
+
+
 class Generator(Protocol):
     def load(self) -> None: ...
 
@@ -206,21 +219,41 @@ class HFGenerator:
         shared = len(prefix) if len(ids) <= budget and ids[:len(prefix)] == prefix else 0
         return ids[-budget:], shared
 
-    def submit(self, request: GenerationRequest, emit: Callable[[str], None], cancel: threading.Event) -> Future:
+    def submit(self, request: GenerationRequest, emit: Callable[[str], None], cancel: threading.Event,
+               prefill_only: bool = False) -> Future:
+        """Generate an answer. With `prefill_only`, stop after the first token: if the answer is not
+        finished by then, the future's result is a `Handoff` for `resume` (in another process), else
+        the `GenerationResult`."""
         from bot.batching import Job
 
         prompt, prefix_len = self.encode(request.messages, request.max_new_tokens)
-        parts: list[str] = []
+        max_new = min(request.max_new_tokens, self.context_window - len(prompt))
+        job = Job(prompt, prefix_len, request.adapter_version, max_new, request.temperature, request.top_p,
+                  tuple(request.stop), emit, cancel, export=prefill_only)
+        return self._run(job, request)
+
+    def resume(self, request: GenerationRequest, handoff, emit: Callable[[str], None],
+               cancel: threading.Event) -> Future:
+        """Carry on generating a request another process prefilled (`submit(..., prefill_only=True)`)."""
+        from bot.batching import Job
+
+        job = Job(handoff.prompt, 0, request.adapter_version, handoff.max_new_tokens, request.temperature,
+                  request.top_p, tuple(request.stop), emit, cancel, resume=handoff)
+        return self._run(job, request, handoff.sent)
+
+    def _run(self, job, request: GenerationRequest, sent: str = "") -> Future:
+        """Submit `job` to the batch; its future's result: the `Handoff` it exported, if any, else the
+        `GenerationResult` (`sent`: the answer's text emitted before, by another process)."""
+        parts: list[str] = [sent]
+        emit = job.emit
 
         def collect(text: str) -> None:
             parts.append(text)
             emit(text)
 
-        max_new = min(request.max_new_tokens, self.context_window - len(prompt))
-        job = Job(prompt, prefix_len, request.adapter_version, max_new, request.temperature, request.top_p,
-                  tuple(request.stop), collect, cancel)
-        return result_future(self.scheduler.submit(job), lambda done: GenerationResult(
-            "".join(parts).strip(), request.adapter_version, len(prompt), *done))
+        job.emit = collect
+        return result_future(self.scheduler.submit(job), lambda done: job.handoff or GenerationResult(
+            "".join(parts).strip(), request.adapter_version, len(job.prompt), *done))
 
     # ---- the Runner interface used by the scheduler ---------------------------------------------
 
@@ -229,6 +262,11 @@ class HFGenerator:
         job = row.job
         if job.version != BASE_VERSION and job.version not in self.adapters:
             raise AdapterError(f"adapter {job.version!r} is not loaded")
+        if job.resume is not None:  # prefilled in another process: its KV comes along
+            from bot.kvcache import kv_from_bytes
+
+            self.cache.seed(row.seq, kv_from_bytes(*job.resume.kv, self.device))
+            return len(job.prompt)
         if not job.prefix_len:
             return 0
         key = tuple(job.prompt[:job.prefix_len])
@@ -283,6 +321,10 @@ class HFGenerator:
                 del self._want_prefix[row.seq]
 
     def release(self, row) -> None:
+        job = row.job
+        if row.finish_reason == "handoff":
+            job.handoff = Handoff(job.prompt, self.cache.export(row.seq, len(job.prompt)), row.last_token,
+                                  list(row.decoder.ids), row.decoder.sent, job.max_new_tokens)
         self.cache.release(row.seq)
         self._want_prefix.pop(row.seq, None)
 

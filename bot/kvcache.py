@@ -130,6 +130,13 @@ class PackedCache(Cache):
         return [(layer.keys[slot, :, :length].clone(), layer.values[slot, :, :length].clone())
                 for layer in self.layers]
 
+    def export(self, seq: int, length: int) -> tuple[bytes, tuple[int, ...], str]:
+        """The first `length` positions of a sequence's KV as plain bytes (to hand to another process)."""
+        slot = self.slot_of[seq]
+        kv = torch.stack([torch.stack((layer.keys[slot, :, :length], layer.values[slot, :, :length]))
+                          for layer in self.layers]).cpu()
+        return kv.view(torch.uint8).numpy().tobytes(), tuple(kv.shape), str(kv.dtype).removeprefix("torch.")
+
     def seed(self, seq: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         slot, length = self.slot(seq), prefix[0][0].shape[1]
         if length > self.capacity[1]:
@@ -200,6 +207,12 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
 
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # one (keys, values) pair per layer
+
+
+def kv_from_bytes(data: bytes, shape: tuple[int, ...], dtype: str, device) -> KV:
+    """The KV `PackedCache.export` wrote, as (keys, values) per layer on `device`."""
+    kv = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(getattr(torch, dtype)).view(shape).to(device)
+    return [(layer[0], layer[1]) for layer in kv]
 
 
 class PrefixCache:

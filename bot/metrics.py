@@ -28,7 +28,11 @@ class Metrics:
                                ("supportloop_engine_step_rows", "step_rows", "Requests per step, summed over "
                                 "steps (÷ steps = mean batch size)"),
                                ("supportloop_engine_prefill_tokens", "prefill_tokens", "Prompt tokens computed "
-                                "(not served from the prefix cache)")):
+                                "(not served from the prefix cache)"),
+                               ("supportloop_prefill_worker_steps", "prefill_steps", "Steps of the prefill worker "
+                                "(the steps above are the decode batch's)"),
+                               ("supportloop_prefill_worker_seconds", "prefill_seconds", "Time the prefill "
+                                "worker spent in steps")):
             Gauge(name, doc, registry=registry).set_function(lambda key=key: stats().get(key, 0))
         self._version = Gauge("supportloop_active_adapter", "1 for the adapter version serving new requests",
                               ["version"], registry=registry)

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
                          "loop, websockets and database keep one)")
     model_process: bool = Field(True, description="run the model and its batch loop in a worker process of "
                                 "their own (no GIL shared with the event loop); false: a thread of the server")
+    prefill_process: bool | None = Field(None, description="with model_process: prefill new requests in a "
+                                         "second worker process, on a core of its own, and hand their KV to the "
+                                         "decoding batch (first tokens do not wait for batch steps); unset: on "
+                                         "where the model runs on a CPU")
     allowed_origins: list[str] = Field(["*"], description="origins allowed to call the API and open the chat "
                                        "socket from a browser (JSON list); '*' allows any")
     pii_scrub: list[str] = Field(["email", "phone", "card", "iban"], description="personal data replaced by "

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from bot.generator import AdapterError, Busy, GenerationRequest, HFGenerator, ModelUnavailable
+from bot.generator import (AdapterError, Busy, GenerationRequest, Handoff, HFGenerator, ModelUnavailable,
+                           model_threads)
 
 log = logging.getLogger(__name__)
 CALLS = frozenset({"load_adapter", "unload_adapter"})  # what the server may call in the worker
@@ -72,7 +73,7 @@ class WorkerLoop:
         generator.scheduler.after_tick = self.flush
 
     def serve(self) -> None:
-        self.conn.send(("ready", self.generator.stats()))
+        self.conn.send(("ready", self.generator.stats(), self.generator.device))
         try:
             while (message := self._receive()) is not None and message[0] != "close":
                 self._handle(message)
@@ -88,17 +89,20 @@ class WorkerLoop:
 
     def _handle(self, message: tuple) -> None:
         kind, key, *rest = message
-        if kind == "submit":
-            self._submit(key, rest[0])
+        if kind in ("submit", "resume"):
+            self._submit(key, kind, *rest)
         elif kind == "cancel" and key in self.cancels:
             self.cancels[key].set()
         elif kind == "call":
             self.calls.submit(self._call, key, *rest)
 
-    def _submit(self, rid: int, request: GenerationRequest) -> None:
+    def _submit(self, rid: int, kind: str, request: GenerationRequest, extra) -> None:
+        """`submit` (`extra`: prefill only, for a prefill worker) or `resume` (`extra`: the `Handoff`)."""
         cancel = self.cancels[rid] = threading.Event()
+        emit = lambda text: self._put(rid, "text", text)  # noqa: E731
         try:
-            future = self.generator.submit(request, lambda text: self._put(rid, "text", text), cancel)
+            future = (self.generator.submit(request, emit, cancel, prefill_only=extra) if kind == "submit" else
+                      self.generator.resume(request, extra, emit, cancel))
         except Exception as exc:  # noqa: BLE001 — e.g. Busy: refused before it started (sent at the next tick)
             self._finished(rid, None, exc)
             return
@@ -133,63 +137,128 @@ class WorkerLoop:
 
 # ---- the server side --------------------------------------------------------------------------
 
+def split_threads(setting: int, prefill: bool) -> tuple[int, int]:
+    """CPU threads for the decode and the prefill worker: the model's share of the cores
+    (`model_threads`), a third of it (at least one) to prefill. On 2 cores: one each; the prefill
+    worker shares its core with the event loop, which is idle most of the time."""
+    total = model_threads(setting)
+    return (max(1, total - total // 3), max(1, total // 3)) if prefill else (total, 0)
+
+
+@dataclass
+class _Worker:
+    """One model worker process, started as `python -m bot.worker FD` (not multiprocessing's spawn,
+    which would re-run the server's main script), and what it last said about itself."""
+    role: str  # "decode" or "prefill"
+    options: dict
+    stats: dict = field(default_factory=dict)
+    device: str = ""
+    conn: Connection | None = None
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        mine, theirs = socket.socketpair()
+        self.process = subprocess.Popen([sys.executable, "-m", "bot.worker", str(theirs.fileno())],
+                                        pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.conn = Connection(mine.detach())
+        self.conn.send((self.options, logging.getLogger().getEffectiveLevel()))
+
+    def wait_ready(self) -> None:
+        kind, *value = self._first_message()
+        if kind != "ready":
+            self.stop()
+            raise RuntimeError(f"the model worker ({self.role}) failed to load the model: {value[0]}")
+        self.stats, self.device = value
+
+    def _first_message(self) -> tuple:
+        for _ in range(int(START_TIMEOUT)):
+            if self.conn.poll(1.0):
+                try:
+                    return self.conn.recv()
+                except EOFError:
+                    break
+            if self.process.poll() is not None:
+                return "failed", f"the worker process ended (exit code {self.process.poll()})"
+        return "failed", f"no word from the worker process in {START_TIMEOUT:.0f} s"
+
+    def stop(self, grace: float = 15) -> None:
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+
 @dataclass
 class _Request:
+    request: GenerationRequest
     emit: Callable[[str], None]
     cancel: threading.Event
+    owner: _Worker  # the worker generating it now (the prefill worker hands it over to the decode worker)
     future: Future = field(default_factory=Future)
-    cancel_sent: bool = False
+    cancel_sent_to: _Worker | None = None
 
 
 class ProcessGenerator:
-    """The `Generator` the server uses by default: an `HFGenerator` in a child process. Requests and
-    adapter loads go over a socket pair; a reader thread delivers text deltas and results, and forwards
-    cancellations. If the worker dies, every request in flight fails and `failure` says why."""
+    """The `Generator` the server uses by default: the model in worker processes, each an `HFGenerator`.
+    Requests and adapter loads go over socket pairs; a reader thread per worker delivers text deltas and
+    results, and forwards cancellations. If a worker dies, every request in flight fails and `failure`
+    says why.
+
+    On CPUs a second worker prefills (disaggregated prefill): a new request's prompt is computed, and its
+    first token sampled, by the prefill worker on a core of its own, which hands the prompt's KV over to
+    the decode worker's batch. So a customer's first token does not wait for the running batch's step,
+    and decode steps carry no prompt tokens. `prefill_process`: None = on where the model runs on a CPU."""
 
     def __init__(self, model_path: Path, device: str = "auto", max_batch: int = 16, max_queue: int = 64,
-                 prefill_chunk: int = 256, threads: int = 0) -> None:
+                 prefill_chunk: int = 256, threads: int = 0, prefill_process: bool | None = None) -> None:
         self.capacity = max_batch + max_queue  # requests in flight before 'busy'; counted here, where
-        # they are submitted (the worker's own queue may briefly hold them all before the batch takes some)
+        # they are submitted (a worker's own queue may briefly hold them all before its batch takes some)
         self.options = {"model_path": Path(model_path), "device": device, "max_batch": max_batch,
-                        "max_queue": self.capacity, "prefill_chunk": prefill_chunk, "threads": threads}
+                        "max_queue": self.capacity, "prefill_chunk": prefill_chunk}
+        self.threads, self.prefill_process = threads, prefill_process
         self.failure: str | None = None
         self._requests: dict[int, _Request] = {}
         self._calls: dict[int, Future] = {}
         self._ids = itertools.count()
-        self._stats: dict = {}
-        self._lock = threading.Lock()
-        self._conn = self._process = self._reader = None
+        self._lock = threading.Lock()  # the request table, and one writer at a time on each pipe
+        self._decoder: _Worker | None = None
+        self._prefiller: _Worker | None = None
+
+    @property
+    def _workers(self) -> list[_Worker]:
+        return [w for w in (self._decoder, self._prefiller) if w is not None]
 
     def load(self) -> None:
-        """Start the worker (`python -m bot.worker`, not multiprocessing's spawn, which would re-run
-        the server's main script) and wait until its model is loaded."""
-        mine, theirs = socket.socketpair()
-        self._process = subprocess.Popen([sys.executable, "-m", "bot.worker", str(theirs.fileno())],
-                                         pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
-        theirs.close()
-        self._conn = Connection(mine.detach())
-        self._conn.send((self.options, logging.getLogger().getEffectiveLevel()))
-        kind, value = self._first_message()
-        if kind != "ready":
-            self._stop_process()
-            raise RuntimeError(f"the model worker failed to load the model: {value}")
-        self._stats = value
-        self._reader = threading.Thread(target=self._read, name="supportloop-model-reader", daemon=True)
-        self._reader.start()
-
-    def _first_message(self) -> tuple:
-        for _ in range(int(START_TIMEOUT)):
-            if self._conn.poll(1.0):
-                try:
-                    return self._conn.recv()
-                except EOFError:
-                    break
-            if self._process.poll() is not None:
-                return "failed", f"the worker process ended (exit code {self._process.poll()})"
-        return "failed", f"no word from the worker process in {START_TIMEOUT:.0f} s"
+        """Start the decode worker, then (on a CPU, unless turned off) the prefill worker, and wait
+        until each has loaded the model."""
+        decode_threads, prefill_threads = split_threads(self.threads, self.prefill_process is not False)
+        self._decoder = _Worker("decode", {**self.options, "threads": decode_threads})
+        self._decoder.start()
+        self._decoder.wait_ready()
+        if self.prefill_process or (self.prefill_process is None and self._decoder.device == "cpu"):
+            self._prefiller = _Worker("prefill", {**self.options, "device": self._decoder.device,
+                                                  "threads": prefill_threads})
+            self._prefiller.start()
+            try:
+                self._prefiller.wait_ready()
+            except RuntimeError:
+                self._prefiller = None
+                self.close()
+                raise
+        for worker in self._workers:
+            threading.Thread(target=self._read, args=(worker,), name=f"supportloop-{worker.role}-reader",
+                             daemon=True).start()
 
     def stats(self) -> dict:
-        return dict(self._stats)
+        stats = dict(self._decoder.stats) if self._decoder else {}
+        if self._prefiller is not None:
+            prefill = self._prefiller.stats
+            for key in ("queue_depth", "prefill_tokens"):
+                stats[key] = stats.get(key, 0) + prefill.get(key, 0)
+            stats["prefill_steps"], stats["prefill_seconds"] = prefill.get("steps", 0), prefill.get("step_seconds", 0.0)
+        return stats
 
     def submit(self, request: GenerationRequest, emit: Callable[[str], None], cancel: threading.Event) -> Future:
         with self._lock:
@@ -197,64 +266,74 @@ class ProcessGenerator:
                 raise ModelUnavailable(self.failure)
             if len(self._requests) >= self.capacity:
                 raise Busy(f"the server is at capacity ({self.capacity} requests in progress or waiting)")
-            rid = next(self._ids)
-            pending = self._requests[rid] = _Request(emit, cancel)
-            self._conn.send(("submit", rid, request))
+            rid, owner = next(self._ids), self._owner_for_new()
+            pending = self._requests[rid] = _Request(request, emit, cancel, owner)
+            owner.conn.send(("submit", rid, request, owner is self._prefiller))
         return pending.future
 
+    def _owner_for_new(self) -> _Worker:
+        """The prefill worker while the decode worker is generating (a new prompt would wait for its step
+        and slow it down); the decode worker itself when it is idle (it starts at once, no handoff)."""
+        busy = any(r.owner is self._decoder for r in self._requests.values())
+        return self._prefiller if self._prefiller is not None and busy else self._decoder
+
     def load_adapter(self, version: str, path: Path) -> None:
-        self._call("load_adapter", version, Path(path))
+        """Load (and probe) in every worker; refused by one → unloaded from the others."""
+        self._call(self._decoder, "load_adapter", version, Path(path))
+        if self._prefiller is not None:
+            try:
+                self._call(self._prefiller, "load_adapter", version, Path(path))
+            except Exception:
+                self._call(self._decoder, "unload_adapter", version)
+                raise
 
     def unload_adapter(self, version: str) -> None:
-        self._call("unload_adapter", version)
+        """Unload from the prefill worker first: the requests it hands over reach the decode worker's
+        queue before the decode worker's unload call (one pipe, in order), so that call waits for them."""
+        if self._prefiller is not None:
+            self._call(self._prefiller, "unload_adapter", version)
+        self._call(self._decoder, "unload_adapter", version)
 
-    def _call(self, method: str, *args):
+    def _call(self, worker: _Worker, method: str, *args):
         future: Future = Future()
         with self._lock:
             if self.failure:
                 raise ModelUnavailable(self.failure)
             cid = next(self._ids)
             self._calls[cid] = future
-            self._conn.send(("call", cid, method, args))
+            worker.conn.send(("call", cid, method, args))
         return future.result()
 
     def close(self) -> None:
-        if self._process is None:
-            return
-        try:
-            with self._lock:
-                self._conn.send(("close",))
-        except OSError:
-            pass
-        self._stop_process()
-        self._conn.close()
+        for worker in self._workers:
+            try:
+                with self._lock:
+                    worker.conn.send(("close",))
+            except OSError:
+                pass
+        for worker in self._workers:
+            worker.stop()
+            worker.conn.close()
 
-    def _stop_process(self, grace: float = 15) -> None:
-        try:
-            self._process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait(timeout=5)
+    # ---- the reader threads ---------------------------------------------------------------------
 
-    # ---- the reader thread ----------------------------------------------------------------------
-
-    def _read(self) -> None:
+    def _read(self, worker: _Worker) -> None:
         while True:
             try:
-                if self._conn.poll(POLL_SECONDS):
-                    self._dispatch(self._conn.recv())
+                if worker.conn.poll(POLL_SECONDS):
+                    self._dispatch(worker, worker.conn.recv())
                 self._forward_cancels()
             except (EOFError, OSError):
                 break
         try:
-            code = self._process.wait(timeout=5)
+            code = worker.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
             code = "none: it still runs"
-        self._fail_all(f"the model worker stopped (exit code {code}); restart the server")
+        self._fail_all(f"the model worker stopped ({worker.role}, exit code {code}); restart the server")
 
-    def _dispatch(self, message: tuple) -> None:
+    def _dispatch(self, worker: _Worker, message: tuple) -> None:
         if message[0] == "out":
-            _, items, self._stats = message
+            _, items, worker.stats = message
             for rid, kind, value in items:
                 self._deliver(rid, kind, value)
         elif message[0] == "reply":
@@ -272,6 +351,11 @@ class ProcessGenerator:
                     log.exception("could not deliver text of request %d", rid)
             return
         with self._lock:
+            if isinstance(value, Handoff):  # prefilled: on to the decode worker's batch
+                if rid in self._requests:
+                    self._requests[rid].owner = self._decoder
+                    self._decoder.conn.send(("resume", rid, self._requests[rid].request, value))
+                return
             request = self._requests.pop(rid, None)
         if request is not None:
             request.future.set_result(value) if kind == "done" else request.future.set_exception(value)
@@ -279,13 +363,13 @@ class ProcessGenerator:
     def _forward_cancels(self) -> None:
         with self._lock:
             for rid, request in self._requests.items():
-                if request.cancel.is_set() and not request.cancel_sent:
-                    request.cancel_sent = True
-                    self._conn.send(("cancel", rid))
+                if request.cancel.is_set() and request.cancel_sent_to is not request.owner:
+                    request.cancel_sent_to = request.owner
+                    request.owner.conn.send(("cancel", rid))
 
     def _fail_all(self, reason: str) -> None:
         with self._lock:
-            self.failure = reason
+            self.failure = self.failure or reason
             requests, self._requests = self._requests, {}
             calls, self._calls = self._calls, {}
         if requests or calls:

@@ -3,6 +3,7 @@ cancellation, the bounded queue, context truncation, per-row adapters and adapte
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import threading
 import time
@@ -12,7 +13,8 @@ import torch
 from transformers import AutoTokenizer
 
 from bot.batching import TextDecoder
-from bot.generator import AdapterError, Busy, GenerationRequest, HFGenerator
+from bot.kvcache import kv_from_bytes
+from bot.generator import AdapterError, Busy, GenerationRequest, GenerationResult, HFGenerator
 from tests.conftest import wait_until
 from trainer.config import LoraSettings, SFTSettings
 from trainer.sft import train_sft
@@ -114,6 +116,54 @@ def test_chunked_prefill_and_small_batches_give_the_same_answers(tiny_model, gen
         assert small.scheduler.steps > max(len(small.encode(_request(q).messages, 12)[0]) for q in QUESTIONS) // 3
     finally:
         small.close()
+
+
+def _prefill_then_resume(prefiller: HFGenerator, decoder: HFGenerator, request: GenerationRequest):
+    pieces: list[str] = []
+    first = prefiller.submit(request, pieces.append, threading.Event(), prefill_only=True).result(timeout=60)
+    if isinstance(first, GenerationResult):  # finished at its first token: nothing to hand off
+        return first, pieces
+    handoff = pickle.loads(pickle.dumps(first))  # as it crosses between processes
+    return decoder.resume(request, handoff, pieces.append, threading.Event()).result(timeout=60), pieces
+
+
+def test_prefill_in_one_generator_and_decode_in_another_gives_the_same_answers(tiny_model, generator):
+    system = {"role": "system", "content": "You are a concise support assistant for hotels."}
+    requests = [_request(q) for q in QUESTIONS] + [_request(QUESTIONS[0], max_new_tokens=1)]
+    requests += [GenerationRequest([system, {"role": "user", "content": q}], max_new_tokens=10) for q in QUESTIONS[:2]]
+    # the tiny model answers with newlines: a stop string of two is held back at the first, across the handoff
+    requests += [_request(q, stop=("\n\n",)) for q in QUESTIONS[:2]] + [_request(QUESTIONS[2], stop=("\n\n\n\n",))]
+    alone = [run(generator, r) for r in requests]
+    decoder = HFGenerator(tiny_model, device="cpu", max_batch=4)
+    decoder.load()
+    try:
+        split = [_prefill_then_resume(generator, decoder, r) for r in requests]
+    finally:
+        decoder.close()
+    assert [r.text for r, _ in split] == [r.text for r, _ in alone]
+    assert [r.completion_tokens for r, _ in split] == [r.completion_tokens for r, _ in alone]
+    assert [r.finish_reason for r, _ in split] == [r.finish_reason for r, _ in alone]
+    assert ["".join(p) for _, p in split] == ["".join(p) for _, p in alone]  # the same stream of text
+    assert [r.completion_tokens for r, _ in split[-3:]] == [2, 2, 4]  # stopped after the handoff
+
+
+def test_a_handoff_carries_the_prompts_kv(tiny_model, generator):
+    from transformers import AutoModelForCausalLM
+
+    from bot.fastlinear import pack_linears
+
+    request = GenerationRequest([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Parking?"}])
+    handoff = generator.submit(request, lambda _t: None, threading.Event(), prefill_only=True).result(timeout=60)
+    prompt = generator.encode(request.messages, request.max_new_tokens)[0]
+    assert handoff.prompt == prompt and handoff.max_new_tokens == request.max_new_tokens
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    pack_linears(reference)  # the same Linear kernels as the generator's, in transformers' own forward
+    with torch.inference_mode():
+        expected = reference(input_ids=torch.tensor([prompt]), use_cache=True).past_key_values
+    kv = kv_from_bytes(*handoff.kv, "cpu")
+    assert len(kv) == len(expected.layers)
+    for (keys, values), layer in zip(kv, expected.layers):  # (kv heads, tokens, dim) per layer
+        assert torch.allclose(keys, layer.keys[0], atol=1e-4) and torch.allclose(values, layer.values[0], atol=1e-4)
 
 
 def test_cancel_frees_the_slot_at_the_next_step(generator):

@@ -1,6 +1,6 @@
-"""The model in its own process (`bot.worker.ProcessGenerator`), on the tiny model: the same answers as
-in-process, streaming, cancellation across the pipe, 'busy', adapters refused with their reason, and a
-worker that dies fails the requests in flight and says so in /readyz."""
+"""The model in its own process (`bot.worker.ProcessGenerator`), on the tiny model, with and without the
+prefill worker: the same answers as in-process, streaming, cancellation across the pipes, 'busy', adapters
+refused with their reason, and a worker that dies fails the requests in flight and says so in /readyz."""
 from __future__ import annotations
 
 import os
@@ -19,9 +19,9 @@ from trainer.config import LoraSettings, SFTSettings
 from trainer.sft import train_sft
 
 
-@pytest.fixture(scope="module")
-def worker(tiny_model):
-    generator = ProcessGenerator(tiny_model, device="cpu", max_batch=4, max_queue=2)
+@pytest.fixture(scope="module", params=[None, False], ids=["prefill-worker", "one-worker"])
+def worker(tiny_model, request):
+    generator = ProcessGenerator(tiny_model, device="cpu", max_batch=4, max_queue=2, prefill_process=request.param)
     generator.load()
     yield generator
     generator.close()
@@ -42,6 +42,11 @@ def test_answers_equal_the_in_process_generator_batched_and_streamed(tiny_model,
     assert all(r.completion_tokens >= 1 and r.prompt_tokens > 0 for r in results)
     stats = worker.stats()
     assert stats["steps"] > 0 and stats["step_rows"] >= stats["steps"]
+    if worker._prefiller is not None:  # the first request starts in the idle decode worker; the others,
+        # submitted while it is busy, are prefilled by the prefill worker and handed over
+        assert worker._decoder.stats["prefill_tokens"] == results[0].prompt_tokens
+        assert worker._prefiller.stats["prefill_tokens"] == sum(r.prompt_tokens for r in results[1:])
+        assert stats["prefill_steps"] > 0 and stats["prefill_tokens"] == sum(r.prompt_tokens for r in results)
 
 
 def test_cancel_crosses_the_pipe_and_frees_the_slot(worker):
@@ -80,13 +85,15 @@ def test_adapters_load_and_a_broken_one_is_refused_with_its_reason(worker, tiny_
         run(worker, _request("hello", version="v1"))
 
 
-def test_a_dead_worker_fails_requests_in_flight_and_readyz_says_why(tiny_model, settings):
+@pytest.mark.parametrize("role", ["decode", "prefill"])
+def test_a_dead_worker_fails_requests_in_flight_and_readyz_says_why(tiny_model, settings, role):
     generator = ProcessGenerator(tiny_model, device="cpu")
     with TestClient(create_app(settings, generator=generator)) as client:
         wait_until(lambda: client.get("/readyz").status_code == 200, timeout=120)
         future = generator.submit(_request("hello", max_new_tokens=5000), lambda _t: None, threading.Event())
-        os.kill(generator._process.pid, signal.SIGKILL)
-        with pytest.raises(ModelUnavailable, match="model worker stopped"):
+        worker = {"decode": generator._decoder, "prefill": generator._prefiller}[role]
+        os.kill(worker.process.pid, signal.SIGKILL)
+        with pytest.raises(ModelUnavailable, match=f"model worker stopped \\({role}"):
             future.result(timeout=30)
         ready = client.get("/readyz")
         assert ready.status_code == 503 and "model worker stopped" in ready.json()["detail"]
