@@ -171,7 +171,11 @@ def _decode_attention(query: torch.Tensor, layer: PackedLayer, plan: StepPlan, s
     else:
         q = query.new_zeros(plan.active, heads, dim)
         q[plan.dec_slots] = query[plan.dec_offsets]
-    scores = torch.matmul(q.view(plan.active, keys.shape[1], group, dim), keys.transpose(-1, -2)) * scaling
+    # keys @ q^T, not q @ keys^T: each score's reduction over `dim` is then the same whatever the width
+    # and the number of slots (measured: q @ keys^T rounds differently as the batch's width changes,
+    # which made answers depend on their batch once the Linear layers round to bf16)
+    grouped = q.view(plan.active, keys.shape[1], group, dim).transpose(-1, -2)
+    scores = torch.matmul(keys, grouped).transpose(-1, -2) * scaling
     scores = scores.masked_fill(~plan.dec_mask, float("-inf")).softmax(-1)
     out = torch.matmul(scores, values).view(plan.active, heads, dim)
     return out if plan.aligned else out[plan.dec_slots]
