@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(64, ge=0, description="requests waiting for a batch slot before 'busy'")
     max_batch: int = Field(16, ge=1, description="requests generated together in one batch")
     threads: int = Field(0, ge=0, description="CPU threads for the model; 0 = all cores but one (the event "
-                         "loop, websockets and database keep one)")
+                         "loop, websockets and database keep one); with the prefill worker, a third of them "
+                         "(at least one) prefill")
     model_process: bool = Field(True, description="run the model and its batch loop in a worker process of "
                                 "their own (no GIL shared with the event loop); false: a thread of the server")
     prefill_process: bool | None = Field(None, description="with model_process: prefill new requests in a "

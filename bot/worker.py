@@ -1,17 +1,19 @@
-"""The model in a process of its own. `ProcessGenerator` runs an `HFGenerator` (model, batch loop,
-adapters) in a child process and speaks the `Generator` protocol to the server, so the event loop and
-the batch loop never share a GIL.
+"""The model in processes of its own. `ProcessGenerator` runs `HFGenerator`s (model, batch loop,
+adapters) in child processes and speaks the `Generator` protocol to the server, so the event loop and
+the batch loop never share a GIL. On CPUs a second worker prefills new requests (see `ProcessGenerator`).
 
 Why: every torch op gives the GIL back and takes it again, and in one process the event loop
 (websockets, JSON, the database) holds it while the batch thread waits. Measured on a 2-core CPU: a
 thread busy 30% of the time on the *other* core slowed a 16-row decode step from 78 to 123 ms.
 
-Messages over a socket pair as `multiprocessing` connections (pickled tuples):
-  server → worker: (HFGenerator options, log level) first; then ("submit", rid, GenerationRequest) ·
-                   ("cancel", rid) · ("call", cid, method, args) · ("close",)
-  worker → server: ("ready", stats) or ("failed", reason) once; then ("out", [(rid, kind, value), ...], stats)
-                   after every batch step that produced something (kind: "text", "done" with the
-                   `GenerationResult`, "error" with the exception) and ("reply", cid, ok, value) for calls.
+Messages over a socket pair per worker as `multiprocessing` connections (pickled tuples):
+  server → worker: (HFGenerator options, log level) first; then ("submit", rid, GenerationRequest,
+                   prefill_only) · ("resume", rid, GenerationRequest, Handoff) · ("cancel", rid) ·
+                   ("call", cid, method, args) · ("close",)
+  worker → server: ("ready", stats, device) or ("failed", reason) once; then ("out", [(rid, kind, value),
+                   ...], stats) after every batch step that produced something (kind: "text", "done" with
+                   the `GenerationResult` or, from a prefill, the `Handoff` the server relays as "resume"
+                   to the decode worker, "error" with the exception) and ("reply", cid, ok, value) for calls.
 """
 from __future__ import annotations
 
