@@ -3,9 +3,10 @@
 On the 2-core CPUs supportloop targets, a decode step is dominated by the Linear layers. oneDNN's
 prepacked fp32 path runs them about 1.6x faster than `F.linear` at 4-64 rows (measured here for
 SmolLM2's shapes), and a row's output does not depend on how many other rows share the call, so a
-request's answer is the same alone or batched. On CPUs with native bf16 dot products (`amx_bf16`, or
-`avx512_bf16`), the weights are packed in bf16 and the layer computes in bf16 (inputs rounded, outputs
-returned in fp32), still row-independent (measured bit-identical alone and batched). Measured at 16 rows
+request's answer is the same alone or batched (checked for every shape when packing: where oneDNN
+rounds a lone row differently, lone rows are computed as two). On CPUs with native bf16 dot products
+(`amx_bf16`, or `avx512_bf16`), the weights are packed in bf16 and the layer computes in bf16 (inputs
+rounded, outputs returned in fp32), row-independent the same way. Measured at 16 rows
 for SmolLM2's shapes: 2.2-4.3x faster than packed fp32 on an Intel Xeon with AMX, 1.7-1.9x on an AMD
 EPYC (Zen 4) with AVX-512 BF16. Without them (AVX2, AVX-512 without BF16) bf16 is emulated and far
 slower than fp32, so it is chosen by hardware only. The
@@ -49,7 +50,7 @@ class PackedLinear(nn.Linear):
                                persistent=False)
         packed.register_buffer("packed_bias", None if linear.bias is None else linear.bias.detach().to(compute),
                                persistent=False)
-        packed.pad_single = False  # compute a lone row as two (see `row_variance`)
+        packed.pad_single = False  # compute a lone row as two (set by `pack_linears`, see `row_variance`)
         return packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,12 +58,12 @@ class PackedLinear(nn.Linear):
             return super().forward(x)
         inputs = x.to(self.compute)
         if self.pad_single and inputs.numel() == self.in_features:
-            out = self.packed(inputs.reshape(1, -1).repeat(2, 1))[:1].view(*x.shape[:-1], -1)
+            out = self.onednn(inputs.reshape(1, -1).repeat(2, 1))[:1].view(*x.shape[:-1], -1)
         else:
-            out = self.packed(inputs)
+            out = self.onednn(inputs)
         return out.to(x.dtype)
 
-    def packed(self, x: torch.Tensor) -> torch.Tensor:
+    def onednn(self, x: torch.Tensor) -> torch.Tensor:
         """The oneDNN call on an input already in the compute dtype."""
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.packed_bias, "none", [], "")
 
@@ -74,8 +75,9 @@ def row_variance(layer: PackedLinear, rows: int = 128) -> str | None:
     outputs round differently), or "varies". Checked on random rows, in the call sizes a batch gives."""
     with torch.inference_mode():
         x = torch.randn(rows, layer.in_features, dtype=layer.compute)
-        together = layer.packed(x)
-        differs = [n for n in (1, 2, 3, 16) if not torch.equal(torch.cat([layer.packed(c) for c in x.split(n)]), together)]
+        together = layer.onednn(x)
+        differs = [n for n in (1, 2, 3, 16)
+                   if not torch.equal(torch.cat([layer.onednn(chunk) for chunk in x.split(n)]), together)]
     return None if not differs else "lone" if differs == [1] else "varies"
 
 
@@ -87,8 +89,8 @@ def _make_row_independent(layers: list[PackedLinear]) -> bool:
         shape = (layer.in_features, layer.out_features, layer.bias is None)
         if shape not in verdicts:
             verdicts[shape] = row_variance(layer)
-            log.info("packed %s Linear %d→%d: %s", layer.compute, shape[0], shape[1],
-                     {None: "row-independent", "lone": "lone rows computed as two", "varies": "rows vary"}[verdicts[shape]])
+            verdict = {None: "row-independent", "lone": "lone rows computed as two", "varies": "rows vary"}
+            log.info("packed %s Linear %d→%d: %s", layer.compute, shape[0], shape[1], verdict[verdicts[shape]])
         layer.pad_single = verdicts[shape] == "lone"
     return "varies" not in verdicts.values()
 

@@ -232,7 +232,7 @@ class HFGenerator:
                   tuple(request.stop), emit, cancel, export=prefill_only)
         return self._run(job, request)
 
-    def resume(self, request: GenerationRequest, handoff, emit: Callable[[str], None],
+    def resume(self, request: GenerationRequest, handoff: Handoff, emit: Callable[[str], None],
                cancel: threading.Event) -> Future:
         """Carry on generating a request another process prefilled (`submit(..., prefill_only=True)`)."""
         from bot.batching import Job

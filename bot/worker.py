@@ -246,6 +246,7 @@ class ProcessGenerator:
             try:
                 self._prefiller.wait_ready()
             except RuntimeError:
+                self._prefiller.conn.close()
                 self._prefiller = None
                 self.close()
                 raise
