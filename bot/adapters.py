@@ -1,13 +1,16 @@
 """The adapter manager: notices the active version in the store, validates and loads it, swaps.
 
 Polling the store is the mechanism for now. A refused version is remembered and not retried; the
-live version keeps serving and the reason is logged."""
+live version keeps serving and the reason is logged. A promotion or rollback through this server's
+admin API (`switch`) loads and validates the version *before* the store changes, so a refused one
+changes nothing, and swaps at once instead of at the next poll."""
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from bot.engine import Engine
 from bot.generator import AdapterError
@@ -16,6 +19,7 @@ from feedback.db import Store
 from feedback.models import BASE_VERSION
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class AdapterManager:
@@ -26,23 +30,45 @@ class AdapterManager:
         self.active_version = BASE_VERSION
         self.refused: dict[str, str] = {}
         self.synced = False  # True once the store's active version has been looked at (and loaded)
+        self.lock = asyncio.Lock()  # one change of version at a time (the poll, or the admin API)
 
     def _wanted(self) -> tuple[str, Path | None]:
         with self.store.session() as session:
             row = repo.active_adapter(session)
-        if row is None:
-            return BASE_VERSION, None
-        local = self.adapters_dir / row.version
-        return row.version, local if local.is_dir() else Path(row.path)
+        return (BASE_VERSION, None) if row is None else (row.version, self.local_path(row.version, row.path))
+
+    def local_path(self, version: str, path: str | None) -> Path | None:
+        """This server's copy of an adapter's folder if it has one, else the registered path."""
+        if path is None:
+            return None
+        local = self.adapters_dir / version
+        return local if local.is_dir() else Path(path)
 
     async def sync_once(self) -> bool:
         """Swap to the store's active version if it changed; True when a swap happened."""
-        version, path = await asyncio.to_thread(self._wanted)
-        swapped = version != self.active_version and version not in self.refused and await self._load(version, path)
+        async with self.lock:
+            version, path = await asyncio.to_thread(self._wanted)
+            swapped = version != self.active_version and version not in self.refused and await self._load(version, path)
         if not self.synced:
             log.info("ready: serving adapter %s", self.active_version)
         self.synced = True
         return swapped
+
+    async def switch(self, version: str, path: Path | None, commit: Callable[[], T]) -> T:
+        """Load and validate `version` (AdapterError: refused, nothing changed), then `commit` the change
+        to the store (in a thread) and serve it; if the commit fails, the version is unloaded again."""
+        async with self.lock:
+            if path is not None and version != self.active_version:
+                await self.engine.load_adapter(version, path)
+            try:
+                result = await asyncio.to_thread(commit)
+            except BaseException:
+                if path is not None and version != self.active_version:
+                    await self.engine.unload_adapter(version)
+                raise
+            self.refused.pop(version, None)
+            await self._serve(version)
+            return result
 
     async def _load(self, version: str, path: Path | None) -> bool:
         if path is not None:
@@ -52,12 +78,19 @@ class AdapterManager:
                 self.refused[version] = str(exc)
                 log.error("refused adapter %s, still serving %s: %s", version, self.active_version, exc)
                 return False
+        await self._serve(version)
+        return True
+
+    async def _serve(self, version: str) -> None:
+        """New requests go to `version` (already loaded); the previous version is unloaded once the
+        requests still using it are done."""
         previous, self.active_version = self.active_version, version
+        if previous == version:
+            return
         self.on_swap(version)
         log.info("now serving adapter %s (was %s)", version, previous)
         if previous != BASE_VERSION:
             await self.engine.unload_adapter(previous)
-        return True
 
     async def run(self) -> None:
         while True:

@@ -21,7 +21,7 @@ from bot.errors import HANDLED, error_reply
 from bot.limits import ClientLimits
 from bot.metrics import Metrics
 from bot.generator import Generator, HFGenerator
-from bot.routes import admin, chat, feedback, openai, ops, staff
+from bot.routes import adapters, admin, chat, feedback, openai, ops, staff
 from bot.settings import Settings
 from bot.worker import ProcessGenerator
 from bot.training import round_launcher
@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     app.add_middleware(feedback.VoteIngest)  # inside CORS: the widget's cross-origin votes get CORS headers
     app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST", "PATCH"],
                        allow_headers=["Authorization", "Content-Type"])
-    for module in (ops, chat, feedback, staff, admin, openai):
+    for module in (ops, chat, feedback, staff, admin, adapters, openai):
         app.include_router(module.router)
     _install_error_handlers(app)
     return app

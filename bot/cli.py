@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bot.basemodel import ModelNotAvailable
 from bot.training import add_round_commands
+from bot.versions_cli import add_adapter_commands
 
 def _settings():
     from bot.settings import Settings
@@ -205,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_export)
 
     add_round_commands(commands, cmd_train)
+    add_adapter_commands(commands)
     return parser
 
 

@@ -153,6 +153,19 @@ class Adapter(SQLModel, table=True):
     activated_at: datetime | None = None
 
 
+class AdapterActivation(SQLModel, table=True):
+    """Every change of the active version (`base` = no adapter): a promotion, a rollback or a training
+    round publishing its candidate; who did it, and whether a gate-rejected version was forced."""
+    id: int | None = Field(default=None, primary_key=True)
+    version: str = Field(max_length=128)
+    previous: str = Field(max_length=128)
+    action: str = Field(max_length=16, description="promote, rollback or publish")
+    actor: str = Field(max_length=128, description="a staff name, 'cli' or 'training round'")
+    staff_id: int | None = Field(default=None, foreign_key="staff.id")
+    forced: bool = False
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
 class RunOutcome(str, enum.Enum):
     """Where a training run stands. `published`: the candidate passed the gate (and was activated unless
     told not to); `rejected`: the gate refused it (kept for inspection, never served); `skipped`:

@@ -9,7 +9,7 @@ from sqlalchemy import update
 from sqlmodel import Session, func, select
 
 from feedback.models import (
-    Adapter, AdapterStatus, Conversation, Correction, CorrectionStatus, Feedback, Handoff, HandoffStatus,
+    BASE_VERSION, Adapter, AdapterActivation, AdapterStatus, Conversation, Correction, CorrectionStatus, Feedback, Handoff, HandoffStatus,
     Message, Reason, Role, Staff, StaffAction, StaffRole, Thumb, utcnow,
 )
 from feedback.tokens import hash_token, new_token
@@ -350,11 +350,32 @@ def register_adapter(session: Session, *, version: str, path: str, base_model: s
                       datasets_json=json.dumps(datasets or {}))
     if rejected:
         adapter.status = AdapterStatus.rejected
-    elif activate:
-        for old in session.exec(select(Adapter).where(Adapter.status == AdapterStatus.active)):
-            old.status = AdapterStatus.retired
-            session.add(old)
-        adapter.status, adapter.activated_at = AdapterStatus.active, utcnow()
     session.add(adapter)
+    if activate and not rejected:
+        session.flush()
+        set_active(session, version, action="publish", actor="training round")
     session.commit()
     return adapter
+
+
+def active_version(session: Session) -> str:
+    row = session.exec(select(Adapter).where(Adapter.status == AdapterStatus.active)).first()
+    return row.version if row else BASE_VERSION
+
+
+def set_active(session: Session, version: str, *, action: str, actor: str, staff_id: int | None = None,
+               forced: bool = False) -> AdapterActivation:
+    """Make `version` the one active version and record it (no commit: the caller's transaction)."""
+    previous = active_version(session)
+    for old in session.exec(select(Adapter).where(Adapter.status == AdapterStatus.active)):
+        old.status = AdapterStatus.retired
+        session.add(old)
+    if version != BASE_VERSION:
+        adapter = session.exec(select(Adapter).where(Adapter.version == version)).one()
+        adapter.status, adapter.activated_at = AdapterStatus.active, utcnow()
+        session.add(adapter)
+    activation = AdapterActivation(version=version, previous=previous, action=action, actor=actor,
+                                   staff_id=staff_id, forced=forced)
+    session.add(activation)
+    return activation
+

@@ -23,7 +23,7 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("args, expected", [
     ((), "serve"), (("serve",), "--port"), (("model", "pull"), "SUPPORTLOOP_MODEL_CACHE"),
     (("staff", "add"), "--role"), (("train",), "--epochs"), (("db", "upgrade"), "--revision"),
-    (("export",), "--since")])
+    (("export",), "--since"), (("adapters", "promote"), "--force"), (("adapters", "list"), "--json")])
 def test_every_command_has_help(args, expected):
     result = _run(*args, "--help")
     assert result.returncode == 0 and expected in result.stdout
@@ -67,3 +67,26 @@ def test_db_upgrade_migrates_and_is_repeatable(tmp_path):
     assert again.returncode == 0 and "schema 0003 → 0003" in again.stdout
     bad = _run("export", "--format", "csv", str(tmp_path / "x.jsonl"), env=env)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_adapters_promote_and_rollback_from_the_command_line(tmp_path):
+    env = {"SUPPORTLOOP_DATA_DIR": str(tmp_path)}
+    assert _run("adapters", "list", env=env).returncode == 0  # creates the store
+    store = open_store(f"sqlite:///{tmp_path / 'supportloop.db'}")
+    with store.session() as session:
+        for version, rejected in (("v1", False), ("v-gated", True)):
+            repo.register_adapter(session, version=version, path=f"/a/{version}", base_model="m", parent=None,
+                                  dataset_hash=None, metrics={}, activate=False, rejected=rejected)
+    store.dispose()
+    promoted = _run("adapters", "promote", "v1", env=env)
+    assert promoted.returncode == 0 and "v1 is now active" in promoted.stdout and "was base" in promoted.stdout
+    refused = _run("adapters", "promote", "v-gated", env=env)
+    assert refused.returncode == 1 and "rejected by the evaluation gate" in refused.stderr
+    assert _run("adapters", "promote", "nope", env=env).stderr.strip() == "error: unknown adapter version 'nope'"
+    forced = _run("adapters", "promote", "v-gated", "--force", env=env)
+    assert forced.returncode == 0 and "forced past the gate" in forced.stdout
+    listing = _run("adapters", "list", env=env).stdout
+    assert [line.split()[:2] for line in listing.splitlines()[1:]] == [["base", "available"], ["v-gated", "active"],
+                                                                     ["v1", "retired"]]
+    back = _run("adapters", "rollback", env=env)
+    assert back.returncode == 0 and "v1 is now active" in back.stdout

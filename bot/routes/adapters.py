@@ -1,0 +1,98 @@
+"""The admin API for adapter versions (`base` is a version like the others):
+`GET /api/admin/adapters` lists them with manifest metrics and live stats; `POST .../{version}/promote`
+and `POST .../rollback` change the active version. This server loads and validates the version before
+the store changes (refused → 422 with the reason, nothing changes) and serves it at once; other servers
+on the same store follow it."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from bot.deps import AdminDep, SessionDep
+from bot.generator import AdapterError
+from feedback import repo, versions
+from feedback.db import Store
+from feedback.models import AdapterActivation, Staff
+
+router = APIRouter(prefix="/api/admin/adapters")
+
+
+class PromoteBody(BaseModel):
+    force: bool = Field(False, description="serve a version the evaluation gate rejected (recorded with who forced it)")
+
+
+class Activation(BaseModel):
+    version: str
+    previous: str
+    action: str = Field(description="promote, rollback or publish")
+    actor: str
+    forced: bool
+    created_at: datetime
+    serving: str = Field(description="the version this server serves new requests with now")
+
+
+@router.get("")
+def list_adapters(request: Request, session: SessionDep, _admin: AdminDep) -> dict:
+    return {"active": versions.active_version(session), "serving": request.app.state.adapters.active_version,
+            "versions": versions.versions(session)}
+
+
+@router.post("/{version}/promote", response_model=Activation)
+async def promote(version: str, request: Request, admin: AdminDep, body: PromoteBody | None = None) -> Activation:
+    force = body.force if body else False
+    store: Store = request.app.state.store
+    path = await asyncio.to_thread(_promotable_path, store, version, force)
+    return await _switch(request, version, path, lambda: _apply(store, admin, versions.promote, version, force=force))
+
+
+@router.post("/rollback", response_model=Activation)
+async def rollback(request: Request, admin: AdminDep) -> Activation:
+    store: Store = request.app.state.store
+    target = await asyncio.to_thread(_rollback_target, store)
+    path = await asyncio.to_thread(_path, store, target)
+    return await _switch(request, target, path, lambda: _apply(store, admin, versions.rollback))
+
+
+def _promotable_path(store: Store, version: str, force: bool) -> str | None:
+    """The version's folder, after the store's rules allow the promotion (so nothing is loaded in vain)."""
+    with store.session() as session:
+        versions.check_promotion(session, version, force=force)
+        return versions.path_of(session, version)
+
+
+def _path(store: Store, version: str) -> str | None:
+    with store.session() as session:
+        return versions.path_of(session, version)
+
+
+def _rollback_target(store: Store) -> str:
+    with store.session() as session:
+        previous = versions.previous_version(session)
+    if previous is None:
+        raise repo.Conflict("there is no previous version to roll back to")
+    return previous
+
+
+def _apply(store: Store, admin: Staff, change: Callable[..., AdapterActivation], *args, **kwargs) -> AdapterActivation:
+    with store.session() as session:
+        activation = change(session, *args, actor=admin.name, staff_id=admin.id, **kwargs)
+        repo.audit_action(session, admin, f"adapter.{activation.action}", activation.version,
+                          previous=activation.previous, forced=activation.forced)
+        session.commit()
+        session.refresh(activation)
+        return activation
+
+
+async def _switch(request: Request, version: str, path: str | None, commit: Callable[[], AdapterActivation]) -> Activation:
+    manager = request.app.state.adapters
+    local = manager.local_path(version, path)
+    try:
+        activation = await manager.switch(version, local, commit)
+    except AdapterError as exc:
+        raise HTTPException(422, f"version {version} was refused, nothing changed: {exc}") from None
+    return Activation(**activation.model_dump(include={"version", "previous", "action", "actor", "forced", "created_at"}),
+                      serving=manager.active_version)

@@ -1,0 +1,98 @@
+"""Adapter versions in the store: which one is active (`base` = no adapter), the versions with their
+manifest metrics and live stats, promotion (a gate-rejected version only with `force`, recorded with
+who forced it) and rollback to the previous active version. Every change is an `AdapterActivation`
+row; the servers follow the store (`bot.adapters`)."""
+from __future__ import annotations
+
+import json
+
+from sqlmodel import Session, func, select
+
+from feedback.models import BASE_VERSION, Adapter, AdapterActivation, AdapterStatus, Feedback, Message, Role, Thumb
+from feedback.repo import Conflict, NotFound, active_version, set_active
+
+
+def check_promotion(session: Session, version: str, *, force: bool = False) -> bool:
+    """Raise if `version` may not be promoted: unknown (NotFound), already active, or rejected by the
+    gate without `force` (Conflict). Returns whether the promotion forces a rejected version."""
+    adapter = None if version == BASE_VERSION else _adapter(session, version)
+    if version == active_version(session):
+        raise Conflict(f"{version} is already the active version")
+    rejected = adapter is not None and adapter.status == AdapterStatus.rejected
+    if rejected and not force:
+        raise Conflict(f"{version} was rejected by the evaluation gate; promote it with force to serve it anyway")
+    return rejected
+
+
+def promote(session: Session, version: str, *, actor: str, staff_id: int | None = None,
+            force: bool = False) -> AdapterActivation:
+    """Make `version` active (see `check_promotion` for what is refused; nothing changes then)."""
+    forced = check_promotion(session, version, force=force)
+    activation = set_active(session, version, action="promote", actor=actor, staff_id=staff_id, forced=forced)
+    session.commit()
+    session.refresh(activation)
+    return activation
+
+
+def previous_version(session: Session) -> str | None:
+    """The version that was active before the active one, or None if there was none."""
+    current = active_version(session)
+    last = session.exec(select(AdapterActivation).where(AdapterActivation.version == current)
+                        .order_by(AdapterActivation.id.desc())).first()
+    return last.previous if last is not None and last.previous != current else None
+
+
+def rollback(session: Session, *, actor: str, staff_id: int | None = None) -> AdapterActivation:
+    """Make the previously active version active again (Conflict if there is none)."""
+    previous = previous_version(session)
+    if previous is None:
+        raise Conflict("there is no previous version to roll back to")
+    activation = set_active(session, previous, action="rollback", actor=actor, staff_id=staff_id)
+    session.commit()
+    session.refresh(activation)
+    return activation
+
+
+def path_of(session: Session, version: str) -> str | None:
+    """Where an adapter's files are (None for `base`); NotFound for an unknown version."""
+    return None if version == BASE_VERSION else _adapter(session, version).path
+
+
+def versions(session: Session) -> list[dict]:
+    """`base` and every adapter, newest first after base: status, parent, metrics, and live stats
+    (answers served, thumbs up and down, thumbs-up rate)."""
+    stats = _live_stats(session)
+    active = active_version(session)
+    rows = [{"version": BASE_VERSION, "status": "active" if active == BASE_VERSION else "available",
+             "parent": None, "created_at": None, "activated_at": None, "metrics": {}, "datasets": {}}]
+    for adapter in session.exec(select(Adapter).order_by(Adapter.created_at.desc(), Adapter.id.desc())):
+        rows.append({"version": adapter.version, "status": adapter.status.value, "parent": adapter.parent,
+                     "created_at": adapter.created_at, "activated_at": adapter.activated_at,
+                     "metrics": json.loads(adapter.metrics_json), "datasets": json.loads(adapter.datasets_json)})
+    for row in rows:
+        row["live"] = stats.get(row["version"], _rate(0, 0, 0))
+    return rows
+
+
+def _adapter(session: Session, version: str) -> Adapter:
+    adapter = session.exec(select(Adapter).where(Adapter.version == version)).first()
+    if adapter is None:
+        raise NotFound(f"unknown adapter version {version!r}")
+    return adapter
+
+
+def _live_stats(session: Session) -> dict[str, dict]:
+    answers = dict(session.exec(select(Message.adapter_version, func.count()).where(Message.role == Role.assistant)
+                                .group_by(Message.adapter_version)).all())
+    votes: dict[str, dict[Thumb, int]] = {}
+    query = (select(Message.adapter_version, Feedback.thumb, func.count()).join(Feedback, Feedback.message_id == Message.id)
+             .group_by(Message.adapter_version, Feedback.thumb))
+    for version, thumb, count in session.exec(query).all():
+        votes.setdefault(version, {})[thumb] = count
+    return {version: _rate(count, votes.get(version, {}).get(Thumb.up, 0), votes.get(version, {}).get(Thumb.down, 0))
+            for version, count in answers.items() if version is not None}
+
+
+def _rate(messages: int, up: int, down: int) -> dict:
+    return {"messages": messages, "thumbs_up": up, "thumbs_down": down,
+            "thumbs_up_rate": round(up / (up + down), 4) if up + down else None}

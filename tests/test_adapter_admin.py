@@ -1,0 +1,127 @@
+"""Adapter versions through the admin API, on a real SQLite file and the real PostgreSQL: list with live
+stats, promote (validated before the store changes), rollback, `base` as a version, the history of who
+did what, and bad input that changes nothing."""
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlmodel import select
+
+from bot.app import create_app
+from feedback import repo, versions
+from feedback.models import AdapterActivation, Role, StaffRole, Thumb
+from tests.conftest import wait_until
+from tests.fakes import FakeGenerator
+
+
+@pytest.fixture
+def fake() -> FakeGenerator:
+    return FakeGenerator()
+
+
+@pytest.fixture
+def client(settings, any_store, fake):
+    with TestClient(create_app(settings, generator=fake, store=any_store)) as client:
+        wait_until(lambda: client.get("/readyz").status_code == 200)
+        yield client
+
+
+@pytest.fixture
+def admin(any_store) -> dict:
+    with any_store.session() as s:
+        _, token = repo.create_staff(s, name="ada", role=StaffRole.admin)
+        _, agent = repo.create_staff(s, name="bob", role=StaffRole.agent)
+    return {"ada": {"Authorization": f"Bearer {token}"}, "bob": {"Authorization": f"Bearer {agent}"}}
+
+
+def _register(store, folder, version: str, *, valid: bool = True, rejected: bool = False) -> None:
+    path = folder / version
+    path.mkdir(parents=True)
+    if valid:
+        (path / "adapter_config.json").write_text("{}")
+    with store.session() as s:
+        repo.register_adapter(s, version=version, path=str(path), base_model="tiny", parent=None, dataset_hash=None,
+                              metrics={"gate": {"passed": not rejected}}, activate=False, rejected=rejected)
+
+
+def _state(client, headers) -> tuple[str, str]:
+    listed = client.get("/api/admin/adapters", headers=headers).json()
+    return listed["active"], listed["serving"]
+
+
+def test_promote_and_rollback_swap_at_once_and_keep_the_history(client, admin, any_store, settings, fake):
+    for version in ("v1", "v2"):
+        _register(any_store, settings.adapters_dir, version)
+    promoted = client.post("/api/admin/adapters/v1/promote", headers=admin["ada"])
+    assert promoted.status_code == 200, promoted.text
+    assert promoted.json() | {"created_at": None} == {"version": "v1", "previous": "base", "action": "promote",
+                                                      "actor": "ada", "forced": False, "created_at": None, "serving": "v1"}
+    assert client.post("/api/chat", json={"message": "hi"}).json()["adapter_version"] == "v1"  # no poll needed
+    client.post("/api/admin/adapters/v2/promote", headers=admin["ada"])
+    assert _state(client, admin["ada"]) == ("v2", "v2") and list(fake.adapters) == ["v2"]
+    back = client.post("/api/admin/adapters/rollback", headers=admin["ada"]).json()
+    assert (back["version"], back["previous"], back["action"], back["serving"]) == ("v1", "v2", "rollback", "v1")
+    assert client.post("/api/chat", json={"message": "hi"}).json()["adapter_version"] == "v1"
+    to_base = client.post("/api/admin/adapters/base/promote", headers=admin["ada"]).json()
+    assert to_base["serving"] == "base" and fake.adapters == {}
+    with any_store.session() as s:
+        history = [(a.version, a.previous, a.action) for a in s.exec(select(AdapterActivation).order_by(AdapterActivation.id))]
+        audit = [a.action for a in repo.list_actions(s)]
+    assert history == [("v1", "base", "promote"), ("v2", "v1", "promote"), ("v1", "v2", "rollback"),
+                       ("base", "v1", "promote")]
+    assert audit.count("adapter.promote") == 3 and audit.count("adapter.rollback") == 1
+
+
+def test_the_list_shows_metrics_and_live_stats_per_version(client, admin, any_store, settings):
+    _register(any_store, settings.adapters_dir, "v1")
+    with any_store.session() as s:
+        conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt="")
+        for version, thumb in (("v1", Thumb.up), ("v1", Thumb.up), ("v1", Thumb.down), ("base", None)):
+            message = repo.add_message(s, conversation_id=conversation.id, role=Role.assistant, text="a",
+                                       adapter_version=version)
+            if thumb is not None:
+                repo.set_feedback(s, message_id=message.id, thumb=thumb)
+    listed = {v["version"]: v for v in client.get("/api/admin/adapters", headers=admin["ada"]).json()["versions"]}
+    assert listed["v1"]["live"] == {"messages": 3, "thumbs_up": 2, "thumbs_down": 1, "thumbs_up_rate": 0.6667}
+    assert listed["v1"]["metrics"] == {"gate": {"passed": True}} and listed["v1"]["status"] == "candidate"
+    assert listed["base"]["live"]["messages"] == 1 and listed["base"]["status"] == "active"
+
+
+def test_bad_requests_change_nothing(client, admin, any_store, settings, fake):
+    _register(any_store, settings.adapters_dir, "v1")
+    _register(any_store, settings.adapters_dir, "v-gated", rejected=True)
+    _register(any_store, settings.adapters_dir, "v-broken", valid=False)
+    cases = [("/api/admin/adapters/nope/promote", 404, "unknown adapter version"),
+             ("/api/admin/adapters/base/promote", 409, "already the active version"),
+             ("/api/admin/adapters/v-gated/promote", 409, "rejected by the evaluation gate"),
+             ("/api/admin/adapters/v-broken/promote", 422, "adapter_config.json"),
+             ("/api/admin/adapters/rollback", 409, "no previous version")]
+    for url, status, reason in cases:
+        reply = client.post(url, headers=admin["ada"])
+        assert reply.status_code == status and reason in reply.json()["detail"], (url, reply.text)
+    assert client.post("/api/admin/adapters/v1/promote", headers=admin["bob"]).status_code == 403  # agents cannot
+    assert client.post("/api/admin/adapters/v1/promote").status_code == 401
+    assert _state(client, admin["ada"]) == ("base", "base") and fake.adapters == {}
+    with any_store.session() as s:
+        assert s.exec(select(AdapterActivation)).all() == []
+
+
+def test_a_gate_rejected_version_is_served_only_when_forced_and_that_is_recorded(client, admin, any_store, settings):
+    _register(any_store, settings.adapters_dir, "v-gated", rejected=True)
+    forced = client.post("/api/admin/adapters/v-gated/promote", json={"force": True}, headers=admin["ada"]).json()
+    assert forced["forced"] is True and forced["actor"] == "ada" and forced["serving"] == "v-gated"
+    with any_store.session() as s:
+        assert versions.active_version(s) == "v-gated"
+        assert s.exec(select(AdapterActivation)).one().forced
+
+
+def test_a_published_round_is_recorded_so_it_can_be_rolled_back(client, admin, any_store, settings):
+    path = settings.adapters_dir / "v1"
+    path.mkdir(parents=True)
+    (path / "adapter_config.json").write_text("{}")
+    with any_store.session() as s:
+        repo.register_adapter(s, version="v1", path=str(path), base_model="tiny", parent=None, dataset_hash=None,
+                              metrics={}, activate=True)
+    wait_until(lambda: _state(client, admin["ada"]) == ("v1", "v1"))  # the poll picks it up
+    back = client.post("/api/admin/adapters/rollback", headers=admin["ada"]).json()
+    assert (back["version"], back["previous"], back["serving"]) == ("base", "v1", "base")
