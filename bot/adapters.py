@@ -7,7 +7,9 @@ changes nothing, and swaps at once instead of at the next poll."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -24,7 +26,7 @@ T = TypeVar("T")
 
 class AdapterManager:
     def __init__(self, engine: Engine, store: Store, adapters_dir: Path, poll_seconds: float,
-                 on_swap: Callable[[str], None] = lambda _version: None) -> None:
+                 on_swap: Callable[[str, float], None] = lambda _version, _seconds: None) -> None:
         self.engine, self.store, self.on_swap = engine, store, on_swap
         self.adapters_dir, self.poll_seconds = Path(adapters_dir), poll_seconds
         self.active_version = BASE_VERSION
@@ -58,6 +60,7 @@ class AdapterManager:
         """Load and validate `version` (AdapterError: refused, nothing changed), then `commit` the change
         to the store (in a thread) and serve it; if the commit fails, the version is unloaded again."""
         async with self.lock:
+            started = time.perf_counter()
             if path is not None and version != self.active_version:
                 await self.engine.load_adapter(version, path)
             try:
@@ -67,10 +70,11 @@ class AdapterManager:
                     await self.engine.unload_adapter(version)
                 raise
             self.refused.pop(version, None)
-            await self._serve(version)
+            await self._serve(version, started)
             return result
 
     async def _load(self, version: str, path: Path | None) -> bool:
+        started = time.perf_counter()
         if path is not None:
             try:
                 await self.engine.load_adapter(version, path)
@@ -78,24 +82,53 @@ class AdapterManager:
                 self.refused[version] = str(exc)
                 log.error("refused adapter %s, still serving %s: %s", version, self.active_version, exc)
                 return False
-        await self._serve(version)
+        await self._serve(version, started)
         return True
 
-    async def _serve(self, version: str) -> None:
+    async def _serve(self, version: str, started: float) -> None:
         """New requests go to `version` (already loaded); the previous version is unloaded once the
-        requests still using it are done."""
+        requests still using it are done. `on_swap` hears how long the swap took from `started`."""
         previous, self.active_version = self.active_version, version
         if previous == version:
             return
-        self.on_swap(version)
+        self.on_swap(version, time.perf_counter() - started)
         log.info("now serving adapter %s (was %s)", version, previous)
         if previous != BASE_VERSION:
             await self.engine.unload_adapter(previous)
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.sync_once()
-            except Exception:  # noqa: BLE001 — a store hiccup must not stop the watcher
-                log.exception("adapter sync failed; retrying")
-            await asyncio.sleep(self.poll_seconds)
+        """Follow the store: poll every `poll_seconds`, and on PostgreSQL also wake at once when any
+        process changes the active version (LISTEN/NOTIFY)."""
+        wake = asyncio.Event()
+        listener = asyncio.create_task(listen(self.store.url, wake)) if self.store.url.startswith("postgresql") else None
+        try:
+            while True:
+                try:
+                    await self.sync_once()
+                except Exception:  # noqa: BLE001 — a store hiccup must not stop the watcher
+                    log.exception("adapter sync failed; retrying")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), self.poll_seconds)
+                wake.clear()
+        finally:
+            if listener is not None:
+                listener.cancel()
+
+
+async def listen(url: str, wake: asyncio.Event, retry_seconds: float = 5.0) -> None:
+    """Set `wake` whenever the store announces a change of active version (PostgreSQL NOTIFY on
+    `repo.ADAPTER_CHANNEL`); reconnects after a lost connection (polling covers the gap)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                await conn.execute(f"LISTEN {repo.ADAPTER_CHANNEL}")
+                wake.set()  # catch up on anything missed while not listening
+                async for _ in conn.notifies():
+                    wake.set()
+        except psycopg.Error as exc:
+            log.warning("adapter change notifications lost (%s); polling until reconnected", exc)
+            await asyncio.sleep(retry_seconds)

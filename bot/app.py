@@ -50,7 +50,7 @@ def _lifespan(settings: Settings, generator: Generator, store: Store | None):
         state.votes = VoteWriter(state.store)
         state.engine = Engine(generator)
         state.adapters = AdapterManager(state.engine, state.store, settings.adapters_dir,
-                                        settings.adapter_poll_seconds, on_swap=lambda _v: state.metrics.swaps.inc())
+                                        settings.adapter_poll_seconds, on_swap=lambda _v, seconds: state.metrics.swapped(seconds))
         state.metrics = Metrics(generator.stats, lambda: state.adapters.active_version)
         state.limits = ClientLimits(settings.rate_limit, settings.max_sessions_per_client)
         state.chat = ChatService(settings, state.store, state.engine, state.adapters, state.metrics, state.limits)

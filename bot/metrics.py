@@ -19,6 +19,9 @@ class Metrics:
         self.latency = Histogram("supportloop_answer_seconds", "Time to the complete answer",
                                  buckets=LATENCY_BUCKETS, registry=registry)
         self.swaps = Counter("supportloop_adapter_swaps", "Adapter versions swapped in", registry=registry)
+        self.swap_seconds = Histogram("supportloop_adapter_swap_seconds", "From deciding to swap (a poll or "
+                                      "notification seeing a new version, or an admin request) to serving it: "
+                                      "load, validation, probe", buckets=LATENCY_BUCKETS, registry=registry)
         Gauge("supportloop_queue_depth", "Requests waiting for a batch slot",
               registry=registry).set_function(lambda: stats().get("queue_depth", 0))
         Gauge("supportloop_batch_size", "Requests in the running batch",
@@ -38,6 +41,10 @@ class Metrics:
                               ["version"], registry=registry)
         self._active_version = active_version
         self._shown: str | None = None
+
+    def swapped(self, seconds: float) -> None:
+        self.swaps.inc()
+        self.swap_seconds.observe(seconds)
 
     def answered(self, api: str, prompt_tokens: int, completion_tokens: int, ttft_s: float, total_s: float) -> None:
         self.requests.labels(api, "ok").inc()

@@ -5,7 +5,7 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlmodel import Session, func, select
 
 from feedback.models import (
@@ -13,6 +13,9 @@ from feedback.models import (
     Message, Reason, Role, Staff, StaffAction, StaffRole, Thumb, utcnow,
 )
 from feedback.tokens import hash_token, new_token
+
+
+ADAPTER_CHANNEL = "supportloop_adapters"  # PostgreSQL NOTIFY channel: the active version changed
 
 
 class NotFound(LookupError):
@@ -377,5 +380,7 @@ def set_active(session: Session, version: str, *, action: str, actor: str, staff
     activation = AdapterActivation(version=version, previous=previous, action=action, actor=actor,
                                    staff_id=staff_id, forced=forced)
     session.add(activation)
+    if session.get_bind().dialect.name == "postgresql":  # delivered at commit to every listening server
+        session.execute(text(f"NOTIFY {ADAPTER_CHANNEL}"))
     return activation
 

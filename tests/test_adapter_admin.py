@@ -70,6 +70,8 @@ def test_promote_and_rollback_swap_at_once_and_keep_the_history(client, admin, a
     assert history == [("v1", "base", "promote"), ("v2", "v1", "promote"), ("v1", "v2", "rollback"),
                        ("base", "v1", "promote")]
     assert audit.count("adapter.promote") == 3 and audit.count("adapter.rollback") == 1
+    metrics = client.get("/metrics").text
+    assert "supportloop_adapter_swaps_total 4.0" in metrics and "supportloop_adapter_swap_seconds_count 4.0" in metrics
 
 
 def test_the_list_shows_metrics_and_live_stats_per_version(client, admin, any_store, settings):
@@ -125,3 +127,35 @@ def test_a_published_round_is_recorded_so_it_can_be_rolled_back(client, admin, a
     wait_until(lambda: _state(client, admin["ada"]) == ("v1", "v1"))  # the poll picks it up
     back = client.post("/api/admin/adapters/rollback", headers=admin["ada"]).json()
     assert (back["version"], back["previous"], back["serving"]) == ("base", "v1", "base")
+
+
+def test_replicas_on_postgresql_follow_a_promotion_through_notify(settings, tmp_path):
+    """Two servers on one PostgreSQL store, polling only every minute: a promotion on one (and one made
+    with the CLI's store call) reaches the other through LISTEN/NOTIFY."""
+    from feedback.db import open_store
+    from tests.conftest import _drop_postgres, _postgres_url
+
+    url = _postgres_url()
+    slow = settings.model_copy(update={"adapter_poll_seconds": 60.0})
+    stores = [open_store(url), open_store(url)]
+    try:
+        for version in ("v1", "v2"):
+            _register(stores[0], slow.adapters_dir, version)
+        with stores[0].session() as s:
+            _, token = repo.create_staff(s, name="ada", role=StaffRole.admin)
+        headers = {"Authorization": f"Bearer {token}"}
+        with TestClient(create_app(slow, generator=FakeGenerator(), store=stores[0])) as one, \
+                TestClient(create_app(slow, generator=FakeGenerator(), store=stores[1])) as other:
+            for client in (one, other):
+                wait_until(lambda c=client: c.get("/readyz").status_code == 200)
+            assert one.post("/api/admin/adapters/v1/promote", headers=headers).json()["serving"] == "v1"
+            wait_until(lambda: other.app.state.adapters.active_version == "v1", timeout=10)
+            with stores[1].session() as s:
+                versions.promote(s, "v2", actor="cli")
+            for client in (one, other):
+                wait_until(lambda c=client: c.app.state.adapters.active_version == "v2", timeout=10)
+            assert other.post("/api/chat", json={"message": "hi"}).json()["adapter_version"] == "v2"
+    finally:
+        for store in stores:
+            store.dispose()
+        _drop_postgres(url)
