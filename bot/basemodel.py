@@ -5,6 +5,7 @@ transformers only inside the functions that need them.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -89,6 +90,13 @@ def _convert(gguf: Path, out_dir: Path) -> None:
     plain.generation_config = loaded.generation_config
     plain.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+
+
+def base_model_id(base_model: Path) -> str:
+    """Identity of a base checkpoint: its folder name and a hash of its config (adapter manifests
+    record it; a server refuses an adapter made for another base)."""
+    digest = hashlib.sha256((Path(base_model) / "config.json").read_bytes()).hexdigest()[:16]
+    return f"{Path(base_model).name}@{digest}"
 
 
 def resolve_device(device: str) -> str:

@@ -6,6 +6,7 @@ never touches a request already streaming. Adapter loads run in the scheduler's 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from bot.basemodel import resolve_device
+from bot.basemodel import base_model_id, resolve_device
 from feedback.models import BASE_VERSION
 
 log = logging.getLogger(__name__)
@@ -353,6 +354,7 @@ class HFGenerator:
     def _load_adapter(self, version: str, path: Path) -> None:
         if version in self.adapters:
             return
+        self._check_manifest(version, path)
         try:
             self._load_weights(version, path)
         except Exception as exc:  # noqa: BLE001 — any load failure is a refusal, with its reason
@@ -364,6 +366,20 @@ class HFGenerator:
         except AdapterError:
             self._unload(version)
             raise
+
+    def _check_manifest(self, version: str, path: Path) -> None:
+        """An adapter with a supportloop manifest must have been trained on this server's base model
+        (one without a manifest, made elsewhere, is checked by loading it: modules and shapes must fit)."""
+        manifest = Path(path) / "manifest.json"
+        if not manifest.is_file():
+            return
+        try:
+            made_for = (json.loads(manifest.read_text()).get("base_model") or {}).get("id")
+        except (ValueError, AttributeError, OSError) as exc:
+            raise AdapterError(f"adapter {version} has an unreadable manifest: {exc}") from None
+        mine = base_model_id(self.model_path)
+        if made_for != mine:
+            raise AdapterError(f"adapter {version} was made for base model {made_for}, this server runs {mine}")
 
     def _load_weights(self, version: str, path: Path) -> None:
         from peft import PeftModel

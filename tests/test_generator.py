@@ -238,12 +238,16 @@ def _broken_copy(adapter, tmp_path, how: str):
         config["target_modules"] = ["no_such_projection"]
     elif how == "wrong-shapes":
         config["r"] = 8
+    elif how == "foreign-base":  # a supportloop manifest saying it was trained on another base model
+        (broken / "manifest.json").write_text(json.dumps({"base_model": {"id": "OtherModel@0123456789abcdef"}}))
+    elif how == "unreadable-manifest":
+        (broken / "manifest.json").write_text("{not json")
     (broken / "adapter_config.json").write_text(json.dumps(config))
     return broken
 
 
 @pytest.mark.parametrize("first", [True, False], ids=["as-first-adapter", "beside-a-live-adapter"])
-@pytest.mark.parametrize("how", ["truncated", "foreign-modules", "wrong-shapes"])
+@pytest.mark.parametrize("how", ["truncated", "foreign-modules", "wrong-shapes", "foreign-base", "unreadable-manifest"])
 def test_broken_adapter_is_refused_and_leaves_no_trace(tiny_model, adapter, tmp_path, how, first):
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -254,7 +258,8 @@ def test_broken_adapter_is_refused_and_leaves_no_trace(tiny_model, adapter, tmp_
         if not first:
             generator.load_adapter("v1-live", adapter)
         live = _last_logits(generator, live_version)
-        with pytest.raises(AdapterError, match="v9-bad"):
+        reasons = {"foreign-base": "made for base model OtherModel@", "unreadable-manifest": "unreadable manifest"}
+        with pytest.raises(AdapterError, match="v9-bad.*" + reasons.get(how, "")):
             generator.load_adapter("v9-bad", _broken_copy(adapter, tmp_path, how))
         assert "v9-bad" not in generator.adapters
         assert torch.allclose(_last_logits(generator, live_version), live, atol=1e-5)

@@ -30,12 +30,6 @@ class ManifestError(ValueError):
     """An adapter folder whose manifest is missing or unreadable."""
 
 
-def base_model_id(base_model: Path) -> str:
-    """Identity of a base checkpoint: its folder name and a hash of its config."""
-    digest = hashlib.sha256((Path(base_model) / "config.json").read_bytes()).hexdigest()[:16]
-    return f"{Path(base_model).name}@{digest}"
-
-
 def weights_hash(base_model: Path) -> str:
     """SHA-256 over the base checkpoint's weight files, in name order."""
     digest = hashlib.sha256()

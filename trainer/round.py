@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bot.basemodel import resolve_device
+from bot.basemodel import base_model_id, resolve_device
 from feedback import repo
 from feedback.db import open_store
 from feedback.export import dataset_hash
@@ -27,7 +27,7 @@ from trainer.gate import GateInputs, Verdict, evaluate, load_golden
 from trainer.lora import TrainStats
 from trainer.preference import train_dpo, train_kto
 from trainer.publish import (
-    STAGING_PREFIX, ManifestError, base_model_id, clean_registry, next_number, publish_folder, read_manifest,
+    STAGING_PREFIX, ManifestError, clean_registry, next_number, publish_folder, read_manifest,
     supportloop_version, version_name, weights_hash,
 )
 from trainer.runlog import RunLog
