@@ -33,6 +33,7 @@ class AdapterManager:
         self.refused: dict[str, str] = {}
         self.synced = False  # True once the store's active version has been looked at (and loaded)
         self.lock = asyncio.Lock()  # one change of version at a time (the poll, or the admin API)
+        self.retiring: dict[str, asyncio.Task] = {}  # versions being unloaded once their requests are done
 
     def _wanted(self) -> tuple[str, Path | None]:
         with self.store.session() as session:
@@ -62,6 +63,7 @@ class AdapterManager:
         async with self.lock:
             started = time.perf_counter()
             if path is not None and version != self.active_version:
+                await self._loadable(version)
                 await self.engine.load_adapter(version, path)
             try:
                 result = await asyncio.to_thread(commit)
@@ -76,6 +78,7 @@ class AdapterManager:
     async def _load(self, version: str, path: Path | None) -> bool:
         started = time.perf_counter()
         if path is not None:
+            await self._loadable(version)
             try:
                 await self.engine.load_adapter(version, path)
             except AdapterError as exc:
@@ -93,8 +96,22 @@ class AdapterManager:
             return
         self.on_swap(version, time.perf_counter() - started)
         log.info("now serving adapter %s (was %s)", version, previous)
-        if previous != BASE_VERSION:
-            await self.engine.unload_adapter(previous)
+        if previous != BASE_VERSION:  # in the background: the next swap need not wait for the drain
+            self.retiring[previous] = asyncio.create_task(self._unload(previous))
+
+    async def _unload(self, version: str) -> None:
+        try:
+            await self.engine.unload_adapter(version)
+        except Exception:  # noqa: BLE001 — logged; the version stays loaded, which is harmless
+            log.exception("could not unload adapter %s", version)
+        finally:
+            self.retiring.pop(version, None)
+
+    async def _loadable(self, version: str) -> None:
+        """A version being unloaded is loaded again only once that is done."""
+        task = self.retiring.get(version)
+        if task is not None:
+            await asyncio.shield(task)
 
     async def run(self) -> None:
         """Follow the store: poll every `poll_seconds`, and on PostgreSQL also wake at once when any

@@ -281,14 +281,14 @@ class ProcessGenerator:
         return self._prefiller if self._prefiller is not None and busy else self._decoder
 
     def load_adapter(self, version: str, path: Path) -> None:
-        """Load (and probe) in every worker; refused by one → unloaded from the others."""
-        self._call(self._decoder, "load_adapter", version, Path(path))
-        if self._prefiller is not None:
-            try:
-                self._call(self._prefiller, "load_adapter", version, Path(path))
-            except Exception:
-                self._call(self._decoder, "unload_adapter", version)
-                raise
+        """Load (and probe) in every worker at once; refused by one → unloaded from the others."""
+        futures = [(worker, self._send_call(worker, "load_adapter", version, Path(path))) for worker in self._workers]
+        failures = [f.exception() for _, f in futures if f.exception() is not None]
+        if failures:
+            for worker, future in futures:
+                if future.exception() is None:
+                    self._call(worker, "unload_adapter", version)
+            raise failures[0]
 
     def unload_adapter(self, version: str) -> None:
         """Unload from the prefill worker first: the requests it hands over reach the decode worker's
@@ -298,6 +298,9 @@ class ProcessGenerator:
         self._call(self._decoder, "unload_adapter", version)
 
     def _call(self, worker: _Worker, method: str, *args):
+        return self._send_call(worker, method, *args).result()
+
+    def _send_call(self, worker: _Worker, method: str, *args) -> Future:
         future: Future = Future()
         with self._lock:
             if self.failure:
@@ -305,7 +308,7 @@ class ProcessGenerator:
             cid = next(self._ids)
             self._calls[cid] = future
             worker.conn.send(("call", cid, method, args))
-        return future.result()
+        return future
 
     def close(self) -> None:
         for worker in self._workers:

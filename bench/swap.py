@@ -1,0 +1,156 @@
+"""Hot-swap under load: the real server with SmolLM2, 16 websocket sessions chatting continuously,
+first without swaps, then while promotions happen through the admin API.
+
+Adapters: LoRA adapters with random (non-zero) weights made on the spot for the real base model, with
+a supportloop manifest, registered in the store as candidates. Measures, per promotion, the time from
+sending the promote request to the first token of an answer made by the new version (and the API's own
+reply time: load, validation and probe in every model worker); failed requests (error frames, broken
+connections) and garbled ones (empty text or U+FFFD), and answers made by a version that was not the
+active one when they were asked or the one just before; TTFT p99 with and without swaps.
+Prints JSON and one summary line.
+
+    .venv/bin/python bench/swap.py [--sessions 16] [--promotions 10] [--gap 4] [--baseline 20]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import websockets
+
+import live
+from bot.basemodel import base_model_id, resolve_base_model
+from bot.settings import Settings
+
+FAQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dstc9-faq" / "faq_qa.jsonl"
+
+
+def make_adapters(data_dir: Path, base: Path, count: int) -> list[str]:
+    """`count` random LoRA adapters for `base`, registered as candidates in the store at `data_dir`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from feedback import repo
+    from feedback.db import open_store
+
+    adapters_dir, names = data_dir / "adapters", []
+    store = open_store(f"sqlite:///{data_dir / 'supportloop.db'}")
+    for i in range(count):
+        torch.manual_seed(i)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        name, folder = f"v{i + 1}-bench", adapters_dir / f"v{i + 1}-bench"
+        model.save_pretrained(folder)
+        (folder / "manifest.json").write_text(json.dumps({"base_model": {"id": base_model_id(base)}}))
+        with store.session() as session:
+            repo.register_adapter(session, version=name, path=str(folder), base_model=base_model_id(base), parent=None,
+                                  dataset_hash=None, metrics={}, activate=False)
+        names.append(name)
+    store.dispose()
+    return names
+
+
+async def chat(ws_url: str, questions: list[str], offset: int, stop: asyncio.Event, log: list[dict]) -> None:
+    """One session asking question after question until `stop`, recording each answer."""
+    i = offset
+    while not stop.is_set():
+        entry = {"sent": time.monotonic(), "first": None, "version": None, "ok": False, "text": ""}
+        try:
+            async with websockets.connect(ws_url) as ws:
+                await ws.send(json.dumps({"type": "user_message", "text": questions[i % len(questions)]}))
+                while True:
+                    frame = json.loads(await ws.recv())
+                    if frame["type"] == "token":
+                        entry["first"] = entry["first"] or time.monotonic()
+                        entry["text"] += frame["text"]
+                    elif frame["type"] in ("done", "error"):
+                        entry.update(ok=frame["type"] == "done", version=frame.get("adapter_version"),
+                                     error=frame.get("code"))
+                        break
+        except (OSError, websockets.WebSocketException) as exc:
+            entry["error"] = type(exc).__name__
+        log.append(entry)
+        i += 1
+
+
+async def promote(url: str, token: str, version: str) -> dict:
+    async with httpx.AsyncClient(timeout=300) as client:
+        sent = time.monotonic()
+        reply = await client.post(f"{url}/api/admin/adapters/{version}/promote", headers={"Authorization": f"Bearer {token}"})
+        return {"version": version, "sent": sent, "replied": time.monotonic(), "status": reply.status_code}
+
+
+async def run(url: str, token: str, versions: list[str], args) -> dict:
+    questions = [json.loads(line)["question"] for line in FAQ.open()][::97][:32]
+    ws_url = url.replace("http", "ws") + "/ws/chat"
+    stop, log = asyncio.Event(), []
+    sessions = [asyncio.create_task(chat(ws_url, questions, k * 2, stop, log)) for k in range(args.sessions)]
+    await asyncio.sleep(args.baseline)
+    swaps_from = time.monotonic()
+    promotions = []
+    for n in range(args.promotions):
+        promotions.append(await promote(url, token, versions[n % len(versions)]))
+        await asyncio.sleep(args.gap)
+    stop.set()
+    await asyncio.gather(*sessions)
+    return summarize(log, promotions, swaps_from)
+
+
+def summarize(log: list[dict], promotions: list[dict], swaps_from: float) -> dict:
+    def p99(values: list[float]) -> float | None:
+        values = sorted(values)
+        return round(values[min(len(values) - 1, int(0.99 * len(values)))], 3) if values else None
+
+    latencies = []
+    for p in promotions:
+        firsts = [e["first"] for e in log if e["version"] == p["version"] and e["sent"] >= p["sent"] and e["first"]]
+        latencies.append(round(min(firsts) - p["sent"], 3) if firsts else None)
+    measured = sorted(x for x in latencies if x is not None)
+    failed = [e for e in log if not e["ok"]]
+    garbled = [e for e in log if e["ok"] and (not e["text"].strip() or "\ufffd" in e["text"])]
+    ttft = lambda during: [e["first"] - e["sent"] for e in log if e["first"] and (e["sent"] >= swaps_from) == during]  # noqa: E731
+    return {"requests": len(log), "promotions": len(promotions),
+            "promote_http": [p["status"] for p in promotions],
+            "promote_reply_s": [round(p["replied"] - p["sent"], 3) for p in promotions],
+            "promotion_to_first_token_s": latencies,
+            "latency_p50_s": measured[len(measured) // 2] if measured else None,
+            "latency_max_s": measured[-1] if measured else None,
+            "failed": len(failed), "garbled": len(garbled), "failures": [e.get("error") for e in failed][:10],
+            "ttft_p99_without_swaps_s": p99(ttft(False)), "ttft_p99_during_swaps_s": p99(ttft(True))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=16)
+    parser.add_argument("--promotions", type=int, default=10)
+    parser.add_argument("--gap", type=float, default=4.0, help="seconds between promotions")
+    parser.add_argument("--baseline", type=float, default=20.0, help="seconds of chat before the first promotion")
+    parser.add_argument("--adapters", type=int, default=3)
+    args = parser.parse_args()
+    data_dir = Path(tempfile.mkdtemp(prefix="supportloop-swap-"))
+    env = {"SUPPORTLOOP_DATA_DIR": str(data_dir), "SUPPORTLOOP_RATE_LIMIT": "100000/minute",
+           "SUPPORTLOOP_MAX_SESSIONS_PER_CLIENT": "64", "SUPPORTLOOP_MAX_NEW_TOKENS": "48"}
+    token = live.staff_token(env)
+    settings = Settings()
+    versions = make_adapters(data_dir, resolve_base_model(settings.base_model, settings.model_cache), args.adapters)
+    proc, url = live.start_server(env)
+    try:
+        result = asyncio.run(run(url, token, versions, args))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(json.dumps(result, indent=2))
+    print(f"swap: {result['promotions']} promotions under {args.sessions} sessions: promotion → first token on the new "
+          f"version p50 {result['latency_p50_s']} s, max {result['latency_max_s']} s; {result['failed']} failed, "
+          f"{result['garbled']} garbled of {result['requests']} requests; TTFT p99 {result['ttft_p99_without_swaps_s']} s "
+          f"without swaps, {result['ttft_p99_during_swaps_s']} s during swaps")
+
+
+if __name__ == "__main__":
+    main()
