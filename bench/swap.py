@@ -114,6 +114,7 @@ def summarize(log: list[dict], promotions: list[dict], swaps_from: float) -> dic
     measured = sorted(x for x in latencies if x is not None)
     failed = [e for e in log if not e["ok"]]
     garbled = [e for e in log if e["ok"] and (not e["text"].strip() or "\ufffd" in e["text"])]
+    wrong = [e for e in log if e["ok"] and e["version"] not in possible_versions(e, promotions)]
     ttft = lambda during: [e["first"] - e["sent"] for e in log if e["first"] and (e["sent"] >= swaps_from) == during]  # noqa: E731
     return {"requests": len(log), "promotions": len(promotions),
             "promote_http": [p["status"] for p in promotions],
@@ -122,7 +123,17 @@ def summarize(log: list[dict], promotions: list[dict], swaps_from: float) -> dic
             "latency_p50_s": measured[len(measured) // 2] if measured else None,
             "latency_max_s": measured[-1] if measured else None,
             "failed": len(failed), "garbled": len(garbled), "failures": [e.get("error") for e in failed][:10],
+            "wrong_version": len(wrong),
             "ttft_p99_without_swaps_s": p99(ttft(False)), "ttft_p99_during_swaps_s": p99(ttft(True))}
+
+
+def possible_versions(entry: dict, promotions: list[dict]) -> set[str]:
+    """The versions the server may have chosen for a request: the one serving when it was sent, and any
+    that began serving between then and its first token (a promotion serves before its API reply)."""
+    until = entry["first"] or entry["sent"]
+    before = [p["version"] for p in promotions if p["replied"] <= entry["sent"]]
+    during = {p["version"] for p in promotions if p["sent"] <= until and p["replied"] > entry["sent"]}
+    return {before[-1] if before else "base"} | during
 
 
 def main() -> None:
@@ -148,7 +159,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     print(f"swap: {result['promotions']} promotions under {args.sessions} sessions: promotion → first token on the new "
           f"version p50 {result['latency_p50_s']} s, max {result['latency_max_s']} s; {result['failed']} failed, "
-          f"{result['garbled']} garbled of {result['requests']} requests; TTFT p99 {result['ttft_p99_without_swaps_s']} s "
+          f"{result['garbled']} garbled, {result['wrong_version']} on a wrong version of {result['requests']} requests; TTFT p99 {result['ttft_p99_without_swaps_s']} s "
           f"without swaps, {result['ttft_p99_during_swaps_s']} s during swaps")
 
 

@@ -146,6 +146,6 @@ async def listen(url: str, wake: asyncio.Event, retry_seconds: float = 5.0) -> N
                 wake.set()  # catch up on anything missed while not listening
                 async for _ in conn.notifies():
                     wake.set()
-        except psycopg.Error as exc:
+        except (psycopg.Error, OSError) as exc:
             log.warning("adapter change notifications lost (%s); polling until reconnected", exc)
             await asyncio.sleep(retry_seconds)
