@@ -161,3 +161,26 @@ def test_replicas_on_postgresql_follow_a_promotion_through_notify(settings, tmp_
         for store in stores:
             store.dispose()
         _drop_postgres(url)
+
+
+def test_an_answer_keeps_the_version_it_started_on_across_a_promotion(client, admin, any_store, settings, fake):
+    for version in ("v1", "v2"):
+        _register(any_store, settings.adapters_dir, version)
+    client.post("/api/admin/adapters/v1/promote", headers=admin["ada"])
+    fake.delay = 0.02
+    fake.enqueue(" ".join(f"word{i}" for i in range(60)), "short answer")
+    with client.websocket_connect("/ws/chat") as ws:
+        ws.send_json({"type": "user_message", "text": "a long question"})
+        frames = [ws.receive_json(), ws.receive_json()]
+        assert [f["type"] for f in frames] == ["session", "token"]  # streaming on v1
+        assert client.post("/api/admin/adapters/v2/promote", headers=admin["ada"]).json()["serving"] == "v2"
+        while frames[-1]["type"] != "done":
+            frames.append(ws.receive_json())
+        assert frames[-1]["adapter_version"] == "v1" and len(frames) == 2 + 60  # finished on v1, whole
+        ws.send_json({"type": "user_message", "text": "and now?"})
+        done = next(f for f in iter(ws.receive_json, None) if f["type"] == "done")
+        assert done["adapter_version"] == "v2"
+        session_id = frames[0]["session_id"]
+    transcript = client.get(f"/api/sessions/{session_id}").json()
+    assert [(m["role"], m["adapter_version"]) for m in transcript["messages"] if m["role"] == "assistant"] == \
+        [("assistant", "v1"), ("assistant", "v2")]
