@@ -159,8 +159,8 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     print(f"swap: {result['promotions']} promotions under {args.sessions} sessions: promotion → first token on the new "
           f"version p50 {result['latency_p50_s']} s, max {result['latency_max_s']} s; {result['failed']} failed, "
-          f"{result['garbled']} garbled, {result['wrong_version']} on a wrong version of {result['requests']} requests; TTFT p99 {result['ttft_p99_without_swaps_s']} s "
-          f"without swaps, {result['ttft_p99_during_swaps_s']} s during swaps")
+          f"{result['garbled']} garbled, {result['wrong_version']} on a wrong version of {result['requests']} requests; "
+          f"TTFT p99 {result['ttft_p99_without_swaps_s']} s without swaps, {result['ttft_p99_during_swaps_s']} s during swaps")
 
 
 if __name__ == "__main__":

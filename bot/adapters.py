@@ -62,13 +62,14 @@ class AdapterManager:
         to the store (in a thread) and serve it; if the commit fails, the version is unloaded again."""
         async with self.lock:
             started = time.perf_counter()
-            if path is not None and version != self.active_version:
+            load = path is not None and version != self.active_version
+            if load:
                 await self._loadable(version)
                 await self.engine.load_adapter(version, path)
             try:
                 result = await asyncio.to_thread(commit)
             except BaseException:
-                if path is not None and version != self.active_version:
+                if load:
                     await self.engine.unload_adapter(version)
                 raise
             self.refused.pop(version, None)

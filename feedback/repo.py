@@ -9,8 +9,8 @@ from sqlalchemy import text, update
 from sqlmodel import Session, func, select
 
 from feedback.models import (
-    BASE_VERSION, Adapter, AdapterActivation, AdapterStatus, Conversation, Correction, CorrectionStatus, Feedback, Handoff, HandoffStatus,
-    Message, Reason, Role, Staff, StaffAction, StaffRole, Thumb, utcnow,
+    BASE_VERSION, Adapter, AdapterActivation, AdapterStatus, Conversation, Correction, CorrectionStatus, Feedback,
+    Handoff, HandoffStatus, Message, Reason, Role, Staff, StaffAction, StaffRole, Thumb, utcnow,
 )
 from feedback.tokens import hash_token, new_token
 
@@ -362,15 +362,16 @@ def register_adapter(session: Session, *, version: str, path: str, base_model: s
 
 
 def active_version(session: Session) -> str:
-    row = session.exec(select(Adapter).where(Adapter.status == AdapterStatus.active)).first()
+    row = active_adapter(session)
     return row.version if row else BASE_VERSION
 
 
 def set_active(session: Session, version: str, *, action: str, actor: str, staff_id: int | None = None,
                forced: bool = False) -> AdapterActivation:
     """Make `version` the one active version and record it (no commit: the caller's transaction)."""
-    previous = active_version(session)
-    for old in session.exec(select(Adapter).where(Adapter.status == AdapterStatus.active)):
+    actives = list(session.exec(select(Adapter).where(Adapter.status == AdapterStatus.active)))
+    previous = actives[0].version if actives else BASE_VERSION
+    for old in actives:
         old.status = AdapterStatus.retired
         session.add(old)
     if version != BASE_VERSION:

@@ -8,8 +8,10 @@ import json
 
 from sqlmodel import Session, func, select
 
-from feedback.models import BASE_VERSION, Adapter, AdapterActivation, AdapterStatus, Feedback, Message, Role, Thumb
-from feedback.repo import Conflict, NotFound, active_version, set_active
+from feedback.models import (
+    BASE_VERSION, Adapter, AdapterActivation, AdapterStatus, Feedback, Message, Role, Staff, Thumb,
+)
+from feedback.repo import Conflict, NotFound, active_version, audit_action, set_active
 
 
 def check_promotion(session: Session, version: str, *, force: bool = False) -> bool:
@@ -24,30 +26,37 @@ def check_promotion(session: Session, version: str, *, force: bool = False) -> b
     return rejected
 
 
-def promote(session: Session, version: str, *, actor: str, staff_id: int | None = None,
-            force: bool = False) -> AdapterActivation:
-    """Make `version` active (see `check_promotion` for what is refused; nothing changes then)."""
+def promote(session: Session, version: str, *, actor: str | Staff, force: bool = False) -> AdapterActivation:
+    """Make `version` active (see `check_promotion` for what is refused; nothing changes then). `actor`:
+    a staff member (also written to the audit trail) or a name such as 'cli'."""
     forced = check_promotion(session, version, force=force)
-    activation = set_active(session, version, action="promote", actor=actor, staff_id=staff_id, forced=forced)
-    session.commit()
-    session.refresh(activation)
-    return activation
+    return _commit(session, set_active(session, version, action="promote", forced=forced, **_who(actor)), actor)
 
 
-def previous_version(session: Session) -> str | None:
-    """The version that was active before the active one, or None if there was none."""
+def rollback_target(session: Session) -> str:
+    """The version that was active before the active one (Conflict if there was none)."""
     current = active_version(session)
     last = session.exec(select(AdapterActivation).where(AdapterActivation.version == current)
                         .order_by(AdapterActivation.id.desc())).first()
-    return last.previous if last is not None and last.previous != current else None
-
-
-def rollback(session: Session, *, actor: str, staff_id: int | None = None) -> AdapterActivation:
-    """Make the previously active version active again (Conflict if there is none)."""
-    previous = previous_version(session)
-    if previous is None:
+    if last is None or last.previous == current:
         raise Conflict("there is no previous version to roll back to")
-    activation = set_active(session, previous, action="rollback", actor=actor, staff_id=staff_id)
+    return last.previous
+
+
+def rollback(session: Session, *, actor: str | Staff) -> AdapterActivation:
+    """Make the previously active version active again (Conflict if there is none)."""
+    return _commit(session, set_active(session, rollback_target(session), action="rollback", **_who(actor)), actor)
+
+
+def _who(actor: str | Staff) -> dict:
+    return {"actor": actor.name, "staff_id": actor.id} if isinstance(actor, Staff) else {"actor": actor}
+
+
+def _commit(session: Session, activation: AdapterActivation, actor: str | Staff) -> AdapterActivation:
+    """One transaction: the change, its history row and, for staff, the audit trail."""
+    if isinstance(actor, Staff):
+        audit_action(session, actor, f"adapter.{activation.action}", activation.version,
+                     previous=activation.previous, forced=activation.forced)
     session.commit()
     session.refresh(activation)
     return activation

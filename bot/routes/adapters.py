@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from bot.deps import AdminDep, SessionDep
 from bot.generator import AdapterError
-from feedback import repo, versions
+from feedback import versions
 from feedback.db import Store
 from feedback.models import AdapterActivation, Staff
 
@@ -71,20 +71,12 @@ def _path(store: Store, version: str) -> str | None:
 
 def _rollback_target(store: Store) -> str:
     with store.session() as session:
-        previous = versions.previous_version(session)
-    if previous is None:
-        raise repo.Conflict("there is no previous version to roll back to")
-    return previous
+        return versions.rollback_target(session)
 
 
 def _apply(store: Store, admin: Staff, change: Callable[..., AdapterActivation], *args, **kwargs) -> AdapterActivation:
     with store.session() as session:
-        activation = change(session, *args, actor=admin.name, staff_id=admin.id, **kwargs)
-        repo.audit_action(session, admin, f"adapter.{activation.action}", activation.version,
-                          previous=activation.previous, forced=activation.forced)
-        session.commit()
-        session.refresh(activation)
-        return activation
+        return change(session, *args, actor=admin, **kwargs)
 
 
 async def _switch(request: Request, version: str, path: str | None, commit: Callable[[], AdapterActivation]) -> Activation:
