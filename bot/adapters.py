@@ -1,44 +1,71 @@
-"""The adapter manager: notices the active version in the store, validates and loads it, swaps.
+"""The adapter manager: follows what the store says to serve (the active version, a canary, new
+candidates), validates and loads versions, swaps, and applies the canary rule.
 
-Polling the store is the mechanism for now. A refused version is remembered and not retried; the
-live version keeps serving and the reason is logged. A promotion or rollback through this server's
-admin API (`switch`) loads and validates the version *before* the store changes, so a refused one
-changes nothing, and swaps at once instead of at the next poll."""
+Versions are loaded next to each other under their own names: the active one, the canary, the newest
+candidates (loaded ahead, so promoting one only flips the version) and recently used ones (so a rollback
+is a flip too), up to `max_loaded`; beyond that the least recently used go, never the active version,
+the canary or a preloaded candidate, once the requests using them are done. A refused version is
+remembered and not retried by the poll; the live version keeps serving and the reason is logged. A
+change through this server's admin API (`change`) loads and validates the version *before* the store
+changes, so a refused one changes nothing, and applies it at once instead of at the next poll."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 from bot.engine import Engine
 from bot.generator import AdapterError
-from feedback import repo
+from feedback import canary, repo, versions
 from feedback.db import Store
 from feedback.models import BASE_VERSION
+from feedback.versions import CanaryTarget, ServingState, Target
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def in_canary(target: CanaryTarget, session_id: str, session_started: datetime) -> bool:
+    """Whether a session goes to the canary: started since the canary did, and in its share of sessions
+    by a hash of the canary and session ids (so a session keeps its version while the canary runs and a
+    higher percentage keeps the sessions already in it)."""
+    digest = hashlib.blake2b(f"{target.id}:{session_id}".encode(), digest_size=8).digest()
+    return session_started >= target.started_at and int.from_bytes(digest) % 10_000 < target.percent * 100
+
+
 class AdapterManager:
-    def __init__(self, engine: Engine, store: Store, adapters_dir: Path, poll_seconds: float,
-                 on_swap: Callable[[str, float], None] = lambda _version, _seconds: None) -> None:
-        self.engine, self.store, self.on_swap = engine, store, on_swap
-        self.adapters_dir, self.poll_seconds = Path(adapters_dir), poll_seconds
+    def __init__(self, engine: Engine, store: Store, adapters_dir: Path, poll_seconds: float, max_loaded: int = 4,
+                 on_swap: Callable[[str, float], None] = lambda _version, _seconds: None,
+                 on_canary_rollback: Callable[[], None] = lambda: None) -> None:
+        self.engine, self.store, self.on_swap, self.on_canary_rollback = engine, store, on_swap, on_canary_rollback
+        self.adapters_dir, self.poll_seconds, self.max_loaded = Path(adapters_dir), poll_seconds, max_loaded
         self.active_version = BASE_VERSION
+        self.canary: CanaryTarget | None = None
+        self.loaded: OrderedDict[str, None] = OrderedDict()  # versions in the engine, least recently used first
         self.refused: dict[str, str] = {}
         self.synced = False  # True once the store's active version has been looked at (and loaded)
-        self.lock = asyncio.Lock()  # one change of version at a time (the poll, or the admin API)
+        self.lock = asyncio.Lock()  # one change at a time (the poll, or the admin API)
         self.retiring: dict[str, asyncio.Task] = {}  # versions being unloaded once their requests are done
 
-    def _wanted(self) -> tuple[str, Path | None]:
+    def version_for(self, session_id: str, session_started: datetime) -> str:
+        """The version answering the next message of a session: the canary's for its share of the
+        sessions started since it began, else the active one."""
+        target = self.canary
+        version = target.version if target and in_canary(target, session_id, session_started) else self.active_version
+        if version in self.loaded:
+            self.loaded.move_to_end(version)
+        return version
+
+    def _state(self) -> ServingState:
         with self.store.session() as session:
-            row = repo.active_adapter(session)
-        return (BASE_VERSION, None) if row is None else (row.version, self.local_path(row.version, row.path))
+            return versions.serving_state(session, candidates=max(0, self.max_loaded - 2))
 
     def local_path(self, version: str, path: str | None) -> Path | None:
         """This server's copy of an adapter's folder if it has one, else the registered path."""
@@ -48,57 +75,82 @@ class AdapterManager:
         return local if local.is_dir() else Path(path)
 
     async def sync_once(self) -> bool:
-        """Swap to the store's active version if it changed; True when a swap happened."""
+        """Serve what the store says (loading new candidates ahead); True when the active version changed."""
         async with self.lock:
-            version, path = await asyncio.to_thread(self._wanted)
-            swapped = version != self.active_version and version not in self.refused and await self._load(version, path)
+            started = time.perf_counter()
+            swapped = await self._apply(await asyncio.to_thread(self._state), started, preload=True)
         if not self.synced:
             log.info("ready: serving adapter %s", self.active_version)
         self.synced = True
         return swapped
 
-    async def switch(self, version: str, path: Path | None, commit: Callable[[], T]) -> T:
-        """Load and validate `version` (AdapterError: refused, nothing changed), then `commit` the change
-        to the store (in a thread) and serve it; if the commit fails, the version is unloaded again."""
+    async def change(self, commit: Callable[[], T], version: str | None = None, path: Path | None = None) -> T:
+        """Load and validate `version` if it is not loaded (AdapterError: refused, nothing changed), then
+        `commit` the change to the store (in a thread) and serve what the store says now."""
         async with self.lock:
             started = time.perf_counter()
-            load = path is not None and version != self.active_version
-            if load:
-                await self._loadable(version)
-                await self.engine.load_adapter(version, path)
-            try:
-                result = await asyncio.to_thread(commit)
-            except BaseException:
-                if load:
-                    await self.engine.unload_adapter(version)
-                raise
+            if version is not None and path is not None and version not in self.loaded:
+                await self._load(version, path)
+            result = await asyncio.to_thread(commit)
             self.refused.pop(version, None)
-            await self._serve(version, started)
+            await self._apply(await asyncio.to_thread(self._state), started, preload=False)
             return result
 
-    async def _load(self, version: str, path: Path | None) -> bool:
-        started = time.perf_counter()
-        if path is not None:
-            await self._loadable(version)
-            try:
-                await self.engine.load_adapter(version, path)
-            except AdapterError as exc:
-                self.refused[version] = str(exc)
-                log.error("refused adapter %s, still serving %s: %s", version, self.active_version, exc)
-                return False
-        await self._serve(version, started)
+    async def _apply(self, state: ServingState, started: float, *, preload: bool) -> bool:
+        swapped = state.active.version != self.active_version and await self._ensure(state.active)
+        if swapped:
+            self._serve(state.active.version, started)
+        self._set_canary(state.canary if state.canary and await self._ensure(state.canary) else None)
+        keep = {self.active_version, *(t.version for t in state.candidates)} | ({self.canary.version} if self.canary else set())
+        for target in state.candidates if preload else ():
+            if target.version in self.loaded or self._room(keep):
+                await self._ensure(target)
+        self._evict(keep)
+        return swapped
+
+    async def _ensure(self, target: Target) -> bool:
+        """Whether `target` can serve: `base`, loaded, or loaded now (False if refused, now or before)."""
+        if target.version == BASE_VERSION or target.version in self.loaded:
+            return True
+        if target.version in self.refused:
+            return False
+        try:
+            await self._load(target.version, self.local_path(target.version, target.path))
+        except AdapterError as exc:
+            self.refused[target.version] = str(exc)
+            log.error("refused adapter %s, still serving %s: %s", target.version, self.active_version, exc)
+            return False
         return True
 
-    async def _serve(self, version: str, started: float) -> None:
-        """New requests go to `version` (already loaded); the previous version is unloaded once the
-        requests still using it are done. `on_swap` hears how long the swap took from `started`."""
+    async def _load(self, version: str, path: Path) -> None:
+        task = self.retiring.get(version)  # a version being unloaded is loaded again only once that is done
+        if task is not None:
+            await asyncio.shield(task)
+        await self.engine.load_adapter(version, path)
+        self.loaded[version] = None
+
+    def _serve(self, version: str, started: float) -> None:
+        """New requests go to `version` (already loaded); `on_swap` hears how long it took from `started`."""
         previous, self.active_version = self.active_version, version
-        if previous == version:
-            return
         self.on_swap(version, time.perf_counter() - started)
         log.info("now serving adapter %s (was %s)", version, previous)
-        if previous != BASE_VERSION:  # in the background: the next swap need not wait for the drain
-            self.retiring[previous] = asyncio.create_task(self._unload(previous))
+
+    def _set_canary(self, target: CanaryTarget | None) -> None:
+        if target != self.canary:
+            log.info("canary: %s", "none" if target is None else f"{target.version} for {target.percent:g} % of new sessions")
+        self.canary = target
+
+    def _room(self, keep: set[str]) -> bool:
+        """Whether one more version fits, possibly by unloading one that need not stay."""
+        return len(self.loaded) < self.max_loaded or any(v not in keep for v in self.loaded)
+
+    def _evict(self, keep: set[str]) -> None:
+        """Unload the least recently used versions beyond `max_loaded`, in the background (each once the
+        requests using it are done), never one in `keep`."""
+        excess = len(self.loaded) - self.max_loaded
+        for version in [v for v in self.loaded if v not in keep][:max(0, excess)]:
+            del self.loaded[version]
+            self.retiring[version] = asyncio.create_task(self._unload(version))
 
     async def _unload(self, version: str) -> None:
         try:
@@ -108,21 +160,22 @@ class AdapterManager:
         finally:
             self.retiring.pop(version, None)
 
-    async def _loadable(self, version: str) -> None:
-        """A version being unloaded is loaded again only once that is done."""
-        task = self.retiring.get(version)
-        if task is not None:
-            await asyncio.shield(task)
+    def _judge_canary(self) -> bool:
+        with self.store.session() as session:
+            return canary.auto_rollback(session) is not None
 
     async def run(self) -> None:
         """Follow the store: poll every `poll_seconds`, and on PostgreSQL also wake at once when any
-        process changes the active version (LISTEN/NOTIFY)."""
+        process changes what is served (LISTEN/NOTIFY); apply the canary rule at every poll."""
         wake = asyncio.Event()
         listener = asyncio.create_task(listen(self.store.url, wake)) if self.store.url.startswith("postgresql") else None
         try:
             while True:
                 try:
                     await self.sync_once()
+                    if self.canary is not None and await asyncio.to_thread(self._judge_canary):
+                        self.on_canary_rollback()
+                        continue  # serve without it at once
                 except Exception:  # noqa: BLE001 — a store hiccup must not stop the watcher
                     log.exception("adapter sync failed; retrying")
                 with contextlib.suppress(TimeoutError):

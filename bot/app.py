@@ -49,8 +49,10 @@ def _lifespan(settings: Settings, generator: Generator, store: Store | None):
         state.store = store or open_store(settings.db_url)
         state.votes = VoteWriter(state.store)
         state.engine = Engine(generator)
-        state.adapters = AdapterManager(state.engine, state.store, settings.adapters_dir,
-                                        settings.adapter_poll_seconds, on_swap=lambda _v, seconds: state.metrics.swapped(seconds))
+        state.adapters = AdapterManager(state.engine, state.store, settings.adapters_dir, settings.adapter_poll_seconds,
+                                        settings.max_loaded_adapters,
+                                        on_swap=lambda _v, seconds: state.metrics.swapped(seconds),
+                                        on_canary_rollback=lambda: state.metrics.canary_rollbacks.inc())
         state.metrics = Metrics(generator.stats, lambda: state.adapters.active_version)
         state.limits = ClientLimits(settings.rate_limit, settings.max_sessions_per_client)
         state.chat = ChatService(settings, state.store, state.engine, state.adapters, state.metrics, state.limits)

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
+from datetime import datetime
 
 from bot.adapters import AdapterManager
 from bot.engine import Engine
@@ -84,15 +85,16 @@ class ChatService:
         (an unknown id is never adopted: ids are made by the server)."""
         return await asyncio.to_thread(self._open, session_id)
 
-    def _record_user(self, session_id: str, text: str) -> tuple[list[dict], str]:
-        """Store the customer's message; the conversation so far as chat messages, and the new id."""
+    def _record_user(self, session_id: str, text: str) -> tuple[list[dict], str, datetime]:
+        """Store the customer's message; the conversation so far as chat messages, the new id, and when
+        the session started."""
         with self.store.session() as session:
             conversation = repo.get_or_create_conversation(
                 session, conversation_id=session_id, system_prompt=self.settings.system_prompt)
             message = repo.add_message(session, conversation_id=conversation.id, role=Role.user, text=text)
             history = repo.list_messages(session, conversation_id=conversation.id)
         system = [{"role": "system", "content": conversation.system_prompt}] if conversation.system_prompt else []
-        return system + [{"role": m.role.value, "content": m.text} for m in history], message.id
+        return system + [{"role": m.role.value, "content": m.text} for m in history], message.id, conversation.created_at
 
     def _forget(self, message_id: str) -> None:
         with self.store.session() as session:
@@ -110,8 +112,8 @@ class ChatService:
         text = self.check_text(text, api)
         self.admit(client, api)
         started = time.perf_counter()
-        messages, user_message_id = await asyncio.to_thread(self._record_user, session_id, text)
-        request = GenerationRequest(messages, adapter_version=self.adapters.active_version,
+        messages, user_message_id, session_started = await asyncio.to_thread(self._record_user, session_id, text)
+        request = GenerationRequest(messages, adapter_version=self.adapters.version_for(session_id, session_started),
                                     max_new_tokens=self.settings.max_new_tokens,
                                     temperature=self.settings.temperature)
         async with aclosing(self._generate(session_id, user_message_id, request, started, api)) as stream:

@@ -22,6 +22,8 @@ class Metrics:
         self.swap_seconds = Histogram("supportloop_adapter_swap_seconds", "From deciding to swap (a poll or "
                                       "notification seeing a new version, or an admin request) to serving it: "
                                       "load, validation, probe", buckets=LATENCY_BUCKETS, registry=registry)
+        self.canary_rollbacks = Counter("supportloop_canary_rollbacks", "Canaries rolled back automatically "
+                                        "by this server (thumbs-down rate significantly worse)", registry=registry)
         Gauge("supportloop_queue_depth", "Requests waiting for a batch slot",
               registry=registry).set_function(lambda: stats().get("queue_depth", 0))
         Gauge("supportloop_batch_size", "Requests in the running batch",

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
                                     "must not regress on (the evaluation gate); optional")
     adapter_poll_seconds: float = Field(2.0, gt=0, description="how often the server checks the "
                                         "store for a newly promoted adapter")
+    max_loaded_adapters: int = Field(4, ge=1, description="adapter versions kept loaded (least recently used go "
+                                     "first; never the active one, a canary or one of the newest candidates)")
 
     def as_env(self) -> dict[str, str]:
         """These settings as `SUPPORTLOOP_*` variables, for a child process (a training round)."""

@@ -203,3 +203,21 @@ class TrainLock(SQLModel, table=True):
     pid: int
     acquired_at: datetime = Field(default_factory=utcnow)
     heartbeat_at: datetime = Field(default_factory=utcnow)
+
+
+class Canary(SQLModel, table=True):
+    """A candidate version served to `percent` % of the sessions started while it runs (chosen by a
+    hash of the session id, so a session keeps its version). At most one runs (`ended_at` is None);
+    `outcome` says how it ended: stopped, promoted, replaced or rolled back (automatically, with the
+    vote counts and p-value in `detail_json`)."""
+    id: int | None = Field(default=None, primary_key=True)
+    version: str = Field(max_length=128)
+    percent: float
+    actor: str = Field(max_length=128)
+    staff_id: int | None = Field(default=None, foreign_key="staff.id")
+    forced: bool = False
+    started_at: datetime = Field(default_factory=utcnow, index=True)
+    ended_at: datetime | None = None
+    outcome: str | None = Field(default=None, max_length=32)
+    ended_by: str | None = Field(default=None, max_length=128)
+    detail_json: str = "{}"

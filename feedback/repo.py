@@ -9,13 +9,13 @@ from sqlalchemy import text, update
 from sqlmodel import Session, func, select
 
 from feedback.models import (
-    BASE_VERSION, Adapter, AdapterActivation, AdapterStatus, Conversation, Correction, CorrectionStatus, Feedback,
+    BASE_VERSION, Adapter, AdapterActivation, AdapterStatus, Canary, Conversation, Correction, CorrectionStatus, Feedback,
     Handoff, HandoffStatus, Message, Reason, Role, Staff, StaffAction, StaffRole, Thumb, utcnow,
 )
 from feedback.tokens import hash_token, new_token
 
 
-ADAPTER_CHANNEL = "supportloop_adapters"  # PostgreSQL NOTIFY channel: the active version changed
+ADAPTER_CHANNEL = "supportloop_adapters"  # PostgreSQL NOTIFY channel: what servers serve changed
 
 
 class NotFound(LookupError):
@@ -348,6 +348,8 @@ def register_adapter(session: Session, *, version: str, path: str, base_model: s
                      activate: bool, datasets: dict | None = None, rejected: bool = False) -> Adapter:
     """Insert an adapter row; with `activate`, it becomes the one active version in one commit. A
     `rejected` one (the gate refused it) is kept for inspection and never activated."""
+    if activate:
+        lock_versions(session)
     adapter = Adapter(version=version, path=path, parent=parent, base_model=base_model,
                       dataset_hash=dataset_hash, metrics_json=json.dumps(metrics),
                       datasets_json=json.dumps(datasets or {}))
@@ -357,6 +359,8 @@ def register_adapter(session: Session, *, version: str, path: str, base_model: s
     if activate and not rejected:
         session.flush()
         set_active(session, version, action="publish", actor="training round")
+    else:
+        notify_serving_change(session)  # servers preload new candidates so a promotion is a flip
     session.commit()
     return adapter
 
@@ -381,7 +385,35 @@ def set_active(session: Session, version: str, *, action: str, actor: str, staff
     activation = AdapterActivation(version=version, previous=previous, action=action, actor=actor,
                                    staff_id=staff_id, forced=forced)
     session.add(activation)
-    if session.get_bind().dialect.name == "postgresql":  # delivered at commit to every listening server
-        session.execute(text(f"NOTIFY {ADAPTER_CHANNEL}"))
+    notify_serving_change(session)
     return activation
+
+
+def lock_versions(session: Session) -> None:
+    """Serialize changes of what is served (promotions, rollbacks, canaries) across processes until
+    the transaction ends. Must be the transaction's first statement: on SQLite it takes the write lock
+    (waiting up to the busy timeout) before anything is read, so no change is decided on a stale read."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": ADAPTER_CHANNEL})
+    else:
+        session.execute(text("UPDATE adapteractivation SET id = id WHERE 1 = 0"))
+
+
+def notify_serving_change(session: Session) -> None:
+    """On PostgreSQL, tell every listening server at commit that the active version or canary changed."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"NOTIFY {ADAPTER_CHANNEL}"))
+
+
+def running_canary(session: Session) -> Canary | None:
+    return session.exec(select(Canary).where(Canary.ended_at.is_(None)).order_by(Canary.id.desc())).first()
+
+
+def end_canary(session: Session, canary: Canary, *, outcome: str, by: str, detail: dict | None = None) -> Canary:
+    """Mark `canary` ended (no commit: the caller's transaction)."""
+    canary.ended_at, canary.outcome, canary.ended_by = utcnow(), outcome, by
+    canary.detail_json = json.dumps(detail or {})
+    session.add(canary)
+    notify_serving_change(session)
+    return canary
 

@@ -5,13 +5,17 @@ row; the servers follow the store (`bot.adapters`)."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlmodel import Session, func, select
 
 from feedback.models import (
     BASE_VERSION, Adapter, AdapterActivation, AdapterStatus, Feedback, Message, Role, Staff, Thumb,
 )
-from feedback.repo import Conflict, NotFound, active_version, audit_action, set_active
+from feedback.repo import (
+    Conflict, NotFound, active_adapter, active_version, audit_action, end_canary, lock_versions, running_canary, set_active,
+)
 
 
 def check_promotion(session: Session, version: str, *, force: bool = False) -> bool:
@@ -29,6 +33,7 @@ def check_promotion(session: Session, version: str, *, force: bool = False) -> b
 def promote(session: Session, version: str, *, actor: str | Staff, force: bool = False) -> AdapterActivation:
     """Make `version` active (see `check_promotion` for what is refused; nothing changes then). `actor`:
     a staff member (also written to the audit trail) or a name such as 'cli'."""
+    lock_versions(session)
     forced = check_promotion(session, version, force=force)
     return _commit(session, set_active(session, version, action="promote", forced=forced, **_who(actor)), actor)
 
@@ -45,6 +50,7 @@ def rollback_target(session: Session) -> str:
 
 def rollback(session: Session, *, actor: str | Staff) -> AdapterActivation:
     """Make the previously active version active again (Conflict if there is none)."""
+    lock_versions(session)
     return _commit(session, set_active(session, rollback_target(session), action="rollback", **_who(actor)), actor)
 
 
@@ -53,7 +59,11 @@ def _who(actor: str | Staff) -> dict:
 
 
 def _commit(session: Session, activation: AdapterActivation, actor: str | Staff) -> AdapterActivation:
-    """One transaction: the change, its history row and, for staff, the audit trail."""
+    """One transaction: the change, its history row, the end of a canary of the version that is now
+    active (outcome `promoted`) and, for staff, the audit trail."""
+    canary = running_canary(session)
+    if canary is not None and canary.version == activation.version:
+        end_canary(session, canary, outcome="promoted", by=activation.actor)
     if isinstance(actor, Staff):
         audit_action(session, actor, f"adapter.{activation.action}", activation.version,
                      previous=activation.previous, forced=activation.forced)
@@ -68,8 +78,9 @@ def path_of(session: Session, version: str) -> str | None:
 
 
 def versions(session: Session) -> list[dict]:
-    """`base` and every adapter, newest first after base: status, parent, metrics, and live stats
-    (answers served, thumbs up and down, thumbs-up rate)."""
+    """`base` and every adapter, newest first after base: status, parent, metrics, live stats (answers
+    served, thumbs up and down, thumbs-up rate), and the percentage of new sessions it answers as the
+    running canary (None when it is not one)."""
     stats = _live_stats(session)
     active = active_version(session)
     rows = [{"version": BASE_VERSION, "status": "active" if active == BASE_VERSION else "available",
@@ -78,8 +89,10 @@ def versions(session: Session) -> list[dict]:
         rows.append({"version": adapter.version, "status": adapter.status.value, "parent": adapter.parent,
                      "created_at": adapter.created_at, "activated_at": adapter.activated_at,
                      "metrics": json.loads(adapter.metrics_json), "datasets": json.loads(adapter.datasets_json)})
+    canary = running_canary(session)
     for row in rows:
         row["live"] = stats.get(row["version"], _rate(0, 0, 0))
+        row["canary_percent"] = canary.percent if canary is not None and canary.version == row["version"] else None
     return rows
 
 
@@ -105,3 +118,37 @@ def _live_stats(session: Session) -> dict[str, dict]:
 def _rate(messages: int, up: int, down: int) -> dict:
     return {"messages": messages, "thumbs_up": up, "thumbs_down": down,
             "thumbs_up_rate": round(up / (up + down), 4) if up + down else None}
+
+
+@dataclass(frozen=True)
+class Target:
+    version: str
+    path: str | None  # None for `base`
+
+
+@dataclass(frozen=True)
+class CanaryTarget(Target):
+    id: int
+    percent: float
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """What servers should serve: the active version, the running canary, and the newest candidates
+    (loaded ahead so that promoting one only flips the version)."""
+    active: Target
+    canary: CanaryTarget | None
+    candidates: tuple[Target, ...]
+
+
+def serving_state(session: Session, *, candidates: int) -> ServingState:
+    active = active_adapter(session)
+    canary = running_canary(session)
+    newest = session.exec(select(Adapter).where(Adapter.status == AdapterStatus.candidate)
+                          .order_by(Adapter.created_at.desc(), Adapter.id.desc()).limit(candidates)) if candidates else []
+    return ServingState(
+        active=Target(BASE_VERSION, None) if active is None else Target(active.version, active.path),
+        canary=None if canary is None else CanaryTarget(canary.version, path_of(session, canary.version), canary.id,
+                                                        canary.percent, canary.started_at),
+        candidates=tuple(Target(a.version, a.path) for a in newest))

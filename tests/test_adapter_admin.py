@@ -3,6 +3,8 @@ stats, promote (validated before the store changes), rollback, `base` as a versi
 did what, and bad input that changes nothing."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
@@ -20,9 +22,19 @@ def fake() -> FakeGenerator:
 
 
 @pytest.fixture
-def client(settings, any_store, fake):
-    with TestClient(create_app(settings, generator=fake, store=any_store)) as client:
-        wait_until(lambda: client.get("/readyz").status_code == 200)
+def serve(settings, any_store, fake):
+    """A ready server on the test store and fake generator, with `settings` changed by `update`."""
+    @contextmanager
+    def serve(**update):
+        with TestClient(create_app(settings.model_copy(update=update), generator=fake, store=any_store)) as client:
+            wait_until(lambda: client.get("/readyz").status_code == 200)
+            yield client
+    return serve
+
+
+@pytest.fixture
+def client(serve):
+    with serve() as client:
         yield client
 
 
@@ -49,9 +61,14 @@ def _state(client, headers) -> tuple[str, str]:
     return listed["active"], listed["serving"]
 
 
-def test_promote_and_rollback_swap_at_once_and_keep_the_history(client, admin, any_store, settings, fake):
+def test_promote_and_rollback_swap_at_once_and_keep_the_history(serve, admin, any_store, settings, fake):
     for version in ("v1", "v2"):
         _register(any_store, settings.adapters_dir, version)
+    with serve(max_loaded_adapters=1) as client:  # one adapter loaded at most, besides the active one
+        _promote_and_roll_back(client, admin, any_store, fake)
+
+
+def _promote_and_roll_back(client, admin, any_store, fake) -> None:
     promoted = client.post("/api/admin/adapters/v1/promote", headers=admin["ada"])
     assert promoted.status_code == 200, promoted.text
     assert promoted.json() | {"created_at": None} == {"version": "v1", "previous": "base", "action": "promote",
@@ -63,9 +80,9 @@ def test_promote_and_rollback_swap_at_once_and_keep_the_history(client, admin, a
     back = client.post("/api/admin/adapters/rollback", headers=admin["ada"]).json()
     assert (back["version"], back["previous"], back["action"], back["serving"]) == ("v1", "v2", "rollback", "v1")
     assert client.post("/api/chat", json={"message": "hi"}).json()["adapter_version"] == "v1"
+    wait_until(lambda: list(fake.adapters) == ["v1"])
     to_base = client.post("/api/admin/adapters/base/promote", headers=admin["ada"]).json()
-    assert to_base["serving"] == "base"
-    wait_until(lambda: fake.adapters == {})
+    assert to_base["serving"] == "base" and list(fake.adapters) == ["v1"]  # kept loaded: within the cap
     with any_store.session() as s:
         history = [(a.version, a.previous, a.action) for a in s.exec(select(AdapterActivation).order_by(AdapterActivation.id))]
         audit = [a.action for a in repo.list_actions(s)]
@@ -105,7 +122,8 @@ def test_bad_requests_change_nothing(client, admin, any_store, settings, fake):
         assert reply.status_code == status and reason in reply.json()["detail"], (url, reply.text)
     assert client.post("/api/admin/adapters/v1/promote", headers=admin["bob"]).status_code == 403  # agents cannot
     assert client.post("/api/admin/adapters/v1/promote").status_code == 401
-    assert _state(client, admin["ada"]) == ("base", "base") and fake.adapters == {}
+    assert _state(client, admin["ada"]) == ("base", "base")
+    assert "v-broken" not in fake.adapters and "v-gated" not in fake.adapters  # refused or never tried: no trace
     with any_store.session() as s:
         assert s.exec(select(AdapterActivation)).all() == []
 

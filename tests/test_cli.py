@@ -23,7 +23,8 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("args, expected", [
     ((), "serve"), (("serve",), "--port"), (("model", "pull"), "SUPPORTLOOP_MODEL_CACHE"),
     (("staff", "add"), "--role"), (("train",), "--epochs"), (("db", "upgrade"), "--revision"),
-    (("export",), "--since"), (("adapters", "promote"), "--force"), (("adapters", "list"), "--json")])
+    (("export",), "--since"), (("adapters", "promote"), "--force"), (("adapters", "list"), "--json"),
+    (("adapters", "canary"), "percent"), (("adapters", "stop-canary"), "end the running canary")])
 def test_every_command_has_help(args, expected):
     result = _run(*args, "--help")
     assert result.returncode == 0 and expected in result.stdout
@@ -62,9 +63,9 @@ def test_missing_model_gives_clear_error(tmp_path):
 def test_db_upgrade_migrates_and_is_repeatable(tmp_path):
     env = {"SUPPORTLOOP_DATABASE_URL": f"sqlite:///{tmp_path / 'ops.db'}"}
     first = _run("db", "upgrade", env=env)
-    assert first.returncode == 0 and "schema empty → 0004" in first.stdout, first.stderr
+    assert first.returncode == 0 and "schema empty → 0005" in first.stdout, first.stderr
     again = _run("db", "upgrade", env=env)
-    assert again.returncode == 0 and "schema 0004 → 0004" in again.stdout
+    assert again.returncode == 0 and "schema 0005 → 0005" in again.stdout
     bad = _run("export", "--format", "csv", str(tmp_path / "x.jsonl"), env=env)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
@@ -90,3 +91,24 @@ def test_adapters_promote_and_rollback_from_the_command_line(tmp_path):
                                                                      ["v1", "retired"]]
     back = _run("adapters", "rollback", env=env)
     assert back.returncode == 0 and "v1 is now active" in back.stdout
+
+
+def test_adapters_canary_from_the_command_line(tmp_path):
+    env = {"SUPPORTLOOP_DATA_DIR": str(tmp_path)}
+    store = open_store(f"sqlite:///{tmp_path / 'supportloop.db'}")
+    with store.session() as session:
+        repo.register_adapter(session, version="v1", path="/a/v1", base_model="m", parent=None, dataset_hash=None,
+                              metrics={}, activate=False)
+    store.dispose()
+    for percent in ("150", "0"):
+        refused = _run("adapters", "canary", "v1", percent, env=env)
+        assert refused.returncode == 1 and "above 0 and at most 100" in refused.stderr
+    assert "no canary is running" in _run("adapters", "stop-canary", env=env).stderr
+    started = _run("adapters", "canary", "v1", "10", env=env)
+    assert started.returncode == 0 and "v1 answers 10 % of the sessions started from now on" in started.stdout
+    assert _run("adapters", "canary", "v1", "25", env=env).returncode == 0  # a new percentage, same canary
+    listing = _run("adapters", "list", env=env).stdout.splitlines()
+    assert listing[2].split()[:3] == ["v1", "canary", "25%"] and listing[1].split()[:2] == ["base", "active"]
+    stopped = _run("adapters", "stop-canary", env=env)
+    assert stopped.returncode == 0 and "canary of v1 stopped" in stopped.stdout
+    assert _run("adapters", "list", env=env).stdout.splitlines()[2].split()[:2] == ["v1", "candidate"]

@@ -1,24 +1,29 @@
 """The admin API for adapter versions (`base` is a version like the others):
-`GET /api/admin/adapters` lists them with manifest metrics and live stats; `POST .../{version}/promote`
-and `POST .../rollback` change the active version. This server loads and validates the version before
-the store changes (refused → 422 with the reason, nothing changes) and serves it at once; other servers
-on the same store follow it."""
+`GET /api/admin/adapters` lists them with manifest metrics and live stats, and the running canary with
+its verdict; `POST .../{version}/promote` and `POST .../rollback` change the active version;
+`POST .../{version}/canary` `{"percent": N}` starts a canary (or changes its percentage) and
+`POST .../canary/stop` ends it. This server loads and validates the version before the store changes
+(refused → 422 with the reason, nothing changes) and serves it at once; other servers on the same store
+follow it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from datetime import datetime
+from typing import TypeVar
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from bot.deps import AdminDep, SessionDep
 from bot.generator import AdapterError
-from feedback import versions
+from feedback import canary, repo, versions
 from feedback.db import Store
 from feedback.models import AdapterActivation, Staff
 
 router = APIRouter(prefix="/api/admin/adapters")
+T = TypeVar("T")
 
 
 class PromoteBody(BaseModel):
@@ -35,10 +40,41 @@ class Activation(BaseModel):
     serving: str = Field(description="the version this server serves new requests with now")
 
 
+class CanaryBody(BaseModel):
+    percent: float = Field(gt=0, le=100, description="the share of new sessions the candidate answers, in %")
+    force: bool = Field(False, description="also a version the evaluation gate rejected (recorded)")
+
+
 @router.get("")
 def list_adapters(request: Request, session: SessionDep, _admin: AdminDep) -> dict:
     return {"active": versions.active_version(session), "serving": request.app.state.adapters.active_version,
-            "versions": versions.versions(session)}
+            "canary": _canary_report(session), "versions": versions.versions(session)}
+
+
+def _canary_report(session) -> dict | None:
+    running = repo.running_canary(session)
+    if running is None:
+        return None
+    return canary.describe(running) | {"verdict": asdict(canary.evaluate(session, running)),
+                                       "rule": {"alpha": canary.ALPHA, "min_votes": canary.MIN_VOTES}}
+
+
+@router.post("/canary/stop")
+async def stop_canary(request: Request, admin: AdminDep) -> dict:
+    store: Store = request.app.state.store
+    stopped = await request.app.state.adapters.change(lambda: _apply(store, admin, canary.stop))
+    return canary.describe(stopped)
+
+
+@router.post("/{version}/canary")
+async def start_canary(version: str, body: CanaryBody, request: Request, admin: AdminDep) -> dict:
+    store: Store = request.app.state.store
+    path = await asyncio.to_thread(_canary_path, store, version, body)
+    manager = request.app.state.adapters
+    started = await _refusable(version, manager.change(
+        lambda: _apply(store, admin, canary.start, version, body.percent, force=body.force),
+        version, manager.local_path(version, path)))
+    return canary.describe(started)
 
 
 @router.post("/{version}/promote", response_model=Activation)
@@ -64,6 +100,12 @@ def _promotable_path(store: Store, version: str, force: bool) -> str | None:
         return versions.path_of(session, version)
 
 
+def _canary_path(store: Store, version: str, body: CanaryBody) -> str | None:
+    with store.session() as session:
+        canary.check_start(session, version, body.percent, force=body.force)
+        return versions.path_of(session, version)
+
+
 def _path(store: Store, version: str) -> str | None:
     with store.session() as session:
         return versions.path_of(session, version)
@@ -81,10 +123,13 @@ def _apply(store: Store, admin: Staff, change: Callable[..., AdapterActivation],
 
 async def _switch(request: Request, version: str, path: str | None, commit: Callable[[], AdapterActivation]) -> Activation:
     manager = request.app.state.adapters
-    local = manager.local_path(version, path)
-    try:
-        activation = await manager.switch(version, local, commit)
-    except AdapterError as exc:
-        raise HTTPException(422, f"version {version} was refused, nothing changed: {exc}") from None
+    activation = await _refusable(version, manager.change(commit, version, manager.local_path(version, path)))
     return Activation(**activation.model_dump(include={"version", "previous", "action", "actor", "forced", "created_at"}),
                       serving=manager.active_version)
+
+
+async def _refusable(version: str, change: Awaitable[T]) -> T:
+    try:
+        return await change
+    except AdapterError as exc:
+        raise HTTPException(422, f"version {version} was refused, nothing changed: {exc}") from None
