@@ -1,15 +1,17 @@
 """Hot-swap under load: the real server with SmolLM2, 16 websocket sessions chatting continuously,
 first without swaps, then while promotions happen through the admin API.
 
-Adapters: LoRA adapters with random (non-zero) weights made on the spot for the real base model, with
-a supportloop manifest, registered in the store as candidates. Measures, per promotion, the time from
-sending the promote request to the first token of an answer made by the new version (and the API's own
-reply time: load, validation and probe in every model worker); failed requests (error frames, broken
-connections) and garbled ones (empty text or U+FFFD), and answers made by a version that was not the
-active one when they were asked or the one just before; TTFT p99 with and without swaps.
-Prints JSON and one summary line.
+Adapters: one LoRA adapter per promotion, with random (non-zero) weights, made on the spot for the real
+base model with a supportloop manifest. Each is registered as a candidate one promotion ahead, as a
+training round leaves its candidate for review, so the server loads and validates it ahead and the
+promotion only flips the version; `--cold` registers each just before its promotion instead (loaded,
+validated and probed on promotion). Measures, per promotion, the time from sending the promote request
+to the first token of an answer made by the new version, and the API's own reply time; failed requests
+(error frames, broken connections) and garbled ones (empty text or U+FFFD), and answers made by a
+version that was not the active one when they were asked or the one just before; TTFT p99 with and
+without swaps. Prints JSON and one summary line.
 
-    .venv/bin/python bench/swap.py [--sessions 16] [--promotions 10] [--gap 4] [--baseline 20]
+    .venv/bin/python bench/swap.py [--sessions 16] [--promotions 10] [--gap 4] [--baseline 20] [--cold]
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import asyncio
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -31,29 +34,35 @@ FAQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dstc9-fa
 
 
 def make_adapters(data_dir: Path, base: Path, count: int) -> list[str]:
-    """`count` random LoRA adapters for `base`, registered as candidates in the store at `data_dir`."""
+    """`count` random LoRA adapters for `base` in the adapter folder at `data_dir` (not registered yet)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from feedback import repo
-    from feedback.db import open_store
-
-    adapters_dir, names = data_dir / "adapters", []
-    store = open_store(f"sqlite:///{data_dir / 'supportloop.db'}")
+    names = []
     for i in range(count):
         torch.manual_seed(i)
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-        name, folder = f"v{i + 1}-bench", adapters_dir / f"v{i + 1}-bench"
-        model.save_pretrained(folder)
-        (folder / "manifest.json").write_text(json.dumps({"base_model": {"id": base_model_id(base)}}))
-        with store.session() as session:
-            repo.register_adapter(session, version=name, path=str(folder), base_model=base_model_id(base), parent=None,
-                                  dataset_hash=None, metrics={}, activate=False)
+        name = f"v{i + 1}-bench"
+        model.save_pretrained(data_dir / "adapters" / name)
+        (data_dir / "adapters" / name / "manifest.json").write_text(json.dumps({"base_model": {"id": base_model_id(base)}}))
         names.append(name)
-    store.dispose()
     return names
+
+
+def register(data_dir: Path, version: str, base_id: str) -> None:
+    """Register a made adapter as a candidate, as a training round whose candidate awaits promotion does."""
+    from feedback import repo
+    from feedback.db import open_store
+
+    store = open_store(f"sqlite:///{data_dir / 'supportloop.db'}")
+    try:
+        with store.session() as session:
+            repo.register_adapter(session, version=version, path=str(data_dir / "adapters" / version),
+                                  base_model=base_id, parent=None, dataset_hash=None, metrics={}, activate=False)
+    finally:
+        store.dispose()
 
 
 async def chat(ws_url: str, questions: list[str], offset: int, stop: asyncio.Event, log: list[dict]) -> None:
@@ -86,16 +95,25 @@ async def promote(url: str, token: str, version: str) -> dict:
         return {"version": version, "sent": sent, "replied": time.monotonic(), "status": reply.status_code}
 
 
-async def run(url: str, token: str, versions: list[str], args) -> dict:
+async def run(url: str, token: str, versions: list[str], args, ahead: Callable[[str], None]) -> dict:
+    """Chat in `args.sessions` sessions; after `args.baseline` s, promote `versions` one by one, `args.gap` s
+    apart. `ahead(version)` registers a version: one promotion ahead (servers preload it, as they do a
+    new round's candidate), or with `args.cold` just before its promotion (it is loaded when promoted)."""
     questions = [json.loads(line)["question"] for line in FAQ.open()][::97][:32]
     ws_url = url.replace("http", "ws") + "/ws/chat"
     stop, log = asyncio.Event(), []
+    if not args.cold:
+        await asyncio.to_thread(ahead, versions[0])
     sessions = [asyncio.create_task(chat(ws_url, questions, k * 2, stop, log)) for k in range(args.sessions)]
     await asyncio.sleep(args.baseline)
     swaps_from = time.monotonic()
     promotions = []
-    for n in range(args.promotions):
-        promotions.append(await promote(url, token, versions[n % len(versions)]))
+    for n, version in enumerate(versions):
+        if args.cold:
+            await asyncio.to_thread(ahead, version)
+        promotions.append(await promote(url, token, version))
+        if not args.cold and n + 1 < len(versions):
+            await asyncio.to_thread(ahead, versions[n + 1])
         await asyncio.sleep(args.gap)
     stop.set()
     await asyncio.gather(*sessions)
@@ -142,22 +160,25 @@ def main() -> None:
     parser.add_argument("--promotions", type=int, default=10)
     parser.add_argument("--gap", type=float, default=4.0, help="seconds between promotions")
     parser.add_argument("--baseline", type=float, default=20.0, help="seconds of chat before the first promotion")
-    parser.add_argument("--adapters", type=int, default=3)
+    parser.add_argument("--cold", action="store_true", help="register each version just before its promotion, "
+                        "so that it is loaded and validated on promotion instead of ahead")
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="supportloop-swap-"))
     env = {"SUPPORTLOOP_DATA_DIR": str(data_dir), "SUPPORTLOOP_RATE_LIMIT": "100000/minute",
            "SUPPORTLOOP_MAX_SESSIONS_PER_CLIENT": "64", "SUPPORTLOOP_MAX_NEW_TOKENS": "48"}
     token = live.staff_token(env)
     settings = Settings()
-    versions = make_adapters(data_dir, resolve_base_model(settings.base_model, settings.model_cache), args.adapters)
+    base = resolve_base_model(settings.base_model, settings.model_cache)
+    versions = make_adapters(data_dir, base, args.promotions)
     proc, url = live.start_server(env)
     try:
-        result = asyncio.run(run(url, token, versions, args))
+        result = asyncio.run(run(url, token, versions, args, lambda v: register(data_dir, v, base_model_id(base))))
+        result["mode"] = "cold" if args.cold else "preloaded"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     print(json.dumps(result, indent=2))
-    print(f"swap: {result['promotions']} promotions under {args.sessions} sessions: promotion → first token on the new "
+    print(f"swap ({result['mode']}): {result['promotions']} promotions under {args.sessions} sessions: promotion → first token on the new "
           f"version p50 {result['latency_p50_s']} s, max {result['latency_max_s']} s; {result['failed']} failed, "
           f"{result['garbled']} garbled, {result['wrong_version']} on a wrong version of {result['requests']} requests; "
           f"TTFT p99 {result['ttft_p99_without_swaps_s']} s without swaps, {result['ttft_p99_during_swaps_s']} s during swaps")

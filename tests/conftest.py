@@ -5,12 +5,18 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from bot.app import create_app
 from bot.settings import Settings
+from feedback import repo
 from feedback.db import Store, open_store
+from feedback.models import StaffRole
+from tests.fakes import FakeGenerator
 from tests.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +77,33 @@ def store(tmp_path) -> Store:
 @pytest.fixture
 def settings(tmp_path) -> Settings:
     return Settings(data_dir=tmp_path / "data", adapter_poll_seconds=0.1, max_message_chars=200)
+
+
+@pytest.fixture
+def fake() -> FakeGenerator:
+    return FakeGenerator()
+
+
+@pytest.fixture
+def serve(settings, any_store, fake):
+    """`serve(**update)`: a ready app on `any_store` and the fake generator, with `settings` changed by
+    `update` (and a message rate no test reaches)."""
+    @contextmanager
+    def serve(**update):
+        changed = settings.model_copy(update={"rate_limit": "1000/minute", **update})
+        with TestClient(create_app(changed, generator=fake, store=any_store)) as client:
+            wait_until(lambda: client.get("/readyz").status_code == 200)
+            yield client
+    return serve
+
+
+@pytest.fixture
+def admin(any_store) -> dict:
+    """Authorization headers of an admin (`ada`) and an agent (`bob`) on `any_store`."""
+    with any_store.session() as s:
+        _, token = repo.create_staff(s, name="ada", role=StaffRole.admin)
+        _, agent = repo.create_staff(s, name="bob", role=StaffRole.agent)
+    return {"ada": {"Authorization": f"Bearer {token}"}, "bob": {"Authorization": f"Bearer {agent}"}}
 
 
 def free_port() -> int:

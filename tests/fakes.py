@@ -21,6 +21,7 @@ class FakeGenerator:
         self.default_reply = default_reply
         self.requests: list[GenerationRequest] = []
         self.adapters: dict[str, Path] = {}
+        self.loads: list[str] = []  # every successful load_adapter, in order
         self.release_load = threading.Event()
         self.release_load.set()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fake-generator")
@@ -71,6 +72,7 @@ class FakeGenerator:
         if not (Path(path) / "adapter_config.json").is_file():
             raise AdapterError(f"adapter {version} at {path} has no adapter_config.json")
         self.adapters[version] = Path(path)
+        self.loads.append(version)
 
     def unload_adapter(self, version: str) -> None:
         self.adapters.pop(version, None)

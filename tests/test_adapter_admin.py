@@ -3,8 +3,6 @@ stats, promote (validated before the store changes), rollback, `base` as a versi
 did what, and bad input that changes nothing."""
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
@@ -17,33 +15,9 @@ from tests.fakes import FakeGenerator
 
 
 @pytest.fixture
-def fake() -> FakeGenerator:
-    return FakeGenerator()
-
-
-@pytest.fixture
-def serve(settings, any_store, fake):
-    """A ready server on the test store and fake generator, with `settings` changed by `update`."""
-    @contextmanager
-    def serve(**update):
-        with TestClient(create_app(settings.model_copy(update=update), generator=fake, store=any_store)) as client:
-            wait_until(lambda: client.get("/readyz").status_code == 200)
-            yield client
-    return serve
-
-
-@pytest.fixture
 def client(serve):
     with serve() as client:
         yield client
-
-
-@pytest.fixture
-def admin(any_store) -> dict:
-    with any_store.session() as s:
-        _, token = repo.create_staff(s, name="ada", role=StaffRole.admin)
-        _, agent = repo.create_staff(s, name="bob", role=StaffRole.agent)
-    return {"ada": {"Authorization": f"Bearer {token}"}, "bob": {"Authorization": f"Bearer {agent}"}}
 
 
 def _register(store, folder, version: str, *, valid: bool = True, rejected: bool = False) -> None:

@@ -150,14 +150,17 @@ def _publish(store, folder, version: str, valid: bool = True) -> None:
                               dataset_hash=None, metrics={}, activate=True)
 
 
-def test_server_swaps_to_newly_active_adapter(client, settings, store, fake):
-    assert client.post("/api/chat", json={"message": "hi"}).json()["adapter_version"] == "base"
-    _publish(store, settings.adapters_dir, "v1-a")
-    wait_until(lambda: client.get("/readyz").json()["adapter_version"] == "v1-a")
-    assert client.post("/api/chat", json={"message": "hi"}).json()["adapter_version"] == "v1-a"
-    _publish(store, settings.adapters_dir, "v2-b")
-    wait_until(lambda: client.get("/readyz").json()["adapter_version"] == "v2-b")
-    wait_until(lambda: list(fake.adapters) == ["v2-b"])  # the drained old version is unloaded (in the background)
+def test_server_swaps_to_newly_active_adapter(settings, store, fake):
+    capped = settings.model_copy(update={"max_loaded_adapters": 1})  # no room to keep the old version loaded
+    with TestClient(create_app(capped, generator=fake, store=store)) as client:
+        wait_until(lambda: client.get("/readyz").status_code == 200)
+        assert client.post("/api/chat", json={"message": "hi"}).json()["adapter_version"] == "base"
+        _publish(store, settings.adapters_dir, "v1-a")
+        wait_until(lambda: client.get("/readyz").json()["adapter_version"] == "v1-a")
+        assert client.post("/api/chat", json={"message": "hi"}).json()["adapter_version"] == "v1-a"
+        _publish(store, settings.adapters_dir, "v2-b")
+        wait_until(lambda: client.get("/readyz").json()["adapter_version"] == "v2-b")
+        wait_until(lambda: list(fake.adapters) == ["v2-b"])  # the drained old version is unloaded (in the background)
 
 
 def test_refused_adapter_keeps_old_version_serving(client, settings, store):
