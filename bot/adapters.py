@@ -53,6 +53,7 @@ class AdapterManager:
         self.synced = False  # True once the store's active version has been looked at (and loaded)
         self.lock = asyncio.Lock()  # one change at a time (the poll, or the admin API)
         self.retiring: dict[str, asyncio.Task] = {}  # versions being unloaded once their requests are done
+        self.loading: dict[str, asyncio.Task] = {}  # versions being loaded and validated
 
     def version_for(self, session_id: str, session_started: datetime) -> str:
         """The version answering the next message of a session: the canary's for its share of the
@@ -75,13 +76,16 @@ class AdapterManager:
         return local if local.is_dir() else Path(path)
 
     async def sync_once(self) -> bool:
-        """Serve what the store says (loading new candidates ahead); True when the active version changed."""
+        """Serve what the store says, then load new candidates ahead (outside the lock: a promotion
+        need not wait for them); True when the active version changed."""
         async with self.lock:
             started = time.perf_counter()
-            swapped = await self._apply(await asyncio.to_thread(self._state), started, preload=True)
+            state = await asyncio.to_thread(self._state)
+            swapped = await self._apply(state, started)
         if not self.synced:
             log.info("ready: serving adapter %s", self.active_version)
         self.synced = True
+        await self._preload(state)
         return swapped
 
     async def change(self, commit: Callable[[], T], version: str | None = None, path: Path | None = None) -> T:
@@ -93,20 +97,28 @@ class AdapterManager:
                 await self._load(version, path)
             result = await asyncio.to_thread(commit)
             self.refused.pop(version, None)
-            await self._apply(await asyncio.to_thread(self._state), started, preload=False)
+            await self._apply(await asyncio.to_thread(self._state), started)
             return result
 
-    async def _apply(self, state: ServingState, started: float, *, preload: bool) -> bool:
+    async def _apply(self, state: ServingState, started: float) -> bool:
         swapped = state.active.version != self.active_version and await self._ensure(state.active)
         if swapped:
             self._serve(state.active.version, started)
         self._set_canary(state.canary if state.canary and await self._ensure(state.canary) else None)
-        keep = {self.active_version, *(t.version for t in state.candidates)} | ({self.canary.version} if self.canary else set())
-        for target in state.candidates if preload else ():
-            if target.version in self.loaded or self._room(keep):
-                await self._ensure(target)
-        self._evict(keep)
+        self._evict(self._keep(state))
         return swapped
+
+    async def _preload(self, state: ServingState) -> None:
+        """Load the newest candidates where there is room, so that promoting one only flips the version."""
+        for target in state.candidates:
+            if target.version not in self.loaded and self._room(self._keep(state)):
+                await self._ensure(target)
+                self._evict(self._keep(state))
+
+    def _keep(self, state: ServingState) -> set[str]:
+        """The versions that stay loaded: the active one, the canary, the newest candidates."""
+        canary = {self.canary.version} if self.canary else set()
+        return {self.active_version, *canary, *(target.version for target in state.candidates)}
 
     async def _ensure(self, target: Target) -> bool:
         """Whether `target` can serve: `base`, loaded, or loaded now (False if refused, now or before)."""
@@ -123,9 +135,17 @@ class AdapterManager:
         return True
 
     async def _load(self, version: str, path: Path) -> None:
-        task = self.retiring.get(version)  # a version being unloaded is loaded again only once that is done
-        if task is not None:
-            await asyncio.shield(task)
+        """Load `version`, or wait for the load already under way (a preload, when it is promoted)."""
+        task = self.loading.get(version)
+        if task is None:
+            task = self.loading[version] = asyncio.create_task(self._load_now(version, path))
+            task.add_done_callback(lambda _task: self.loading.pop(version, None))
+        await asyncio.shield(task)
+
+    async def _load_now(self, version: str, path: Path) -> None:
+        retiring = self.retiring.get(version)  # a version being unloaded is loaded again only once that is done
+        if retiring is not None:
+            await asyncio.shield(retiring)
         await self.engine.load_adapter(version, path)
         self.loaded[version] = None
 

@@ -221,17 +221,17 @@ class HFGenerator:
         return ids[-budget:], shared
 
     def submit(self, request: GenerationRequest, emit: Callable[[str], None], cancel: threading.Event,
-               prefill_only: bool = False) -> Future:
+               prefill_only: bool = False, now: bool = False) -> Future:
         """Generate an answer. With `prefill_only`, stop after the first token: if the answer is not
         finished by then, the future's result is a `Handoff` for `resume` (in another process), else
-        the `GenerationResult`."""
+        the `GenerationResult`. With `now`, join the batch at once (`Scheduler.submit_now`)."""
         from bot.batching import Job
 
         prompt, prefix_len = self.encode(request.messages, request.max_new_tokens)
         max_new = min(request.max_new_tokens, self.context_window - len(prompt))
         job = Job(prompt, prefix_len, request.adapter_version, max_new, request.temperature, request.top_p,
                   tuple(request.stop), emit, cancel, export=prefill_only)
-        return self._run(job, request)
+        return self._run(job, request, now=now)
 
     def resume(self, request: GenerationRequest, handoff: Handoff, emit: Callable[[str], None],
                cancel: threading.Event) -> Future:
@@ -242,9 +242,10 @@ class HFGenerator:
                   request.top_p, tuple(request.stop), emit, cancel, resume=handoff)
         return self._run(job, request, handoff.sent)
 
-    def _run(self, job, request: GenerationRequest, sent: str = "") -> Future:
-        """Submit `job` to the batch; its future's result: the `Handoff` it exported, if any, else the
-        `GenerationResult` (`sent`: the answer's text emitted before, by another process)."""
+    def _run(self, job, request: GenerationRequest, sent: str = "", now: bool = False) -> Future:
+        """Submit `job` to the batch (`now`: ahead of the queue); its future's result: the `Handoff` it
+        exported, if any, else the `GenerationResult` (`sent`: the answer's text emitted before, by
+        another process)."""
         parts: list[str] = [sent]
         emit = job.emit
 
@@ -253,7 +254,8 @@ class HFGenerator:
             emit(text)
 
         job.emit = collect
-        return result_future(self.scheduler.submit(job), lambda done: job.handoff or GenerationResult(
+        submitted = self.scheduler.submit_now(job) if now else self.scheduler.submit(job)
+        return result_future(submitted, lambda done: job.handoff or GenerationResult(
             "".join(parts).strip(), request.adapter_version, len(job.prompt), *done))
 
     # ---- the Runner interface used by the scheduler ---------------------------------------------
@@ -415,7 +417,7 @@ class HFGenerator:
         """A probe prompt must generate through the batch path before the version serves anyone."""
         probe = GenerationRequest(PROBE_MESSAGES, adapter_version=version, max_new_tokens=8)
         try:
-            result = self.submit(probe, lambda _text: None, threading.Event()).result(timeout=120)
+            result = self.submit(probe, lambda _text: None, threading.Event(), now=True).result(timeout=120)
         except Exception as exc:  # noqa: BLE001 — a failing probe is a refusal
             self.unload_adapter(version)
             raise AdapterError(f"adapter {version} failed the probe prompt: {exc}") from exc
