@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 PACKED_ATTENTION = "supportloop_packed"
 PROBE_MESSAGES = [{"role": "user", "content": "Hello, can you help me?"}]
+UNLOAD_POLL_SECONDS = 0.05  # how often an unload waiting for its version's requests to finish looks again
 
 
 class AdapterError(RuntimeError):
@@ -427,8 +428,12 @@ class HFGenerator:
 
     def unload_adapter(self, version: str) -> None:
         """Unload `version` once no running or queued request uses it (blocking; drains first)."""
-        while not self.scheduler.call(lambda: self._unload(version)).result():
-            time.sleep(0.05)
+        while not self.try_unload_adapter(version):
+            time.sleep(UNLOAD_POLL_SECONDS)
+
+    def try_unload_adapter(self, version: str) -> bool:
+        """Unload `version` if no running or queued request uses it; whether it is gone."""
+        return self.scheduler.call(lambda: self._unload(version)).result()
 
     def _unload(self, version: str) -> bool:
         if self.scheduler.uses(version):

@@ -24,17 +24,18 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from bot.generator import (AdapterError, Busy, GenerationRequest, Handoff, HFGenerator, ModelUnavailable,
-                           model_threads)
+from bot.generator import (UNLOAD_POLL_SECONDS, AdapterError, Busy, GenerationRequest, Handoff, HFGenerator,
+                           ModelUnavailable, model_threads)
 
 log = logging.getLogger(__name__)
-CALLS = frozenset({"load_adapter", "unload_adapter"})  # what the server may call in the worker
+CALLS = frozenset({"load_adapter", "unload_adapter", "try_unload_adapter"})  # what the server may call in the worker
 POLL_SECONDS = 0.02  # how often the server's reader looks for cancelled requests when no message comes
 START_TIMEOUT = 900.0
 
@@ -291,11 +292,12 @@ class ProcessGenerator:
             raise failures[0]
 
     def unload_adapter(self, version: str) -> None:
-        """Unload from the prefill worker first: the requests it hands over reach the decode worker's
-        queue before the decode worker's unload call (one pipe, in order), so that call waits for them."""
-        if self._prefiller is not None:
-            self._call(self._prefiller, "unload_adapter", version)
-        self._call(self._decoder, "unload_adapter", version)
+        """Unload once drained, from the prefill worker first: the requests it hands over reach the decode
+        worker's queue before its reply (one pipe, in order), so the decode worker then waits for them.
+        The waiting happens here, not in a worker's call thread, which a load may need meanwhile."""
+        for worker in self._workers[::-1]:  # the prefill worker, then the decode worker
+            while not self._call(worker, "try_unload_adapter", version):
+                time.sleep(UNLOAD_POLL_SECONDS)
 
     def _call(self, worker: _Worker, method: str, *args):
         return self._send_call(worker, method, *args).result()

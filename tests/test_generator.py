@@ -194,6 +194,28 @@ def test_full_queue_answers_busy(tiny_model):
         generator.close()
 
 
+def test_an_adapter_is_validated_while_the_batch_is_full(tiny_model, adapter):
+    """The probe prompt joins the running batch at once: it does not wait for a slot or the queue."""
+    generator = HFGenerator(tiny_model, device="cpu", max_batch=1, max_queue=1)
+    generator.load()
+    try:
+        started, cancel = threading.Event(), threading.Event()
+
+        def slowly(_text: str) -> None:  # ≥ 20 ms a step: the long answer lasts seconds
+            started.set()
+            time.sleep(0.02)
+
+        first = generator.submit(_request("a", max_new_tokens=1000), slowly, cancel)
+        assert started.wait(30)
+        queued = generator.submit(_request("b", max_new_tokens=2), lambda _t: None, threading.Event())
+        generator.load_adapter("v1", adapter)  # the probe ran beside the long answer
+        assert not first.done() and not queued.done() and "v1" in generator.adapters
+        cancel.set()
+        assert queued.result(timeout=30).completion_tokens >= 1
+    finally:
+        generator.close()
+
+
 def _last_logits(generator: HFGenerator, version: str = "base") -> torch.Tensor:
     prompt, _ = generator.encode([{"role": "user", "content": "When is check-in?"}], 8)
     return generator.scheduler.call(lambda: generator.logits_for(prompt, version)).result()
