@@ -29,8 +29,9 @@ def start_server(env: dict[str, str], *args: str, timeout: float = 600) -> tuple
     """`supportloop serve [args]` on a free port, with `env` added to this process's environment;
     returns once `/readyz` says the model is loaded (steady state), with the server's base URL."""
     port = free_port()
+    log = open(os.environ["SUPPORTLOOP_BENCH_SERVER_LOG"], "ab") if "SUPPORTLOOP_BENCH_SERVER_LOG" in os.environ else None
     proc = subprocess.Popen([CLI, "serve", "--port", str(port), *args], env={**os.environ, **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -54,6 +54,7 @@ class AdapterManager:
         self.lock = asyncio.Lock()  # one change at a time (the poll, or the admin API)
         self.retiring: dict[str, asyncio.Task] = {}  # versions being unloaded once their requests are done
         self.loading: dict[str, asyncio.Task] = {}  # versions being loaded and validated
+        self.preloads: set[asyncio.Task] = set()  # candidates being loaded ahead
 
     def version_for(self, session_id: str, session_started: datetime) -> str:
         """The version answering the next message of a session: the canary's for its share of the
@@ -85,7 +86,7 @@ class AdapterManager:
         if not self.synced:
             log.info("ready: serving adapter %s", self.active_version)
         self.synced = True
-        await self._preload(state)
+        self._preload(state)
         return swapped
 
     async def change(self, commit: Callable[[], T], version: str | None = None, path: Path | None = None) -> T:
@@ -108,12 +109,24 @@ class AdapterManager:
         self._evict(self._keep(state))
         return swapped
 
-    async def _preload(self, state: ServingState) -> None:
-        """Load the newest candidates where there is room, so that promoting one only flips the version."""
-        for target in state.candidates:
-            if target.version not in self.loaded and self._room(self._keep(state)):
-                await self._ensure(target)
+    def _preload(self, state: ServingState) -> None:
+        """Start loading the newest candidates that fit, side by side and in the background (the next
+        poll must not wait for them), so that promoting one only flips the version."""
+        keep = self._keep(state)
+        slots = self.max_loaded - len(self.loaded) - len(self.loading) + sum(v not in keep for v in self.loaded)
+        waiting = [t for t in state.candidates if t.version not in self.loaded and t.version not in self.loading
+                   and t.version not in self.refused]
+        for target in waiting[:max(0, slots)]:
+            task = asyncio.create_task(self._preload_one(target, state))
+            self.preloads.add(task)
+            task.add_done_callback(self.preloads.discard)
+
+    async def _preload_one(self, target: Target, state: ServingState) -> None:
+        try:
+            if await self._ensure(target):
                 self._evict(self._keep(state))
+        except Exception:  # noqa: BLE001 — e.g. the model worker stopped: reported by /readyz
+            log.exception("could not preload adapter %s", target.version)
 
     def _keep(self, state: ServingState) -> set[str]:
         """The versions that stay loaded: the active one, the canary, the newest candidates."""
@@ -146,8 +159,10 @@ class AdapterManager:
         retiring = self.retiring.get(version)  # a version being unloaded is loaded again only once that is done
         if retiring is not None:
             await asyncio.shield(retiring)
+        started = time.perf_counter()
         await self.engine.load_adapter(version, path)
         self.loaded[version] = None
+        log.info("adapter %s ready to serve (%.2f s)", version, time.perf_counter() - started)
 
     def _serve(self, version: str, started: float) -> None:
         """New requests go to `version` (already loaded); `on_swap` hears how long it took from `started`."""
@@ -159,10 +174,6 @@ class AdapterManager:
         if target != self.canary:
             log.info("canary: %s", "none" if target is None else f"{target.version} for {target.percent:g} % of new sessions")
         self.canary = target
-
-    def _room(self, keep: set[str]) -> bool:
-        """Whether one more version fits, possibly by unloading one that need not stay."""
-        return len(self.loaded) < self.max_loaded or any(v not in keep for v in self.loaded)
 
     def _evict(self, keep: set[str]) -> None:
         """Unload the least recently used versions beyond `max_loaded`, in the background (each once the
@@ -202,8 +213,9 @@ class AdapterManager:
                     await asyncio.wait_for(wake.wait(), self.poll_seconds)
                 wake.clear()
         finally:
-            if listener is not None:
-                listener.cancel()
+            for task in [listener, *self.preloads]:
+                if task is not None:
+                    task.cancel()
 
 
 async def listen(url: str, wake: asyncio.Event, retry_seconds: float = 5.0) -> None:

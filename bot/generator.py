@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 PACKED_ATTENTION = "supportloop_packed"
 PROBE_MESSAGES = [{"role": "user", "content": "Hello, can you help me?"}]
+PROBE_TOKENS = 2  # the probe prompt must prefill and decode (a prefill worker, which stops after 1 token: 1);
+# each token costs a batch step, which under load takes up to a second on 2 CPU cores
 UNLOAD_POLL_SECONDS = 0.05  # how often an unload waiting for its version's requests to finish looks again
 
 
@@ -348,11 +350,15 @@ class HFGenerator:
 
     # ---- adapters -------------------------------------------------------------------------------
 
-    def load_adapter(self, version: str, path: Path) -> None:
-        """Load an adapter under its own name and validate it; refused adapters leave no trace.
-        Blocking: runs in the scheduler thread between two steps."""
+    def load_adapter(self, version: str, path: Path, probe_tokens: int = PROBE_TOKENS) -> None:
+        """Load an adapter under its own name and validate it, ending with a probe prompt that must
+        generate `probe_tokens` tokens; refused adapters leave no trace. Blocking: the load runs in the
+        scheduler thread between two steps."""
+        started = time.perf_counter()
         self.scheduler.call(lambda: self._load_adapter(version, path)).result()
-        self._probe(version)
+        loaded = time.perf_counter()
+        self._probe(version, probe_tokens)
+        log.info("adapter %s loaded in %.2f s, probed in %.2f s", version, loaded - started, time.perf_counter() - loaded)
 
     def _load_adapter(self, version: str, path: Path) -> None:
         if version in self.adapters:
@@ -414,9 +420,9 @@ class HFGenerator:
             if f".{version}." in name and not torch.isfinite(param).all():
                 raise AdapterError(f"adapter {version} has non-finite weights in {name}")
 
-    def _probe(self, version: str) -> None:
+    def _probe(self, version: str, tokens: int) -> None:
         """A probe prompt must generate through the batch path before the version serves anyone."""
-        probe = GenerationRequest(PROBE_MESSAGES, adapter_version=version, max_new_tokens=8)
+        probe = GenerationRequest(PROBE_MESSAGES, adapter_version=version, max_new_tokens=tokens)
         try:
             result = self.submit(probe, lambda _text: None, threading.Event(), now=True).result(timeout=120)
         except Exception as exc:  # noqa: BLE001 — a failing probe is a refusal

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from bot.generator import (UNLOAD_POLL_SECONDS, AdapterError, Busy, GenerationRequest, Handoff, HFGenerator,
+from bot.generator import (PROBE_TOKENS, UNLOAD_POLL_SECONDS, AdapterError, Busy, GenerationRequest, Handoff, HFGenerator,
                            ModelUnavailable, model_threads)
 
 log = logging.getLogger(__name__)
@@ -282,8 +282,11 @@ class ProcessGenerator:
         return self._prefiller if self._prefiller is not None and busy else self._decoder
 
     def load_adapter(self, version: str, path: Path) -> None:
-        """Load (and probe) in every worker at once; refused by one → unloaded from the others."""
-        futures = [(worker, self._send_call(worker, "load_adapter", version, Path(path))) for worker in self._workers]
+        """Load (and probe) in every worker at once; refused by one → unloaded from the others. The
+        prefill worker's probe stops after its first token, as its requests do (more would ride along
+        its long prefill steps for seconds)."""
+        futures = [(worker, self._send_call(worker, "load_adapter", version, Path(path),
+                                            1 if worker is self._prefiller else PROBE_TOKENS)) for worker in self._workers]
         failures = [f.exception() for _, f in futures if f.exception() is not None]
         if failures:
             for worker, future in futures:
