@@ -5,13 +5,14 @@ Adapters: one LoRA adapter per promotion, with random (non-zero) weights, made o
 base model with a supportloop manifest. Each is registered as a candidate two promotions (`--ahead`)
 before its own, as a training round leaves its candidate for review, so the server loads and validates
 it ahead and the promotion only flips the version; `--cold` registers each just before its promotion
-instead (loaded, validated and probed on promotion). Measures, per promotion, the time from sending the promote request
-to the first token on the new version of a question asked as soon as the API replies (and, as context,
-of the first such answer among the 16 customers, who each ask again only once their previous answer is
-done), and the API's own reply time; failed requests
-(error frames, broken connections) and garbled ones (empty text or U+FFFD), and answers made by a
-version that was not the active one when they were asked or the one just before; TTFT p99 with and
-without swaps. Prints JSON and one summary line.
+instead (loaded, validated and probed on promotion).
+
+Measures, per promotion, the time from sending the promote request to the first token on the new
+version of a question asked as soon as the API replies (and, as context, of the first such answer among
+the 16 customers, who each ask again only once their previous answer is done), and the API's own reply
+time; failed requests (error frames, broken connections) and garbled ones (empty text or U+FFFD), and
+answers made by a version that was not the active one when they were asked or the one just before;
+TTFT p99 with and without swaps. Prints JSON and one summary line.
 
     .venv/bin/python bench/swap.py [--sessions 16] [--promotions 10] [--gap 4] [--baseline 20] [--ahead 2 | --cold]
 """
