@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import tempfile
 import time
@@ -22,32 +21,16 @@ from pathlib import Path
 
 import live  # noqa: I001 (first: it keeps this folder from shadowing the `feedback` package)
 
-from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy import create_engine, insert, select
 
 from feedback.db import open_store
 from feedback.models import Conversation, Feedback, Message, Role
 
-PG_ADMIN = os.environ.get("SUPPORTLOOP_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REASONS = ("wrong", "unhelpful", "outdated", "unsafe", "other")
 
 
 def database(kind: str, folder: Path) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{folder / 'bench.db'}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    name = f"supportloop_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-
-
-def drop(url: str) -> None:
-    if url.startswith("postgresql"):
-        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)"))
-        admin.dispose()
+    return f"sqlite:///{folder / 'bench.db'}" if kind == "sqlite" else live.postgres_database()
 
 
 def seed(url: str, answers: int) -> list[str]:
@@ -137,7 +120,7 @@ def run(kind: str, clients: int, seconds: float, answers: int) -> dict:
             proc.wait(timeout=30)
         rows, lost = verify(url, sent)
     finally:
-        drop(url)
+        live.drop_database(url)
     return {"database": kind, "clients": clients, "seconds": round(wall, 2), "accepted": len(sent),
             "errors": len(errors), "events_per_s": round(len(sent) / wall, 1), "rows_found": rows, "lost": lost,
             "ran_out_of_answers": len(sent) >= (len(ids) // clients) * clients}

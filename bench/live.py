@@ -1,8 +1,9 @@
-"""Shared by the benchmarks: a free local port, and the real server started as its own process.
+"""Shared by the benchmarks: a free local port, the real server started as its own process, a fresh
+PostgreSQL database.
 
 Import it before the project's packages: `bench/feedback.py` is named like the `feedback` package, and
 this folder (first on the path when a benchmark runs as a script) would shadow it, so importing this
-module takes the folder off the path.
+module takes the folder off the path (a benchmark importing another imports that one first).
 """
 from __future__ import annotations
 
@@ -11,12 +12,38 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
 
 CLI = str(Path(sys.executable).parent / "supportloop")
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+PG_ADMIN = os.environ.get("SUPPORTLOOP_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def postgres_database() -> str:
+    """A new, empty database on the local PostgreSQL (SUPPORTLOOP_BENCH_PG: the server to use); its URL."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    name = f"supportloop_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(url: str) -> None:
+    """Drop a database made by `postgres_database` (nothing for other URLs)."""
+    from sqlalchemy import create_engine, text
+
+    if url.startswith("postgresql"):
+        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)"))
+        admin.dispose()
 
 
 def free_port() -> int:

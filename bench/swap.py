@@ -54,12 +54,12 @@ def make_adapters(data_dir: Path, base: Path, count: int) -> list[str]:
     return names
 
 
-def register(data_dir: Path, version: str, base_id: str) -> None:
+def register(store_url: str, data_dir: Path, version: str, base_id: str) -> None:
     """Register a made adapter as a candidate, as a training round whose candidate awaits promotion does."""
     from feedback import repo
     from feedback.db import open_store
 
-    store = open_store(f"sqlite:///{data_dir / 'supportloop.db'}")
+    store = open_store(store_url)
     try:
         with store.session() as session:
             repo.register_adapter(session, version=version, path=str(data_dir / "adapters" / version),
@@ -198,7 +198,7 @@ def main() -> None:
     versions = make_adapters(data_dir, base, args.promotions)
     proc, url = live.start_server(env)
     try:
-        result = asyncio.run(run(url, token, versions, args, lambda v: register(data_dir, v, base_model_id(base))))
+        result = asyncio.run(run(url, token, versions, args, lambda v: register(f"sqlite:///{data_dir / 'supportloop.db'}", data_dir, v, base_model_id(base))))
         result["mode"] = "cold" if args.cold else f"registered {args.ahead} promotion(s) ahead"
     finally:
         proc.terminate()
