@@ -163,11 +163,13 @@ def test_server_swaps_to_newly_active_adapter(settings, store, fake):
         wait_until(lambda: list(fake.adapters) == ["v2-b"])  # the drained old version is unloaded (in the background)
 
 
-def test_refused_adapter_keeps_old_version_serving(client, settings, store):
+def test_refused_adapter_keeps_old_version_serving(client, settings, store, caplog):
     _publish(store, settings.adapters_dir, "v1-broken", valid=False)
     manager = client.app.state.adapters
     wait_until(lambda: "v1-broken" in manager.refused)
     assert "adapter_config.json" in manager.refused["v1-broken"]
+    assert any(r.levelname == "ERROR" and "refused adapter v1-broken, still serving base" in r.getMessage()
+               and "adapter_config.json" in r.getMessage() for r in caplog.records)  # the reason is logged
     assert client.post("/api/chat", json={"message": "hi"}).json()["adapter_version"] == "base"
 
 
