@@ -113,12 +113,12 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """uvicorn on a real port in a thread."""
+    """uvicorn on a real port in a thread (`port`: a given one, e.g. to restart a server where it was)."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, port: int | None = None) -> None:
         import uvicorn
 
-        self.port = free_port()
+        self.port = port or free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", ws="websockets-sansio")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -186,9 +186,18 @@ def test_ready_only_after_model_loaded(settings, store):
         wait_until(lambda: client.get("/readyz").status_code == 200)
 
 
-def test_demo_page_is_served(client):
+def test_demo_page_embeds_the_widget_like_a_customer_site(client):
     page = client.get("/")
-    assert page.status_code == 200 and "/ws/chat" in page.text and "textContent" in page.text
+    assert page.status_code == 200 and '<script src="/widget.js"' in page.text
+
+
+def test_widget_script_is_served_with_caching_headers_and_cors(client):
+    script = client.get("/widget.js", headers={"Origin": "https://shop.example"})
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert "max-age=3600" in script.headers["cache-control"] and script.headers["access-control-allow-origin"] == "*"
+    assert "customElements.define" in script.text and ".innerHTML" not in script.text  # text is never parsed as HTML
+    again = client.get("/widget.js", headers={"If-None-Match": script.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
 
 
 def test_client_leaving_mid_answer_cancels_generation_over_real_socket(settings, store):

@@ -1,0 +1,416 @@
+/* supportloop chat widget: the <support-chat> custom element and its loader. No dependencies.
+ *
+ * Embed:  <script src="https://HOST/widget.js" data-server="https://HOST" data-title="Help" async></script>
+ * The loader adds one <support-chat> to the page with the script's data-* attributes (server defaults to
+ * the script's origin; data-title becomes chat-title); data-embed="false" only defines the element.
+ * Theming: attributes chat-title, accent, font, position (right|left), launcher-icon, theme (auto|light|dark),
+ * and CSS custom properties --sc-*.
+ * UI strings: the `strings` property or a JSON `strings` attribute (data-strings on the script).
+ * Events (bubbling, composed): support-chat:open, support-chat:message, support-chat:feedback.
+ */
+(() => {
+  "use strict";
+  const STRINGS = {
+    title: "Support", open: "Chat with us", close: "Close chat", placeholder: "Type your question…", send: "Send",
+    connecting: "Connecting…", online: "Online", offline: "You are offline; we will reconnect and send your messages.",
+    typing: "The assistant is typing…", helpful: "Helpful", unhelpful: "Not helpful", why: "What was wrong?",
+    wrong: "Wrong", outdated: "Outdated", unsafe: "Unsafe", other: "Other", reasonUnhelpful: "Unhelpful",
+    comment: "Anything to add? (optional)", submit: "Send feedback", thanks: "Thank you for your feedback.",
+    human: "Talk to a human", humanDone: "Thanks, a member of our team will follow up in this conversation.",
+    queued: "waiting to send", failed: "Something went wrong. Please try again.",
+  };
+  const REASONS = ["wrong", "unhelpful", "outdated", "unsafe", "other"];
+  const STORE = "supportloop-session:";
+  const CSS = `
+:host{all:initial;--a:var(--sc-accent,#2457d6);--bg:var(--sc-bg,#fff);--fg:var(--sc-fg,#1d2230);--mu:var(--sc-muted,#667085);
+--bd:var(--sc-border,#d9dce3);--ub:var(--sc-user-bg,var(--a));--uf:var(--sc-user-fg,#fff);--ab:var(--sc-bot-bg,#f1f3f7);
+position:fixed;bottom:20px;right:20px;z-index:2147483000;font:15px/1.45 var(--sc-font,system-ui,-apple-system,"Segoe UI",sans-serif);color:var(--fg)}
+:host([position=left]){right:auto;left:20px}
+:host([theme=dark]){--bg:var(--sc-bg,#181b22);--fg:var(--sc-fg,#e8eaf0);--mu:var(--sc-muted,#9aa3b5);--bd:var(--sc-border,#353a46);--ab:var(--sc-bot-bg,#262a34)}
+@media (prefers-color-scheme:dark){:host(:not([theme=light])){--bg:var(--sc-bg,#181b22);--fg:var(--sc-fg,#e8eaf0);--mu:var(--sc-muted,#9aa3b5);--bd:var(--sc-border,#353a46);--ab:var(--sc-bot-bg,#262a34)}}
+*{box-sizing:border-box;font:inherit;color:inherit}
+button{cursor:pointer;border:0;background:none;padding:0}
+button:focus-visible,textarea:focus-visible{outline:2px solid var(--a);outline-offset:2px}
+.launcher{width:56px;height:56px;border-radius:50%;background:var(--a);color:#fff;font-size:26px;box-shadow:0 4px 14px #0003;display:grid;place-items:center}
+.panel{position:absolute;bottom:70px;right:0;width:min(380px,calc(100vw - 40px));height:min(580px,calc(100vh - 110px));background:var(--bg);
+border:1px solid var(--bd);border-radius:14px;box-shadow:0 12px 40px #0003;display:flex;flex-direction:column;overflow:hidden}
+:host([position=left]) .panel{right:auto;left:0}
+.panel[hidden]{display:none}
+header{display:flex;align-items:center;gap:8px;padding:12px 14px;background:var(--a);color:#fff}
+header h2{margin:0;font-size:16px;font-weight:600;flex:1}
+.state{font-size:12px;opacity:.9}
+header button{color:#fff;font-size:20px;width:28px;height:28px;border-radius:6px}
+.log{flex:1;overflow-y:auto;padding:12px;display:flex;flex-direction:column;gap:8px}
+.msg{max-width:85%;padding:8px 11px;border-radius:12px;white-space:pre-wrap;overflow-wrap:anywhere}
+.user{align-self:flex-end;background:var(--ub);color:var(--uf)}
+.assistant{align-self:flex-start;background:var(--ab)}
+.assistant ul,.assistant ol{margin:4px 0;padding-left:20px;white-space:normal}
+.assistant a{color:var(--a)}
+.note{align-self:center;font-size:12px;color:var(--mu);text-align:center}
+.queued{opacity:.65}
+.votes{display:flex;gap:6px;margin-top:4px;flex-wrap:wrap;align-items:center}
+.votes button,.chip{border:1px solid var(--bd);border-radius:999px;padding:2px 9px;font-size:13px;background:var(--bg)}
+.votes button[aria-pressed=true],.chip[aria-pressed=true]{border-color:var(--a);background:var(--a);color:#fff}
+.why{display:flex;flex-direction:column;gap:6px;margin-top:6px}
+.why textarea{border:1px solid var(--bd);border-radius:8px;padding:6px;background:var(--bg);min-height:44px;resize:vertical}
+.submit{align-self:flex-start;background:var(--a);color:#fff;border-radius:8px;padding:4px 10px;font-size:13px}
+.typing{font-size:12px;color:var(--mu);padding:0 14px 4px;min-height:18px}
+form{display:flex;gap:8px;padding:10px;border-top:1px solid var(--bd)}
+textarea.input{flex:1;border:1px solid var(--bd);border-radius:10px;padding:8px;resize:none;height:40px;background:var(--bg)}
+form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
+.human{font-size:12px;color:var(--mu);text-decoration:underline;padding:0 14px 8px;align-self:flex-start}
+@media (max-width:480px){.panel{position:fixed;inset:0;width:100vw;height:100vh;border-radius:0;border:0}}`;
+
+  const el = (tag, attrs = {}, ...kids) => {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) k === "text" ? (node.textContent = v) : node.setAttribute(k, v);
+    node.append(...kids);
+    return node;
+  };
+
+  /** Model and user text as DOM: line breaks, "- " / "1. " lists, http(s) links; never HTML. */
+  function format(text) {
+    const out = document.createDocumentFragment();
+    let list = null;
+    text.split("\n").forEach((line, i, lines) => {
+      const item = line.match(/^\s*(?:[-*•]|(\d+)[.)])\s+(.*)$/);
+      if (item) {
+        const kind = item[1] ? "ol" : "ul";
+        if (!list || list.tagName.toLowerCase() !== kind) out.append(list = el(kind));
+        list.append(linkify(el("li"), item[2]));
+        return;
+      }
+      list = null;
+      linkify(out, line);
+      if (i < lines.length - 1) out.append(el("br"));
+    });
+    return out;
+  }
+
+  function linkify(parent, text) {
+    let last = 0;
+    for (const match of text.matchAll(/https?:\/\/[^\s<>"')\]]+/g)) {
+      let url;
+      try { url = new URL(match[0]); } catch { continue; }
+      if (url.protocol !== "http:" && url.protocol !== "https:") continue;
+      parent.append(text.slice(last, match.index),
+        el("a", { href: url.href, target: "_blank", rel: "noopener noreferrer", text: match[0] }));
+      last = match.index + match[0].length;
+    }
+    parent.append(text.slice(last));
+    return parent;
+  }
+
+  class SupportChat extends HTMLElement {
+    static observedAttributes = ["chat-title", "launcher-icon", "accent", "font", "strings"];
+    #root = this.attachShadow({ mode: "open" });
+    #ui = {};
+    #ws = null;
+    #live = false;
+    #retries = 0;
+    #timer = 0;
+    #outbox = [];
+    #answer = null;
+    #busy = false;
+    #warned = false;
+    #strings = {};
+
+    static define(name = "support-chat") {
+      if (!customElements.get(name)) customElements.define(name, this);
+      return this;
+    }
+
+    get strings() { return { ...STRINGS, ...this.#strings }; }
+    set strings(value) { this.#strings = { ...value }; if (this.#ui.log) this.#render(); }
+    get server() { return (this.getAttribute("server") || location.origin).replace(/\/+$/, ""); }
+    get sessionId() { return sessionStorage.getItem(STORE + this.server); }
+    set sessionId(id) { sessionStorage.setItem(STORE + this.server, id); }
+
+    connectedCallback() {
+      if (!this.#ui.log) this.#render();
+      this.#live = true;
+      this.#connect();
+      if (this.sessionId) this.#restore(this.sessionId);
+    }
+
+    disconnectedCallback() {
+      this.#live = false;
+      clearTimeout(this.#timer);
+      this.#ws?.close();
+      this.#ws = null;
+    }
+
+    attributeChangedCallback(name, _old, value) {
+      if (name === "strings") { try { this.#strings = JSON.parse(value || "{}"); } catch { this.#strings = {}; } }
+      if (name === "accent" && value) this.style.setProperty("--sc-accent", value);
+      if (name === "font" && value) this.style.setProperty("--sc-font", value);
+      if (this.#ui.log) this.#labels();
+    }
+
+    open(show = true) {
+      this.#ui.panel.hidden = !show;
+      this.#ui.launcher.setAttribute("aria-expanded", String(show));
+      if (show) {
+        this.#ui.input.focus();
+        this.#emit("open", { open: true });
+      } else this.#ui.launcher.focus();
+    }
+
+    #render() {
+      const s = this.strings;
+      const ui = this.#ui;
+      ui.launcher = el("button", { class: "launcher", "aria-expanded": "false", "aria-controls": "panel" });
+      ui.title = el("h2", { id: "title" });
+      ui.state = el("span", { class: "state", role: "status" });
+      ui.close = el("button", { "aria-label": s.close, text: "×" });
+      ui.log = el("div", { class: "log", role: "log", "aria-live": "polite", "aria-relevant": "additions" });
+      ui.typing = el("div", { class: "typing", "aria-live": "polite" });
+      ui.input = el("textarea", { class: "input", rows: "1", "aria-label": s.placeholder });
+      ui.send = el("button", { type: "submit", text: s.send });
+      ui.human = el("button", { class: "human", type: "button", text: s.human });
+      ui.form = el("form", {}, ui.input, ui.send);
+      ui.panel = el("div", { class: "panel", id: "panel", role: "dialog", "aria-labelledby": "title", hidden: "" },
+        el("header", {}, ui.title, ui.state, ui.close), ui.log, ui.typing, ui.human, ui.form);
+      this.#root.replaceChildren(el("style", { text: CSS }), ui.panel, ui.launcher);
+      ui.launcher.addEventListener("click", () => this.open(ui.panel.hidden));
+      ui.close.addEventListener("click", () => this.open(false));
+      ui.panel.addEventListener("keydown", (e) => e.key === "Escape" && this.open(false));
+      ui.form.addEventListener("submit", (e) => { e.preventDefault(); this.#submit(); });
+      ui.input.addEventListener("keydown", (e) => {
+        if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); this.#submit(); }
+      });
+      ui.human.addEventListener("click", () => this.#handoff());
+      this.#labels();
+      this.#setState(this.#ws ? "online" : "connecting");
+    }
+
+    #labels() {
+      const s = this.strings;
+      const title = this.getAttribute("chat-title") || s.title;
+      this.#ui.title.textContent = title;
+      this.#ui.launcher.textContent = this.getAttribute("launcher-icon") || "💬";
+      this.#ui.launcher.setAttribute("aria-label", s.open);
+      this.#ui.input.placeholder = s.placeholder;
+    }
+
+    #setState(state) {
+      this.state = state;
+      this.#ui.state.textContent = this.strings[state];
+      this.#ui.panel.dataset.state = state;
+    }
+
+    #emit(name, detail) {
+      this.dispatchEvent(new CustomEvent(`support-chat:${name}`, { detail, bubbles: true, composed: true }));
+    }
+
+    #warn(...args) {
+      if (!this.#warned) console.warn("support-chat:", ...args);
+      this.#warned = true;
+    }
+
+    // ---- connection ---------------------------------------------------------------------------------
+    #connect() {
+      if (!this.#live) return;
+      const ws = new WebSocket(this.server.replace(/^http/, "ws") + "/ws/chat");
+      this.#ws = ws;
+      ws.onopen = () => ws.send(JSON.stringify({ type: "hello", protocol: 1, session_id: this.sessionId || null }));
+      ws.onmessage = (e) => this.#frame(e.data);
+      ws.onclose = () => {
+        if (this.#ws !== ws) return;
+        this.#ws = null;
+        this.#ready = false;
+        this.#answerEnded();
+        if (!this.#live) return;
+        this.#setState("offline");
+        const delay = Math.min(30000, 500 * 2 ** this.#retries++) * (0.75 + Math.random() / 2);
+        this.#timer = setTimeout(() => this.#connect(), delay);
+      };
+    }
+
+    #ready = false;
+
+    #frame(raw) {
+      let frame;
+      try { frame = JSON.parse(raw); } catch { return this.#warn("ignored a malformed frame"); }
+      const handler = {
+        session: () => this.#session(frame), token: () => this.#token(frame),
+        done: () => this.#done(frame), error: () => this.#error(frame),
+      }[frame && frame.type];
+      if (!handler) return this.#warn("ignored an unknown frame", frame && frame.type);
+      handler();
+    }
+
+    #session(frame) {
+      if (typeof frame.session_id !== "string") return this.#warn("ignored a session frame without an id");
+      this.sessionId = frame.session_id;
+      this.#ready = true;
+      this.#retries = 0;
+      this.#setState("online");
+      this.#flush();
+    }
+
+    #token(frame) {
+      if (typeof frame.text !== "string") return this.#warn("ignored a token frame without text");
+      if (!this.#answer) this.#answer = this.#bubble("assistant", "");
+      this.#answer.textContent += frame.text;
+      this.#ui.typing.textContent = "";
+      this.#scroll();
+    }
+
+    #done(frame) {
+      const bubble = this.#answer || this.#bubble("assistant", "");
+      const text = bubble.textContent;
+      bubble.replaceChildren(format(text));
+      if (typeof frame.message_id === "string") {
+        bubble.dataset.messageId = frame.message_id;
+        bubble.dataset.version = frame.adapter_version || "";
+        bubble.after(this.#votes(frame.message_id));
+      }
+      this.#emit("message", { role: "assistant", text, messageId: frame.message_id, version: frame.adapter_version });
+      this.#answerEnded();
+      this.#flush();
+    }
+
+    #error(frame) {
+      if (frame.code === "unknown_session") return; // a new session follows; the transcript stays on screen
+      this.#note(typeof frame.message === "string" ? frame.message : this.strings.failed);
+      this.#answerEnded();
+      this.#flush();
+    }
+
+    #answerEnded() {
+      this.#answer = null;
+      this.#busy = false;
+      this.#ui.typing.textContent = "";
+    }
+
+    // ---- sending ------------------------------------------------------------------------------------
+    #submit() {
+      const text = this.#ui.input.value.trim();
+      if (!text) return;
+      this.#ui.input.value = "";
+      const bubble = this.#bubble("user", text);
+      bubble.classList.add("queued");
+      bubble.title = this.strings.queued;
+      this.#outbox.push({ text, bubble });
+      this.#emit("message", { role: "user", text });
+      this.#flush();
+    }
+
+    #flush() {
+      if (this.#busy || !this.#ready || !this.#outbox.length || this.#ws?.readyState !== WebSocket.OPEN) return;
+      const { text, bubble } = this.#outbox.shift();
+      this.#busy = true;
+      this.#ws.send(JSON.stringify({ type: "user_message", text }));
+      bubble.classList.remove("queued");
+      bubble.removeAttribute("title");
+      this.#ui.typing.textContent = this.strings.typing;
+    }
+
+    // ---- transcript -------------------------------------------------------------------------------
+    #bubble(role, text) {
+      const bubble = el("div", { class: `msg ${role}` });
+      bubble.append(role === "assistant" ? format(text) : text);
+      this.#ui.log.append(bubble);
+      this.#scroll();
+      return bubble;
+    }
+
+    #note(text) {
+      this.#ui.log.append(el("div", { class: "note", role: "status", text }));
+      this.#scroll();
+    }
+
+    #scroll() { this.#ui.log.scrollTop = this.#ui.log.scrollHeight; }
+
+    async #restore(id) {
+      if (this.#ui.log.childElementCount) return;
+      try {
+        const reply = await fetch(`${this.server}/api/sessions/${encodeURIComponent(id)}`);
+        if (!reply.ok) return;
+        for (const m of (await reply.json()).messages || []) {
+          const bubble = this.#bubble(m.role === "user" ? "user" : "assistant", String(m.text || ""));
+          if (m.role === "assistant" && m.id) bubble.after(this.#votes(m.id, m.feedback && m.feedback.thumb));
+        }
+      } catch { /* offline: the transcript comes back with the connection */ }
+    }
+
+    // ---- feedback -----------------------------------------------------------------------------------
+    #votes(messageId, given) {
+      const s = this.strings;
+      const up = el("button", { "aria-label": s.helpful, "aria-pressed": String(given === "up"), text: "👍" });
+      const down = el("button", { "aria-label": s.unhelpful, "aria-pressed": String(given === "down"), text: "👎" });
+      const row = el("div", { class: "votes" }, up, down);
+      up.addEventListener("click", () => this.#vote(row, messageId, { thumb: "up" }, up, down));
+      down.addEventListener("click", () => {
+        this.#vote(row, messageId, { thumb: "down" }, down, up);
+        if (!row.querySelector(".why")) row.append(this.#why(row, messageId));
+      });
+      return row;
+    }
+
+    #why(row, messageId) {
+      const s = this.strings;
+      const label = { ...s, unhelpful: s.reasonUnhelpful };
+      let reason = null;
+      const chips = REASONS.map((r) => el("button", { class: "chip", "aria-pressed": "false", "data-reason": r, text: label[r] }));
+      const comment = el("textarea", { "aria-label": s.comment, placeholder: s.comment, maxlength: "2000" });
+      const submit = el("button", { class: "submit", text: s.submit });
+      const box = el("div", { class: "why", role: "group", "aria-label": s.why }, el("span", { text: s.why }),
+        el("div", { class: "votes" }, ...chips), comment, submit);
+      chips.forEach((chip) => chip.addEventListener("click", () => {
+        reason = chip.dataset.reason;
+        chips.forEach((c) => c.setAttribute("aria-pressed", String(c === chip)));
+      }));
+      submit.addEventListener("click", async () => {
+        const body = { thumb: "down", reason, comment: comment.value.trim() || null };
+        if (await this.#vote(row, messageId, body)) box.replaceWith(el("span", { class: "note", text: s.thanks }));
+      });
+      return box;
+    }
+
+    async #vote(row, messageId, body, pressed, other) {
+      pressed?.setAttribute("aria-pressed", "true");
+      other?.setAttribute("aria-pressed", "false");
+      try {
+        const reply = await fetch(`${this.server}/api/messages/${encodeURIComponent(messageId)}/feedback`, {
+          method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+        });
+        if (!reply.ok) throw new Error((await reply.json()).detail || reply.statusText);
+        this.#emit("feedback", { messageId, ...body });
+        return true;
+      } catch (exc) {
+        this.#note(`${this.strings.failed} ${exc.message || ""}`.trim());
+        return false;
+      }
+    }
+
+    async #handoff() {
+      const id = this.sessionId;
+      if (!id) return this.#note(this.strings.failed);
+      try {
+        const reply = await fetch(`${this.server}/api/sessions/${encodeURIComponent(id)}/handoff`, {
+          method: "POST", headers: { "Content-Type": "application/json" }, body: "{}",
+        });
+        this.#note(reply.ok ? this.strings.humanDone : this.strings.failed);
+      } catch { this.#note(this.strings.failed); }
+    }
+  }
+
+  SupportChat.define();
+  window.SupportChat = SupportChat;
+
+  // ---- the loader: one <support-chat> per embedding script ----------------------------------------------
+  const script = document.currentScript;
+  if (!script || script.dataset.embed === "false") return;
+  const mount = () => {
+    const chat = document.createElement("support-chat");
+    chat.setAttribute("server", script.dataset.server || new URL(script.src, location.href).origin);
+    for (const [key, value] of Object.entries(script.dataset)) {
+      const name = key === "title" ? "chat-title" : key.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
+      if (key !== "server" && key !== "embed") chat.setAttribute(name, value);
+    }
+    document.body.append(chat);
+  };
+  document.body ? mount() : document.addEventListener("DOMContentLoaded", mount);
+})();
