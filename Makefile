@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install model demo test test-fast clean
+.PHONY: install model demo test test-fast clean chromium
 
 # torch is pinned here (2.13.0 is the CPU build on these machines); pyproject keeps a range.
 $(STAMP): pyproject.toml
@@ -24,10 +24,17 @@ demo: model
 	@echo "supportloop demo: open http://$(HOST):$(PORT)/ once it says ready (data in ./var)"
 	SUPPORTLOOP_DATA_DIR=$${SUPPORTLOOP_DATA_DIR:-var} $(BIN)/supportloop serve --host $(HOST) --port $(PORT)
 
-test: model
+test: model chromium
 	$(BIN)/python -m pytest
 
-test-fast: install
+# The widget's browser tests drive Debian's chromium (never a browser download). As root, get it from the
+# system package manager; otherwise those tests skip with a loud reason (CI always has it).
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+		echo "*** chromium not installed (not root, or no apt-get): the widget's browser tests will be SKIPPED ***"; }
+
+test-fast: install chromium
 	$(BIN)/python -m pytest -m "not integration"
 
 clean:

@@ -24,7 +24,8 @@
   const CSS = `
 :host{all:initial;--a:var(--sc-accent,#2457d6);--bg:var(--sc-bg,#fff);--fg:var(--sc-fg,#1d2230);--mu:var(--sc-muted,#667085);
 --bd:var(--sc-border,#d9dce3);--ub:var(--sc-user-bg,var(--a));--uf:var(--sc-user-fg,#fff);--ab:var(--sc-bot-bg,#f1f3f7);
-position:fixed;bottom:20px;right:20px;z-index:2147483000;font:15px/1.45 var(--sc-font,system-ui,-apple-system,"Segoe UI",sans-serif);color:var(--fg)}
+position:fixed;bottom:20px;right:20px;z-index:2147483000}
+.panel,.launcher{font:15px/1.45 var(--sc-font,system-ui,-apple-system,"Segoe UI",sans-serif);color:var(--fg)}
 :host([position=left]){right:auto;left:20px}
 :host([theme=dark]){--bg:var(--sc-bg,#181b22);--fg:var(--sc-fg,#e8eaf0);--mu:var(--sc-muted,#9aa3b5);--bd:var(--sc-border,#353a46);--ab:var(--sc-bot-bg,#262a34)}
 @media (prefers-color-scheme:dark){:host(:not([theme=light])){--bg:var(--sc-bg,#181b22);--fg:var(--sc-fg,#e8eaf0);--mu:var(--sc-muted,#9aa3b5);--bd:var(--sc-border,#353a46);--ab:var(--sc-bot-bg,#262a34)}}
@@ -32,6 +33,7 @@ position:fixed;bottom:20px;right:20px;z-index:2147483000;font:15px/1.45 var(--sc
 button{cursor:pointer;border:0;background:none;padding:0}
 button:focus-visible,textarea:focus-visible{outline:2px solid var(--a);outline-offset:2px}
 .launcher{width:56px;height:56px;border-radius:50%;background:var(--a);color:#fff;font-size:26px;box-shadow:0 4px 14px #0003;display:grid;place-items:center}
+.launcher svg{width:28px;height:28px}.launcher img{width:32px;height:32px;border-radius:50%}.votes svg{width:14px;height:14px;vertical-align:-2px}
 .panel{position:absolute;bottom:70px;right:0;width:min(380px,calc(100vw - 40px));height:min(580px,calc(100vh - 110px));background:var(--bg);
 border:1px solid var(--bd);border-radius:14px;box-shadow:0 12px 40px #0003;display:flex;flex-direction:column;overflow:hidden}
 :host([position=left]) .panel{right:auto;left:0}
@@ -67,6 +69,23 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
     node.append(...kids);
     return node;
   };
+
+  const ICONS = {  // Material icons (Apache-2.0): no emoji font is needed on the visitor's machine
+    chat: "M20 2H4c-1.1 0-2 .9-2 2v18l4-4h14c1.1 0 2-.9 2-2V4c0-1.1-.9-2-2-2z",
+    up: "M1 21h4V9H1v12zm22-11c0-1.1-.9-2-2-2h-6.31l.95-4.57.03-.32c0-.41-.17-.79-.44-1.06L14.17 1 7.59 7.59C7.22 7.95 7 8.45 7 9v10c0 1.1.9 2 2 2h9c.83 0 1.54-.5 1.84-1.22l3.02-7.05c.09-.23.14-.47.14-.73v-2z",
+  };
+  function icon(name, flip = false) {
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    if (flip) svg.setAttribute("transform", "rotate(180)");
+    const path = document.createElementNS(ns, "path");
+    path.setAttribute("d", ICONS[name]);
+    path.setAttribute("fill", "currentColor");
+    svg.append(path);
+    return svg;
+  }
 
   /** Model and user text as DOM: line breaks, "- " / "1. " lists, http(s) links; never HTML. */
   function format(text) {
@@ -188,7 +207,9 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
       const s = this.strings;
       const title = this.getAttribute("chat-title") || s.title;
       this.#ui.title.textContent = title;
-      this.#ui.launcher.textContent = this.getAttribute("launcher-icon") || "💬";
+      const custom = this.getAttribute("launcher-icon");
+      this.#ui.launcher.replaceChildren(!custom ? icon("chat") : /^https?:\/\//.test(custom)
+        ? el("img", { src: custom, alt: "" }) : custom);
       this.#ui.launcher.setAttribute("aria-label", s.open);
       this.#ui.input.placeholder = s.placeholder;
     }
@@ -338,8 +359,8 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
     // ---- feedback -----------------------------------------------------------------------------------
     #votes(messageId, given) {
       const s = this.strings;
-      const up = el("button", { "aria-label": s.helpful, "aria-pressed": String(given === "up"), text: "👍" });
-      const down = el("button", { "aria-label": s.unhelpful, "aria-pressed": String(given === "down"), text: "👎" });
+      const up = el("button", { "aria-label": s.helpful, "aria-pressed": String(given === "up") }, icon("up"));
+      const down = el("button", { "aria-label": s.unhelpful, "aria-pressed": String(given === "down") }, icon("up", true));
       const row = el("div", { class: "votes" }, up, down);
       up.addEventListener("click", () => this.#vote(row, messageId, { thumb: "up" }, up, down));
       down.addEventListener("click", () => {
@@ -402,7 +423,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
 
   // ---- the loader: one <support-chat> per embedding script ----------------------------------------------
   const script = document.currentScript;
-  if (!script || script.dataset.embed === "false") return;
+  if (!script || !script.src || script.dataset.embed === "false") return;
   const mount = () => {
     const chat = document.createElement("support-chat");
     chat.setAttribute("server", script.dataset.server || new URL(script.src, location.href).origin);
