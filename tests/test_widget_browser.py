@@ -258,3 +258,46 @@ def test_malformed_frames_from_the_server_are_ignored_with_one_warning(browser):
         context.close()
         server.shutdown()
     assert [kind for kind, _ in logged if kind in ("warning", "error")] == ["warning"], logged
+
+
+def test_theming_strings_and_keyboard(browser, bot):
+    context = browser.new_context(color_scheme="dark")
+    page = context.new_page()
+    page.goto(bot.url + "/")  # the demo page: the widget embedded like on a customer's site
+    page.locator("support-chat").wait_for(state="attached")
+    page.evaluate("""() => { const chat = document.querySelector("support-chat");
+        chat.setAttribute("accent", "rgb(10, 120, 60)"); chat.setAttribute("position", "left");
+        chat.setAttribute("launcher-icon", "?"); chat.strings = {send: "Envoyer", title: "Aide"}; }""")
+    launcher = page.locator("support-chat .launcher")
+    assert launcher.text_content() == "?" and launcher.bounding_box()["x"] < 100  # bottom left
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")  # the launcher, from the keyboard
+    panel = page.locator("support-chat .panel")
+    panel.wait_for()
+    assert page.locator("support-chat header").evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(10, 120, 60)"
+    assert panel.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(24, 27, 34)"  # dark mode
+    assert page.locator("support-chat form button").text_content() == "Envoyer"
+    assert page.evaluate("() => document.activeElement.shadowRoot.activeElement.className") == "input"
+    page.keyboard.press("Escape")
+    assert panel.is_hidden() and launcher.get_attribute("aria-expanded") == "false"
+    assert page.evaluate("() => document.activeElement.shadowRoot.activeElement.className") == "launcher"
+    page.screenshot(path=str(ARTIFACTS / "widget-themed.png"))
+    context.close()
+
+
+def test_talk_to_a_human_is_stored_and_a_removed_widget_disconnects(page, store, bot):
+    from feedback import repo
+
+    _open(page)
+    _ask(page, "I need a person")
+    page.locator("support-chat .msg.assistant[data-message-id]").wait_for()
+    page.get_by_role("button", name="Talk to a human").click()
+    page.get_by_text("a member of our team will follow up").wait_for()
+    with store.session() as s:
+        assert len(repo.list_handoffs(s)) == 1
+    sockets = lambda: [c for c in bot.server.server_state.connections if "websocket" in type(c).__name__.lower()]  # noqa: E731
+    assert len(sockets()) == 1
+    page.evaluate("() => document.querySelector('support-chat').remove()")
+    wait_until(lambda: not sockets(), timeout=10)  # removed from the page: it hung up and does not come back
+    page.wait_for_timeout(1500)
+    assert not sockets()
