@@ -301,3 +301,16 @@ def test_talk_to_a_human_is_stored_and_a_removed_widget_disconnects(page, store,
     wait_until(lambda: not sockets(), timeout=10)  # removed from the page: it hung up and does not come back
     page.wait_for_timeout(1500)
     assert not sockets()
+
+
+def test_a_reloaded_page_shows_the_sessions_transcript_and_votes(page):
+    _open(page)
+    _ask(page, "Do you have a gym?")
+    page.locator("support-chat .msg.assistant[data-message-id]").wait_for()
+    page.get_by_role("button", name="Helpful", exact=True).click()
+    page.wait_for_timeout(300)
+    page.reload()
+    _open(page)
+    page.locator("support-chat .msg.assistant").wait_for()
+    assert page.locator("support-chat .msg").all_text_contents() == ["Do you have a gym?", "Happy to help."]
+    assert page.get_by_role("button", name="Helpful", exact=True).get_attribute("aria-pressed") == "true"
