@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlmodel import select
 
@@ -314,3 +315,32 @@ def test_a_reloaded_page_shows_the_sessions_transcript_and_votes(page):
     page.locator("support-chat .msg.assistant").wait_for()
     assert page.locator("support-chat .msg").all_text_contents() == ["Do you have a gym?", "Happy to help."]
     assert page.get_by_role("button", name="Helpful", exact=True).get_attribute("aria-pressed") == "true"
+
+
+@pytest.mark.integration
+def test_the_widget_chats_with_the_real_model(browser, tmp_path):
+    """Real SmolLM2 behind the widget: the answer streams in (several token frames) and can be rated."""
+    from bot.basemodel import pull_default_model
+    from bot.settings import Settings
+
+    cache = Settings().model_cache
+    pull_default_model(cache, progress=False)
+    settings = Settings(data_dir=tmp_path / "data", model_cache=cache, max_new_tokens=32)
+    with LiveServer(create_app(settings)) as bot, host_site(bot.url) as url:
+        wait_until(lambda: httpx.get(bot.url + "/readyz").status_code == 200, timeout=300, interval=0.5)
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(url)
+        page.locator("support-chat .launcher").click()
+        page.locator("support-chat .panel[data-state=online]").wait_for(timeout=300_000)
+        page.evaluate("""() => { window.sizes = []; const chat = document.querySelector("support-chat");
+            new MutationObserver(() => { const a = chat.shadowRoot.querySelector(".msg.assistant");
+                if (a) window.sizes.push(a.textContent.length); })
+              .observe(chat.shadowRoot, {subtree: true, childList: true, characterData: true}); }""")
+        _ask(page, "What time is check-in at A and B Guest House?")
+        page.locator("support-chat .msg.assistant[data-message-id]").wait_for(timeout=120_000)
+        assert len(set(page.evaluate("() => window.sizes"))) > 3  # it grew token by token
+        assert _answers(page).first.text_content().strip()
+        assert _answers(page).first.get_attribute("data-version") == "base"
+        page.screenshot(path=str(ARTIFACTS / "widget-real-model.png"))
+        context.close()
