@@ -59,6 +59,8 @@ def start_server(env: dict[str, str], *args: str, timeout: float = 600) -> tuple
     log = open(os.environ["SUPPORTLOOP_BENCH_SERVER_LOG"], "ab") if "SUPPORTLOOP_BENCH_SERVER_LOG" in os.environ else None
     proc = subprocess.Popen([CLI, "serve", "--port", str(port), *args], env={**os.environ, **env},
                             stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
+    if log is not None:
+        log.close()  # the server has its own copy
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -35,7 +35,7 @@ from bot.generator import (PROBE_TOKENS, UNLOAD_POLL_SECONDS, AdapterError, Busy
                            ModelUnavailable, model_threads)
 
 log = logging.getLogger(__name__)
-CALLS = frozenset({"load_adapter", "unload_adapter", "try_unload_adapter"})  # what the server may call in the worker
+CALLS = frozenset({"load_adapter", "try_unload_adapter"})  # what the server may call in the worker
 POLL_SECONDS = 0.02  # how often the server's reader looks for cancelled requests when no message comes
 START_TIMEOUT = 900.0
 
@@ -291,16 +291,20 @@ class ProcessGenerator:
         if failures:
             for worker, future in futures:
                 if future.exception() is None:
-                    self._call(worker, "unload_adapter", version)
+                    self._unload_from(worker, version)
             raise failures[0]
 
     def unload_adapter(self, version: str) -> None:
         """Unload once drained, from the prefill worker first: the requests it hands over reach the decode
-        worker's queue before its reply (one pipe, in order), so the decode worker then waits for them.
-        The waiting happens here, not in a worker's call thread, which a load may need meanwhile."""
+        worker's queue before its reply (one pipe, in order), so the decode worker then waits for them."""
         for worker in self._workers[::-1]:  # the prefill worker, then the decode worker
-            while not self._call(worker, "try_unload_adapter", version):
-                time.sleep(UNLOAD_POLL_SECONDS)
+            self._unload_from(worker, version)
+
+    def _unload_from(self, worker: _Worker, version: str) -> None:
+        """The waiting for `version`'s requests happens here, not in a worker's call thread, which a load
+        may need meanwhile."""
+        while not self._call(worker, "try_unload_adapter", version):
+            time.sleep(UNLOAD_POLL_SECONDS)
 
     def _call(self, worker: _Worker, method: str, *args):
         return self._send_call(worker, method, *args).result()

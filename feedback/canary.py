@@ -14,11 +14,11 @@ import logging
 from dataclasses import asdict, dataclass
 
 from scipy.stats import fisher_exact
-from sqlmodel import Session, func, select
+from sqlmodel import Session
 
-from feedback.models import Canary, Feedback, Message, Role, Staff, Thumb
+from feedback.models import Canary, Message, Staff, Thumb
 from feedback.repo import Conflict, Invalid, audit_action, end_canary, lock_versions, notify_serving_change, running_canary
-from feedback.versions import active_version, check_promotion
+from feedback.versions import active_version, actor_fields, check_promotion, vote_counts
 
 log = logging.getLogger(__name__)
 ALPHA = 0.05
@@ -53,11 +53,11 @@ def start(session: Session, version: str, percent: float, *, actor: str | Staff,
     lock_versions(session)
     forced = check_start(session, version, percent, force=force)
     canary = running_canary(session)
-    name, staff_id = (actor.name, actor.id) if isinstance(actor, Staff) else (actor, None)
     if canary is None:
-        canary = Canary(version=version, percent=percent, actor=name, staff_id=staff_id, forced=forced)
+        canary = Canary(version=version, percent=percent, forced=forced, **actor_fields(actor))
     canary.percent = percent
     session.add(canary)
+    notify_serving_change(session)
     _record(session, actor, "adapter.canary", version, percent=percent, forced=forced)
     return canary
 
@@ -79,13 +79,13 @@ def stop(session: Session, *, actor: str | Staff) -> Canary:
     canary = running_canary(session)
     if canary is None:
         raise Conflict("no canary is running")
-    end_canary(session, canary, outcome="stopped", by=actor.name if isinstance(actor, Staff) else actor)
+    end_canary(session, canary, outcome="stopped", by=actor_fields(actor)["actor"])  # notifies the servers
     _record(session, actor, "adapter.canary_stop", canary.version)
     return canary
 
 
 def _record(session: Session, actor: str | Staff, action: str, version: str, **detail) -> None:
-    notify_serving_change(session)
+    """Commit the change, with an audit entry when a staff member made it."""
     if isinstance(actor, Staff):
         audit_action(session, actor, action, version, **detail)
     session.commit()
@@ -94,12 +94,8 @@ def _record(session: Session, actor: str | Staff, action: str, version: str, **d
 def evaluate(session: Session, canary: Canary) -> Verdict:
     """The rule applied to the votes on answers given since `canary` started."""
     active = active_version(session)
-    query = (select(Message.adapter_version, Feedback.thumb, func.count())
-             .join(Feedback, Feedback.message_id == Message.id)
-             .where(Message.role == Role.assistant, Message.created_at >= canary.started_at,
-                    Message.adapter_version.in_([canary.version, active]))
-             .group_by(Message.adapter_version, Feedback.thumb))
-    votes = {(version, thumb): count for version, thumb, count in session.exec(query).all()}
+    votes = vote_counts(session, Message.created_at >= canary.started_at,
+                        Message.adapter_version.in_([canary.version, active]))
 
     def side(version: str) -> tuple[int, int]:
         down = votes.get((version, Thumb.down), 0)

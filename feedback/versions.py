@@ -35,7 +35,7 @@ def promote(session: Session, version: str, *, actor: str | Staff, force: bool =
     a staff member (also written to the audit trail) or a name such as 'cli'."""
     lock_versions(session)
     forced = check_promotion(session, version, force=force)
-    return _commit(session, set_active(session, version, action="promote", forced=forced, **_who(actor)), actor)
+    return _commit(session, set_active(session, version, action="promote", forced=forced, **actor_fields(actor)), actor)
 
 
 def rollback_target(session: Session) -> str:
@@ -51,10 +51,11 @@ def rollback_target(session: Session) -> str:
 def rollback(session: Session, *, actor: str | Staff) -> AdapterActivation:
     """Make the previously active version active again (Conflict if there is none)."""
     lock_versions(session)
-    return _commit(session, set_active(session, rollback_target(session), action="rollback", **_who(actor)), actor)
+    return _commit(session, set_active(session, rollback_target(session), action="rollback", **actor_fields(actor)), actor)
 
 
-def _who(actor: str | Staff) -> dict:
+def actor_fields(actor: str | Staff) -> dict:
+    """The `actor` (a name) and `staff_id` (None unless a staff member) columns of a change by `actor`."""
     return {"actor": actor.name, "staff_id": actor.id} if isinstance(actor, Staff) else {"actor": actor}
 
 
@@ -103,15 +104,18 @@ def _adapter(session: Session, version: str) -> Adapter:
     return adapter
 
 
+def vote_counts(session: Session, *where) -> dict[tuple[str | None, Thumb], int]:
+    """Votes on answers by (adapter version, thumb), over the answers matching the `where` clauses."""
+    query = (select(Message.adapter_version, Feedback.thumb, func.count()).join(Feedback, Feedback.message_id == Message.id)
+             .where(Message.role == Role.assistant, *where).group_by(Message.adapter_version, Feedback.thumb))
+    return {(version, thumb): count for version, thumb, count in session.exec(query).all()}
+
+
 def _live_stats(session: Session) -> dict[str, dict]:
     answers = dict(session.exec(select(Message.adapter_version, func.count()).where(Message.role == Role.assistant)
                                 .group_by(Message.adapter_version)).all())
-    votes: dict[str, dict[Thumb, int]] = {}
-    query = (select(Message.adapter_version, Feedback.thumb, func.count()).join(Feedback, Feedback.message_id == Message.id)
-             .group_by(Message.adapter_version, Feedback.thumb))
-    for version, thumb, count in session.exec(query).all():
-        votes.setdefault(version, {})[thumb] = count
-    return {version: _rate(count, votes.get(version, {}).get(Thumb.up, 0), votes.get(version, {}).get(Thumb.down, 0))
+    votes = vote_counts(session)
+    return {version: _rate(count, votes.get((version, Thumb.up), 0), votes.get((version, Thumb.down), 0))
             for version, count in answers.items() if version is not None}
 
 

@@ -131,6 +131,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
     #outbox = [];
     #answer = null;
     #busy = false;
+    #ready = false; // a session frame arrived on the current connection
     #warned = false;
     #strings = {};
 
@@ -215,7 +216,6 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
     }
 
     #setState(state) {
-      this.state = state;
       this.#ui.state.textContent = this.strings[state];
       this.#ui.panel.dataset.state = state;
     }
@@ -247,8 +247,6 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
         this.#timer = setTimeout(() => this.#connect(), delay);
       };
     }
-
-    #ready = false;
 
     #frame(raw) {
       let frame;

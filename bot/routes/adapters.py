@@ -88,8 +88,7 @@ async def promote(version: str, request: Request, admin: AdminDep, body: Promote
 @router.post("/rollback", response_model=Activation)
 async def rollback(request: Request, admin: AdminDep) -> Activation:
     store: Store = request.app.state.store
-    target = await asyncio.to_thread(_rollback_target, store)
-    path = await asyncio.to_thread(_path, store, target)
+    target, path = await asyncio.to_thread(_rollback_target, store)
     return await _switch(request, target, path, lambda: _apply(store, admin, versions.rollback))
 
 
@@ -106,14 +105,11 @@ def _canary_path(store: Store, version: str, body: CanaryBody) -> str | None:
         return versions.path_of(session, version)
 
 
-def _path(store: Store, version: str) -> str | None:
+def _rollback_target(store: Store) -> tuple[str, str | None]:
+    """The version a rollback goes back to, and its folder."""
     with store.session() as session:
-        return versions.path_of(session, version)
-
-
-def _rollback_target(store: Store) -> str:
-    with store.session() as session:
-        return versions.rollback_target(session)
+        target = versions.rollback_target(session)
+        return target, versions.path_of(session, target)
 
 
 def _apply(store: Store, admin: Staff, change: Callable[..., AdapterActivation], *args, **kwargs) -> AdapterActivation:
