@@ -12,6 +12,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from bot.adapters import AdapterManager
 from bot.basemodel import resolve_base_model
@@ -21,7 +22,7 @@ from bot.errors import HANDLED, error_reply
 from bot.limits import ClientLimits
 from bot.metrics import Metrics
 from bot.generator import Generator, HFGenerator
-from bot.routes import adapters, admin, chat, feedback, openai, ops, staff
+from bot.routes import adapters, admin, chat, console, feedback, openai, ops, staff
 from bot.settings import Settings
 from bot.worker import ProcessGenerator
 from bot.training import round_launcher
@@ -111,7 +112,8 @@ def create_app(settings: Settings | None = None, generator: Generator | None = N
     app.add_middleware(feedback.VoteIngest)  # inside CORS: the widget's cross-origin votes get CORS headers
     app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST", "PATCH"],
                        allow_headers=["Authorization", "Content-Type"])
-    for module in (ops, chat, feedback, staff, admin, adapters, openai):
+    for module in (ops, chat, feedback, staff, admin, adapters, openai, console):
         app.include_router(module.router)
+    app.mount("/staff/static", StaticFiles(packages=[("bot", "console/static")]), name="console-static")
     _install_error_handlers(app)
     return app

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
                                         "store for a newly promoted adapter")
     max_loaded_adapters: int = Field(4, ge=1, description="adapter versions kept loaded (least recently used go "
                                      "first; never the active one, a canary or one of the newest candidates)")
+    staff_login_hours: float = Field(12.0, gt=0, description="how long a staff console login lasts before "
+                                     "the console asks for the token again")
+    cookie_secure: bool = Field(True, description="mark the staff console's login cookie Secure (HTTPS only; "
+                                "browsers also keep it on http://localhost); false only on a trusted network")
 
     def as_env(self) -> dict[str, str]:
         """These settings as `SUPPORTLOOP_*` variables, for a child process (a training round)."""

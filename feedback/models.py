@@ -129,6 +129,17 @@ class Staff(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class StaffLogin(SQLModel, table=True):
+    """A staff console login: the browser holds a random cookie token (only its hash is stored here) and
+    sends `csrf_token` back on every state-changing request. Ends at `expires_at` or on logout."""
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(unique=True, max_length=128)
+    staff_id: int = Field(foreign_key="staff.id", index=True)
+    csrf_token: str = Field(max_length=128)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime = Field(index=True)
+
+
 class StaffAction(SQLModel, table=True):
     """The audit trail: every state-changing staff action, with who and when."""
     id: int | None = Field(default=None, primary_key=True)

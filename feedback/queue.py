@@ -9,9 +9,9 @@ from sqlalchemy import and_, case, exists, literal
 from sqlmodel import Session, func, select
 
 from feedback.models import (
-    Correction, CorrectionStatus, Feedback, Handoff, HandoffStatus, Message, Reason, Role, Thumb,
+    Correction, CorrectionStatus, Feedback, Handoff, HandoffStatus, Message, Reason, Role, Staff, Thumb,
 )
-from feedback.repo import list_messages
+from feedback.repo import feedback_by_message, get_conversation, list_messages
 
 KINDS = ("thumbs_down", "handoff", "recent")
 
@@ -32,9 +32,20 @@ class QueuePage:
     items: list[QueueItem]
 
 
+@dataclass
+class ConversationReview:
+    """A whole conversation as staff see it: every message with its vote and corrections (oldest
+    first), the customer's handoff requests, and the names of the staff who appear."""
+    messages: list[Message]
+    feedback: dict[str, Feedback]
+    corrections: dict[str, list[Correction]]
+    handoffs: list[Handoff]
+    names: dict[int, str]
+
+
 def review_queue(session: Session, *, limit: int = 20, offset: int = 0, reason: Reason | None = None,
-                 version: str | None = None, since: datetime | None = None, search: str | None = None,
-                 include_reviewed: bool = False) -> QueuePage:
+                 version: str | None = None, since: datetime | None = None, until: datetime | None = None,
+                 search: str | None = None, include_reviewed: bool = False) -> QueuePage:
     """Assistant answers ordered by urgency, newest first within a kind. Answers with an approved or
     rejected correction have been dealt with and are left out unless `include_reviewed`."""
     open_handoff = exists().where(Handoff.message_id == Message.id, Handoff.status == HandoffStatus.open)
@@ -42,19 +53,22 @@ def review_queue(session: Session, *, limit: int = 20, offset: int = 0, reason: 
     query = (select(Message, Feedback, priority.label("priority"))
              .outerjoin(Feedback, Feedback.message_id == Message.id)
              .where(Message.role == Role.assistant))
-    query = _filtered(query, reason, version, since, search, include_reviewed)
+    query = _filtered(query, reason, version, (since, until), search, include_reviewed)
     total = session.exec(select(func.count()).select_from(query.subquery())).one()
     rows = session.exec(query.order_by(priority, Message.created_at.desc(), Message.id).offset(offset).limit(limit))
     return QueuePage(total, [_item(session, *row) for row in rows])
 
 
-def _filtered(query, reason, version, since, search, include_reviewed):
+def _filtered(query, reason, version, period, search, include_reviewed):
+    since, until = period
     if reason is not None:
         query = query.where(Feedback.reason == reason)
     if version is not None:
         query = query.where(Message.adapter_version == version)
     if since is not None:
         query = query.where(Message.created_at >= since)
+    if until is not None:
+        query = query.where(Message.created_at < until)
     if search:
         escaped = search.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         pattern = f"%{escaped}%"
@@ -73,3 +87,30 @@ def _item(session: Session, message: Message, feedback: Feedback | None, priorit
     corrections = list(session.exec(select(Correction).where(Correction.message_id == message.id)
                                     .order_by(Correction.id)))
     return QueueItem(KINDS[priority], message, earlier, feedback, handoff, corrections)
+
+
+def answer_versions(session: Session) -> list[str]:
+    """The adapter versions that have answered, for the queue's version filter."""
+    query = select(Message.adapter_version).where(Message.role == Role.assistant,
+                                                  Message.adapter_version.is_not(None)).distinct()
+    return sorted(session.exec(query).all())
+
+
+def conversation_review(session: Session, *, conversation_id: str) -> ConversationReview:
+    get_conversation(session, conversation_id=conversation_id)
+    messages = list_messages(session, conversation_id=conversation_id)
+    ids = [m.id for m in messages]
+    corrections: dict[str, list[Correction]] = {}
+    for correction in session.exec(select(Correction).where(Correction.message_id.in_(ids)).order_by(Correction.id)):
+        corrections.setdefault(correction.message_id, []).append(correction)
+    handoffs = list(session.exec(select(Handoff).where(Handoff.conversation_id == conversation_id)
+                                 .order_by(Handoff.created_at)))
+    flat = [c for cs in corrections.values() for c in cs]
+    return ConversationReview(messages, feedback_by_message(session, conversation_id=conversation_id), corrections,
+                              handoffs, staff_names(session, flat, handoffs))
+
+
+def staff_names(session: Session, corrections: list[Correction], handoffs: list[Handoff] = ()) -> dict[int, str]:
+    """Names of the staff who wrote or reviewed `corrections` or closed `handoffs`."""
+    ids = {i for c in corrections for i in (c.staff_id, c.reviewed_by) if i} | {h.closed_by for h in handoffs if h.closed_by}
+    return dict(session.exec(select(Staff.id, Staff.name).where(Staff.id.in_(ids))).all()) if ids else {}

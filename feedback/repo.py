@@ -191,19 +191,51 @@ def close_handoff(session: Session, *, handoff_id: int, actor: Staff) -> Handoff
 
 # corrections (staff) ----------------------------------------------------------------------------
 
-def add_correction(session: Session, *, message_id: str, actor: Staff, text: str, approve: bool) -> Correction:
+def add_correction(session: Session, *, message_id: str, actor: Staff, text: str, approve: bool,
+                   reject: bool = False, based_on: int | None = None) -> Correction:
+    """A new correction of an answer: a draft, approved, or (`reject`) rejected, which takes the answer
+    off the review queue without training on it. `based_on`: the newest correction of the answer the
+    editor saw (0: none); if another has been added since, nothing is written (Conflict)."""
+    if approve and reject:
+        raise Invalid("a correction cannot be both approved and rejected")
+    if based_on is not None:
+        _lock_message(session, message_id)
     message = get_message(session, message_id=message_id)
     if message.role != Role.assistant:
         raise Invalid("only assistant answers (the bot's) can be corrected")
+    if based_on is not None:
+        _check_newest(session, message_id, based_on)
     correction = Correction(message_id=message_id, staff_id=actor.id, text=text, status=CorrectionStatus.draft)
-    if approve:
-        _review(correction, actor, CorrectionStatus.approved)
+    if approve or reject:
+        _review(correction, actor, CorrectionStatus.approved if approve else CorrectionStatus.rejected)
     session.add(correction)
     session.flush()
-    audit_action(session, actor, "correction.approve" if approve else "correction.create", str(correction.id),
-           message_id=message_id)
+    action = "correction.approve" if approve else "correction.reject" if reject else "correction.create"
+    audit_action(session, actor, action, str(correction.id), message_id=message_id)
     session.commit()
     return correction
+
+
+def _lock_message(session: Session, message_id: str) -> None:
+    """Serialize corrections of one answer until the transaction ends (PostgreSQL: its row lock; SQLite:
+    the write lock, taken before anything is read)."""
+    session.execute(update(Message).where(Message.id == message_id).values(seq=Message.seq)
+                    .execution_options(synchronize_session=False))
+
+
+def _check_newest(session: Session, message_id: str, based_on: int) -> None:
+    newest = session.exec(select(Correction).where(Correction.message_id == message_id)
+                          .order_by(Correction.id.desc())).first()
+    if (newest.id if newest else 0) != based_on:
+        session.rollback()
+        who = session.get(Staff, newest.reviewed_by or newest.staff_id)
+        raise Conflict(f"{who.name if who else 'someone'} {_did(newest.status)} this answer after you opened it; "
+                       "nothing was saved — reload it to see their correction")
+
+
+def _did(status: CorrectionStatus) -> str:
+    return {CorrectionStatus.draft: "drafted a correction of", CorrectionStatus.approved: "approved a correction of",
+            CorrectionStatus.rejected: "rejected"}[status]
 
 
 def get_correction(session: Session, *, correction_id: int) -> Correction:
@@ -223,12 +255,16 @@ def list_corrections(session: Session, *, status: CorrectionStatus | None = None
     return list(session.exec(query))
 
 
-def edit_correction(session: Session, *, correction_id: int, actor: Staff, text: str, revision: int) -> Correction:
-    """Change a draft's text. `revision` is the one the editor started from: if someone changed the
-    correction since, nothing is overwritten (Conflict)."""
+def edit_correction(session: Session, *, correction_id: int, actor: Staff, text: str, revision: int,
+                    approve: bool = False) -> Correction:
+    """Change a draft's text (and with `approve`, approve it in the same write). `revision` is the one
+    the editor started from: if someone changed the correction since, nothing is overwritten (Conflict)."""
     _check_draft(session, correction_id, revision)
     audit_action(session, actor, "correction.edit", str(correction_id))
-    return _guarded_update(session, correction_id, revision, text=text)
+    review = {"status": CorrectionStatus.approved, "reviewed_by": actor.id, "reviewed_at": utcnow()} if approve else {}
+    if approve:
+        audit_action(session, actor, "correction.approve", str(correction_id))
+    return _guarded_update(session, correction_id, revision, text=text, **review)
 
 
 def review_correction(session: Session, *, correction_id: int, actor: Staff, approve: bool,

@@ -43,6 +43,11 @@ def get_run(session: Session, *, run_id: int) -> TrainingRun:
     return run
 
 
+def recent_runs(session: Session, *, limit: int = 10) -> list[TrainingRun]:
+    """The newest training runs first."""
+    return list(session.exec(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)))
+
+
 def update_run(session: Session, *, run_id: int, log: str | None = None, progress: dict | None = None,
                snapshot_at: datetime | None = None, outcome: RunOutcome | None = None) -> TrainingRun:
     run = get_run(session, run_id=run_id)

@@ -156,3 +156,34 @@ def serving_state(session: Session, *, candidates: int) -> ServingState:
         canary=None if canary is None else CanaryTarget(canary.version, path_of(session, canary.version), canary.id,
                                                         canary.percent, canary.started_at),
         candidates=tuple(Target(a.version, a.path) for a in newest))
+
+
+def votes_over_time(session: Session, *, bucket: str = "auto") -> dict:
+    """Thumbs up and down per adapter version per time bucket (by the time of the answer, UTC):
+    `{"bucket": "hour" | "day", "series": {version: [{"t": start, "up": n, "down": n}, ...]}}`. `auto`
+    takes hours when the votes span at most three days, else days."""
+    voted = (select(func.min(Message.created_at), func.max(Message.created_at))
+             .join(Feedback, Feedback.message_id == Message.id).where(Message.role == Role.assistant))
+    first, last = session.exec(voted).one()
+    if bucket == "auto":
+        bucket = "hour" if first is None or (last - first).total_seconds() <= 3 * 86400 else "day"
+    start = _bucket_start(session.get_bind().dialect.name, bucket)
+    query = (select(Message.adapter_version, start, Feedback.thumb, func.count())
+             .join(Feedback, Feedback.message_id == Message.id)
+             .where(Message.role == Role.assistant, Message.adapter_version.is_not(None))
+             .group_by(Message.adapter_version, start, Feedback.thumb).order_by(start))
+    series: dict[str, dict[str, dict]] = {}
+    for version, t, thumb, count in session.exec(query).all():
+        point = series.setdefault(version, {}).setdefault(t, {"t": t, "up": 0, "down": 0})
+        point[thumb.value if isinstance(thumb, Thumb) else thumb] += count
+    return {"bucket": bucket, "series": {v: list(points.values()) for v, points in series.items()}}
+
+
+def _bucket_start(dialect: str, bucket: str):
+    """The start of an answer's hour or day as ISO 8601 text (UTC), in the store's SQL dialect."""
+    if bucket not in ("hour", "day"):
+        raise ValueError(f"bucket must be auto, hour or day, got {bucket!r}")
+    if dialect == "postgresql":
+        utc = func.timezone("UTC", Message.created_at)
+        return func.to_char(func.date_trunc(bucket, utc), 'YYYY-MM-DD"T"HH24:00:00"Z"')
+    return func.strftime("%Y-%m-%dT%H:00:00Z" if bucket == "hour" else "%Y-%m-%dT00:00:00Z", Message.created_at)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 import time
@@ -21,6 +22,12 @@ from tests.tiny import build_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 FAQ = ROOT.parent / "shared" / "data" / "dstc9-faq" / "faq_qa.jsonl"
+ARTIFACTS = Path(os.environ.get("SUPPORTLOOP_ARTIFACTS", ROOT / "test-artifacts"))  # screenshots
+CHROMIUM = shutil.which("chromium")
+if CHROMIUM is None and os.environ.get("CI"):
+    raise RuntimeError("CI must run the browser tests: install Debian's chromium package (make test does, as root)")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="NO CHROMIUM: the browser tests (widget, staff console) did not run; install "
+                                    "Debian's chromium package (`make test` does when run as root)")
 PG_ADMIN_URL = os.environ.get("SUPPORTLOOP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -104,6 +111,18 @@ def admin(any_store) -> dict:
         _, token = repo.create_staff(s, name="ada", role=StaffRole.admin)
         _, agent = repo.create_staff(s, name="bob", role=StaffRole.agent)
     return {"ada": {"Authorization": f"Bearer {token}"}, "bob": {"Authorization": f"Bearer {agent}"}}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Python playwright (through `executable_path`: never a browser download)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-background-networking", "--disable-component-update"])
+        yield browser
+        browser.close()
 
 
 def free_port() -> int:

@@ -3,12 +3,9 @@
 with hostile CSS of its own. Screenshots go to $SUPPORTLOOP_ARTIFACTS (default: test-artifacts/)."""
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,15 +13,10 @@ from sqlmodel import select
 
 from bot.app import create_app
 from feedback.models import Feedback, Reason, Thumb
-from tests.conftest import ROOT, LiveServer, free_port, wait_until
+from tests.conftest import ARTIFACTS, ROOT, LiveServer, free_port, needs_chromium, wait_until
 from tests.fakes import FakeGenerator
 
-CHROMIUM = shutil.which("chromium")
-if CHROMIUM is None and os.environ.get("CI"):
-    raise RuntimeError("CI must run the browser tests: install Debian's chromium package (make test does, as root)")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="NO CHROMIUM: the widget's browser tests did not run; "
-                                "install Debian's chromium package (`make test` does when run as root)")
-ARTIFACTS = Path(os.environ.get("SUPPORTLOOP_ARTIFACTS", ROOT / "test-artifacts"))
+pytestmark = needs_chromium
 HOSTILE_CSS = "* { color: rgb(255, 0, 0) !important; font-family: serif !important; } button { display: none !important; }"
 
 
@@ -59,17 +51,6 @@ def host_site(bot_url: str, *, own_copy: bool = False):
         yield f"http://localhost:{server.server_address[1]}/"
     finally:
         server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-background-networking", "--disable-component-update"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -181,7 +181,8 @@ def _publish(config: RoundConfig, store, data: RoundData, staging: Path, manifes
     final = publish_folder(staging, config.adapters_dir, version, manifest)
     losses = [loss for t in manifest["training"].values() for loss in t["losses"]]
     metrics = {"examples": sum(t["examples"] for t in manifest["training"].values()), "gate": manifest["gate"],
-               "timings": manifest["timings"], "train_loss_final": losses[-1] if losses else None}
+               "timings": manifest["timings"], "train_loss_final": losses[-1] if losses else None,
+               "losses": {m: t["losses"] for m, t in manifest["training"].items()}}  # per step, for the console's chart
     combined = dataset_hash([{m: d["hash"]} for m, d in manifest["datasets"].items()])
     with store.session() as session:
         repo.register_adapter(session, version=version, path=str(final.resolve()), parent=data.parent,

@@ -2,7 +2,7 @@
 `GET /api/admin/adapters` lists them with manifest metrics and live stats, and the running canary with
 its verdict; `POST .../{version}/promote` and `POST .../rollback` change the active version;
 `POST .../{version}/canary` `{"percent": N}` starts a canary (or changes its percentage) and
-`POST .../canary/stop` ends it. This server loads and validates the version before the store changes
+`POST .../canary/stop` ends it; `GET .../votes` counts thumbs per version over time. This server loads and validates the version before the store changes
 (refused → 422 with the reason, nothing changes) and serves it at once; other servers on the same store
 follow it."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
@@ -57,6 +57,12 @@ def _canary_report(session) -> dict | None:
         return None
     return canary.describe(running) | {"verdict": asdict(canary.evaluate(session, running)),
                                        "rule": {"alpha": canary.ALPHA, "min_votes": canary.MIN_VOTES}}
+
+
+@router.get("/votes")
+def votes(session: SessionDep, _admin: AdminDep, bucket: Literal["auto", "hour", "day"] = "auto") -> dict:
+    """Thumbs up and down per version over time (for the thumbs-up-rate chart)."""
+    return versions.votes_over_time(session, bucket=bucket)
 
 
 @router.post("/canary/stop")

@@ -7,13 +7,13 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from bot.deps import AdminDep, SessionDep, StaffDep
 from bot.protocol import FeedbackState, HandoffResponse
 from feedback import repo
 from feedback.models import CorrectionStatus, Reason, Role, StaffRole
-from feedback.queue import QueueItem, review_queue
+from feedback.queue import QueueItem, answer_versions, conversation_review, review_queue, staff_names
 
 router = APIRouter(prefix="/api")
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=8000)]
@@ -23,11 +23,15 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 class CorrectionRequest(BaseModel):
     text: Text
     approve: bool = False
+    reject: bool = Field(False, description="rejected: the answer leaves the review queue and is not trained on")
+    based_on: int | None = Field(None, ge=0, description="the newest correction of this answer the editor saw (0: "
+                                 "none); if another was added since, nothing is saved (409)")
 
 
 class CorrectionEdit(BaseModel):
     text: Text
     revision: int  # the revision the edit started from (stale edits are refused with 409)
+    approve: bool = False  # approve the edited text in the same write
 
 
 class ReviewRequest(BaseModel):
@@ -83,6 +87,20 @@ class QueueOut(BaseModel):
     limit: int
     offset: int
     items: list[QueueEntry]
+    versions: list[str] = Field(description="every adapter version that has answered (for the version filter)")
+    names: dict[int, str] = Field(description="names of the staff who wrote or reviewed the corrections shown")
+
+
+class ConversationMessage(QueueMessage):
+    feedback: FeedbackState | None
+    corrections: list[CorrectionOut]
+
+
+class ConversationOut(BaseModel):
+    id: str
+    messages: list[ConversationMessage]
+    handoffs: list[HandoffResponse]
+    names: dict[int, str]
 
 
 class StaffCreate(BaseModel):
@@ -123,18 +141,34 @@ class ActionOut(BaseModel):
 @router.get("/review", response_model=QueueOut)
 def queue(session: SessionDep, _staff: StaffDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
           offset: Annotated[int, Query(ge=0)] = 0, reason: Reason | None = None, version: str | None = None,
-          since: datetime | None = None, q: Annotated[str | None, Query(max_length=200)] = None,
-          include_reviewed: bool = False) -> QueueOut:
+          since: datetime | None = None, until: datetime | None = None,
+          q: Annotated[str | None, Query(max_length=200)] = None, include_reviewed: bool = False) -> QueueOut:
     """Answers to review: thumbs down first, then handoff requests, then recent answers."""
     page = review_queue(session, limit=limit, offset=offset, reason=reason, version=version, since=since,
-                        search=q, include_reviewed=include_reviewed)
-    return QueueOut(total=page.total, limit=limit, offset=offset, items=[QueueEntry.of(i) for i in page.items])
+                        until=until, search=q, include_reviewed=include_reviewed)
+    names = staff_names(session, [c for i in page.items for c in i.corrections])
+    return QueueOut(total=page.total, limit=limit, offset=offset, items=[QueueEntry.of(i) for i in page.items],
+                    versions=answer_versions(session), names=names)
+
+
+@router.get("/conversations/{conversation_id}", response_model=ConversationOut)
+def conversation(conversation_id: str, session: SessionDep, _staff: StaffDep) -> ConversationOut:
+    """A whole conversation for staff: votes, corrections (approved ones replace the answer in training) and
+    handoff requests."""
+    found = conversation_review(session, conversation_id=conversation_id)
+    messages = [ConversationMessage(**QueueMessage.model_validate(m).model_dump(),
+                                    feedback=FeedbackState.model_validate(found.feedback[m.id]) if m.id in found.feedback else None,
+                                    corrections=[CorrectionOut.model_validate(c) for c in found.corrections.get(m.id, [])])
+                for m in found.messages]
+    return ConversationOut(id=conversation_id, messages=messages, names=found.names,
+                           handoffs=[HandoffResponse.model_validate(h) for h in found.handoffs])
 
 
 @router.post("/messages/{message_id}/corrections", response_model=CorrectionOut, status_code=201)
 def correct(message_id: str, body: CorrectionRequest, session: SessionDep, staff: StaffDep) -> CorrectionOut:
-    return CorrectionOut.model_validate(repo.add_correction(session, message_id=message_id, actor=staff,
-                                                            text=body.text, approve=body.approve))
+    return CorrectionOut.model_validate(repo.add_correction(session, message_id=message_id, actor=staff, text=body.text,
+                                                            approve=body.approve, reject=body.reject,
+                                                            based_on=body.based_on))
 
 
 @router.get("/corrections", response_model=list[CorrectionOut])
@@ -147,7 +181,8 @@ def corrections(session: SessionDep, _staff: StaffDep, status: CorrectionStatus 
 @router.patch("/corrections/{correction_id}", response_model=CorrectionOut)
 def edit(correction_id: int, body: CorrectionEdit, session: SessionDep, staff: StaffDep) -> CorrectionOut:
     return CorrectionOut.model_validate(repo.edit_correction(session, correction_id=correction_id, actor=staff,
-                                                             text=body.text, revision=body.revision))
+                                                             text=body.text, revision=body.revision,
+                                                             approve=body.approve))
 
 
 @router.post("/corrections/{correction_id}/approve", response_model=CorrectionOut)
