@@ -112,7 +112,7 @@ class Handoff(SQLModel, table=True):
     """A customer asked to talk to a human."""
     id: int | None = Field(default=None, primary_key=True)
     conversation_id: str = Field(foreign_key="conversation.id", index=True, max_length=64)
-    message_id: str | None = Field(default=None, foreign_key="message.id", max_length=64)
+    message_id: str | None = Field(default=None, foreign_key="message.id", max_length=64, index=True)
     note: str | None = Field(default=None, max_length=2000)
     status: HandoffStatus = HandoffStatus.open
     created_at: datetime = Field(default_factory=utcnow)

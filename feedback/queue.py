@@ -55,8 +55,8 @@ def review_queue(session: Session, *, limit: int = 20, offset: int = 0, reason: 
              .where(Message.role == Role.assistant))
     query = _filtered(query, reason, version, (since, until), search, include_reviewed)
     total = session.exec(select(func.count()).select_from(query.subquery())).one()
-    rows = session.exec(query.order_by(priority, Message.created_at.desc(), Message.id).offset(offset).limit(limit))
-    return QueuePage(total, [_item(session, *row) for row in rows])
+    rows = session.exec(query.order_by(priority, Message.created_at.desc(), Message.id).offset(offset).limit(limit)).all()
+    return QueuePage(total, _items(session, rows))
 
 
 def _filtered(query, reason, version, period, search, include_reviewed):
@@ -80,13 +80,22 @@ def _filtered(query, reason, version, period, search, include_reviewed):
     return query
 
 
-def _item(session: Session, message: Message, feedback: Feedback | None, priority: int) -> QueueItem:
-    earlier = [m for m in list_messages(session, conversation_id=message.conversation_id) if m.seq < message.seq]
-    handoff = session.exec(select(Handoff).where(Handoff.message_id == message.id)
-                           .order_by(Handoff.created_at.desc())).first()
-    corrections = list(session.exec(select(Correction).where(Correction.message_id == message.id)
-                                    .order_by(Correction.id)))
-    return QueueItem(KINDS[priority], message, earlier, feedback, handoff, corrections)
+def _items(session: Session, rows) -> list[QueueItem]:
+    """The page's items with their context, handoffs and corrections, in three queries for the page."""
+    answers = [message for message, _, _ in rows]
+    conversations = {m.conversation_id for m in answers}
+    earlier: dict[str, list[Message]] = {}
+    for m in session.exec(select(Message).where(Message.conversation_id.in_(conversations)).order_by(Message.seq)):
+        earlier.setdefault(m.conversation_id, []).append(m)
+    ids = [m.id for m in answers]
+    handoffs = {h.message_id: h for h in session.exec(select(Handoff).where(Handoff.message_id.in_(ids))
+                                                       .order_by(Handoff.created_at))}  # the newest wins
+    corrections: dict[str, list[Correction]] = {}
+    for c in session.exec(select(Correction).where(Correction.message_id.in_(ids)).order_by(Correction.id)):
+        corrections.setdefault(c.message_id, []).append(c)
+    return [QueueItem(KINDS[priority], message, [m for m in earlier[message.conversation_id] if m.seq < message.seq],
+                      feedback, handoffs.get(message.id), corrections.get(message.id, []))
+            for message, feedback, priority in rows]
 
 
 def answer_versions(session: Session) -> list[str]:

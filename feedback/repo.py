@@ -228,6 +228,8 @@ def _check_newest(session: Session, message_id: str, based_on: int) -> None:
                           .order_by(Correction.id.desc())).first()
     if (newest.id if newest else 0) != based_on:
         session.rollback()
+        if newest is None:
+            raise Conflict(f"this answer has no correction {based_on}; nothing was saved — reload it")
         who = session.get(Staff, newest.reviewed_by or newest.staff_id)
         raise Conflict(f"{who.name if who else 'someone'} {_did(newest.status)} this answer after you opened it; "
                        "nothing was saved — reload it to see their correction")

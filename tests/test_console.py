@@ -152,6 +152,9 @@ def test_a_correction_on_an_answer_someone_else_corrected_meanwhile_is_a_conflic
     assert approve_edit.status_code == 200 and approve_edit.json()["status"] == "approved"
     late = client.patch(f"/api/corrections/{based.json()['id']}", headers=bob, json={"text": "From 1pm.", "revision": 1})
     assert late.status_code == 409 and "already approved by ada" in late.json()["detail"]
+    unknown = client.post(f"/api/messages/{seeded.answers['recent'].id}/corrections", headers=bob,
+                          json={"text": "x", "based_on": first.json()["id"]})
+    assert unknown.status_code == 409 and "has no correction" in unknown.json()["detail"]
     both = client.post(f"/api/messages/{message}/corrections", headers=bob, json={"text": "x", "approve": True, "reject": True})
     assert both.status_code == 422
     with any_store.session() as s:

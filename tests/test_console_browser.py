@@ -17,7 +17,7 @@ from feedback import repo
 from feedback.models import CorrectionStatus, Role, StaffLogin, utcnow
 from feedback.rounds import recent_runs
 from tests.consoledata import WRONG, faq_pairs, seed_console, seed_votes
-from tests.conftest import ARTIFACTS, LiveServer, needs_chromium
+from tests.conftest import ARTIFACTS, LiveServer, needs_chromium, wait_until
 
 pytestmark = needs_chromium
 LAPTOP = {"width": 1366, "height": 768}
@@ -106,6 +106,10 @@ def test_the_queue_works_from_the_keyboard_drafts_and_rejects(open_console, seed
     _item(page, 0).wait_for()
     page.keyboard.press("j")
     assert "current" in _item(page, 1).get_attribute("class")
+    _item(page, 1).get_by_role("button", name="Close handoff request").click()
+    _item(page, 1).locator(".notice.ok", has_text="Handoff request closed.").wait_for()
+    with store.session() as s:
+        assert repo.list_handoffs(s) == []  # no open request left
     page.keyboard.press("a")  # approve the handoff answer as it is
     _item(page, 1).locator(".notice.ok").wait_for()
     handoff = seeded.answers["handoff"]
@@ -282,3 +286,54 @@ def test_model_text_is_shown_as_text(open_console, seeded, store):
     page.locator(f".item[data-message='{evil.id}'] [data-role=answer]").wait_for()
     assert page.locator(f".item[data-message='{evil.id}'] [data-role=answer]").inner_text() == evil.text
     assert page.locator("#queue img").count() == 0 and page.evaluate("window.pwned") is None
+
+
+@pytest.mark.integration
+def test_the_whole_staff_path_on_the_real_model(browser, tmp_path):
+    """Real SmolLM2: a customer asks in the widget and votes the answer down; an agent finds it first in
+    the queue, corrects and approves it in the console, and the conversation shows the correction."""
+    from bot.basemodel import pull_default_model
+    from bot.settings import Settings
+
+    cache = Settings().model_cache
+    pull_default_model(cache, progress=False)
+    settings = Settings(data_dir=tmp_path / "data", model_cache=cache, max_new_tokens=32)
+    app = create_app(settings)
+    with LiveServer(app) as bot:
+        wait_until(lambda: httpx.get(bot.url + "/readyz").status_code == 200, timeout=300, interval=0.5)
+        store = app.state.store
+        with store.session() as s:
+            token = repo.create_staff(s, name="bob")[1]
+        customer = browser.new_context(viewport=LAPTOP).new_page()
+        customer.goto(bot.url + "/")
+        customer.locator("support-chat .launcher").click()
+        customer.locator("support-chat textarea.input").fill("What time is check-in at A and B Guest House?")
+        customer.locator("support-chat textarea.input").press("Enter")
+        answer = customer.locator("support-chat .msg.assistant[data-message-id]")
+        answer.wait_for(timeout=120_000)
+        message_id, answer_text = answer.get_attribute("data-message-id"), answer.text_content().strip()
+        customer.get_by_role("button", name="Not helpful").click()
+        customer.locator("support-chat .chip[data-reason=wrong]").click()
+        customer.get_by_role("button", name="Send feedback").click()
+        customer.get_by_text("Thank you for your feedback.").wait_for()
+        agent = browser.new_context(viewport=LAPTOP).new_page()
+        agent.goto(bot.url + "/staff")
+        agent.fill("#token", token)
+        agent.keyboard.press("Enter")
+        first = agent.locator("#queue .item[data-index='0']")
+        first.wait_for()
+        assert first.get_attribute("data-message") == message_id and "kind-thumbs_down" in first.get_attribute("class")
+        shown = first.locator("[data-role=answer]").text_content()
+        agent.keyboard.press("e")
+        first.locator("textarea").fill("Check-in is from 3:30 pm to 9 pm.")
+        agent.keyboard.press("Control+Enter")
+        first.locator(".notice.ok").wait_for()
+        with store.session() as s:
+            [correction] = repo.list_corrections(s, message_id=message_id)
+            original = repo.get_message(s, message_id=message_id).text
+        assert (correction.text, correction.status.value) == ("Check-in is from 3:30 pm to 9 pm.", "approved")
+        assert answer_text and shown == original  # the model's text as text, line breaks kept
+        first.locator("a", has_text="Open conversation").click()
+        agent.locator("[data-role=correction]").wait_for()
+        assert agent.locator("[data-role=correction]").inner_text() == "Check-in is from 3:30 pm to 9 pm."
+        agent.screenshot(path=str(ARTIFACTS / "console-real-model-conversation.png"), full_page=True)

@@ -210,7 +210,8 @@
       h("a", { href: `/staff/conversations/${encodeURIComponent(entry.session_id)}` }, "Open conversation")),
     entry.feedback?.thumb === "down" && h("p", { class: "complaint" }, `Customer voted it down: ${entry.feedback.reason || "no reason given"}`,
       entry.feedback.comment ? ` — “${entry.feedback.comment}”` : ""),
-    entry.handoff && h("p", { class: "complaint" }, "Customer asked for a human", entry.handoff.note ? `: “${entry.handoff.note}”` : ""),
+    entry.handoff && h("p", { class: "complaint" }, `Customer asked for a human${entry.handoff.status === "open" ? "" : " (closed)"}`,
+      entry.handoff.note ? `: “${entry.handoff.note}”` : ""),
     h("div", { class: "context", "aria-label": "Conversation before the answer" },
       entry.context.length > context.length && h("p", { class: "muted" }, `… ${entry.context.length - context.length} earlier messages`),
       context.length ? context.map((m) => h("p", { class: "turn" }, h("b", {}, m.role === "user" ? "Customer" : "Bot"), m.text))
@@ -251,7 +252,18 @@
       h("button", { class: "danger", onclick: act("reject"), "data-action": "reject",
         title: draft ? "Reject the draft correction" : "Take the answer off the queue without a correction" },
       draft ? "Reject draft" : "Reject", " ", h("kbd", {}, "r")),
-      item.editing && h("button", { onclick: () => cancel(index), "data-action": "cancel" }, "Cancel ", h("kbd", {}, "Esc")));
+      item.editing && h("button", { onclick: () => cancel(index), "data-action": "cancel" }, "Cancel ", h("kbd", {}, "Esc")),
+      item.entry.handoff?.status === "open" && h("button", { onclick: () => closeHandoff(index), "data-action": "close-handoff",
+        title: "The customer has been helped by a person" }, "Close handoff request"));
+  }
+
+  async function closeHandoff(index) {
+    const item = queue.items[index];
+    try {
+      item.entry.handoff = await api("POST", `/api/handoffs/${item.entry.handoff.id}/close`);
+      item.notice = { kind: "ok", text: "Handoff request closed." };
+    } catch (err) { item.notice = { kind: "failed", text: `Not closed: ${err.message}` }; }
+    redraw(index);
   }
 
   function redraw(index, focusEditor = false) {
@@ -378,6 +390,8 @@
         api("GET", "/api/admin/train?limit=5")]);
       show([servingPanel(list), trainingPanel(runs), h("h2", {}, "Versions"), versionsTable(list),
         h("h2", {}, "Charts"), h("div", { class: "charts", id: "charts" }, rateChart(votes, list), lossCharts(list))]);
+      const log = document.querySelector("#run pre.log");
+      if (log) log.scrollTop = log.scrollHeight;
       const running = runs.find((r) => !r.finished_at);
       if (running && adapters.following !== running.run_id) follow(running.run_id);
     } catch (err) { failed(err); }
@@ -491,7 +505,7 @@
         try {
           const started = await api("POST", "/api/admin/train", { methods: methods.value });
           say(`Round ${started.run_id} started.`);
-          follow(started.run_id);
+          loadAdapters();  // lists the new round and follows it
         } catch (err) { say(`Could not start a round: ${err.message}`); }
       } }, "Start a training round")),
       h("div", { id: "run" }, adapters.shown && runView(adapters.shown)), runsTable(runs));

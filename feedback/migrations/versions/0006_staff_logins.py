@@ -1,4 +1,5 @@
-"""Staff console logins (cookie sessions with a CSRF token).
+"""Staff console logins (cookie sessions with a CSRF token); handoff requests indexed by answer (the
+review queue looks them up per answer).
 
 Revision ID: 0006
 Revises: 0005
@@ -33,9 +34,11 @@ def upgrade() -> None:
     )
     op.create_index("ix_stafflogin_staff_id", "stafflogin", ["staff_id"], unique=False)
     op.create_index("ix_stafflogin_expires_at", "stafflogin", ["expires_at"], unique=False)
+    op.create_index("ix_handoff_message_id", "handoff", ["message_id"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_handoff_message_id", table_name="handoff")
     op.drop_index("ix_stafflogin_expires_at", table_name="stafflogin")
     op.drop_index("ix_stafflogin_staff_id", table_name="stafflogin")
     op.drop_table("stafflogin")
