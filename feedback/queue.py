@@ -90,12 +90,18 @@ def _items(session: Session, rows) -> list[QueueItem]:
     ids = [m.id for m in answers]
     handoffs = {h.message_id: h for h in session.exec(select(Handoff).where(Handoff.message_id.in_(ids))
                                                        .order_by(Handoff.created_at))}  # the newest wins
-    corrections: dict[str, list[Correction]] = {}
-    for c in session.exec(select(Correction).where(Correction.message_id.in_(ids)).order_by(Correction.id)):
-        corrections.setdefault(c.message_id, []).append(c)
+    corrections = _corrections_of(session, ids)
     return [QueueItem(KINDS[priority], message, [m for m in earlier[message.conversation_id] if m.seq < message.seq],
                       feedback, handoffs.get(message.id), corrections.get(message.id, []))
             for message, feedback, priority in rows]
+
+
+def _corrections_of(session: Session, message_ids: list[str]) -> dict[str, list[Correction]]:
+    """The corrections of each of these answers, oldest first."""
+    found: dict[str, list[Correction]] = {}
+    for correction in session.exec(select(Correction).where(Correction.message_id.in_(message_ids)).order_by(Correction.id)):
+        found.setdefault(correction.message_id, []).append(correction)
+    return found
 
 
 def answer_versions(session: Session) -> list[str]:
@@ -109,9 +115,7 @@ def conversation_review(session: Session, *, conversation_id: str) -> Conversati
     get_conversation(session, conversation_id=conversation_id)
     messages = list_messages(session, conversation_id=conversation_id)
     ids = [m.id for m in messages]
-    corrections: dict[str, list[Correction]] = {}
-    for correction in session.exec(select(Correction).where(Correction.message_id.in_(ids)).order_by(Correction.id)):
-        corrections.setdefault(correction.message_id, []).append(correction)
+    corrections = _corrections_of(session, ids)
     handoffs = list(session.exec(select(Handoff).where(Handoff.conversation_id == conversation_id)
                                  .order_by(Handoff.created_at)))
     flat = [c for cs in corrections.values() for c in cs]

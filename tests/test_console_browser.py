@@ -84,6 +84,7 @@ def test_an_agent_corrects_a_thumbs_down_answer_and_sees_it_in_the_conversation(
     assert "wrong" in first.inner_text() and "It's 3pm, your site says so." in first.inner_text()
     assert page.locator(".item.kind-handoff").count() == 1 and page.locator(".item.kind-recent").count() == 1
     assert page.locator("nav a", has_text="Adapters").count() == 0  # an agent sees no admin pages
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # fits a laptop screen
     page.keyboard.press("e")
     editor = first.locator("textarea[data-role=editor]")
     assert editor.evaluate("el => el === document.activeElement") and editor.input_value() == WRONG
@@ -111,7 +112,7 @@ def test_the_queue_works_from_the_keyboard_drafts_and_rejects(open_console, seed
     with store.session() as s:
         assert repo.list_handoffs(s) == []  # no open request left
     page.keyboard.press("a")  # approve the handoff answer as it is
-    _item(page, 1).locator(".notice.ok").wait_for()
+    _item(page, 1).locator(".notice.ok", has_text="Approved").wait_for()
     handoff = seeded.answers["handoff"]
     assert _corrections(store, handoff.id) == [(handoff.text, CorrectionStatus.approved, _staff_id(store, "bob"))]
     assert "current" in _item(page, 2).get_attribute("class")

@@ -13,7 +13,9 @@ from bot.deps import AdminDep, SessionDep, StaffDep
 from bot.protocol import FeedbackState, HandoffResponse
 from feedback import repo
 from feedback.models import CorrectionStatus, Reason, Role, StaffRole
-from feedback.queue import QueueItem, answer_versions, conversation_review, review_queue, staff_names
+from feedback.queue import (
+    ConversationReview, QueueItem, answer_versions, conversation_review, review_queue, staff_names,
+)
 
 router = APIRouter(prefix="/api")
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=8000)]
@@ -95,6 +97,13 @@ class ConversationMessage(QueueMessage):
     feedback: FeedbackState | None
     corrections: list[CorrectionOut]
 
+    @classmethod
+    def of(cls, message, found: ConversationReview) -> ConversationMessage:
+        vote = found.feedback.get(message.id)
+        return cls(**QueueMessage.model_validate(message).model_dump(),
+                   feedback=FeedbackState.model_validate(vote) if vote else None,
+                   corrections=[CorrectionOut.model_validate(c) for c in found.corrections.get(message.id, [])])
+
 
 class ConversationOut(BaseModel):
     id: str
@@ -156,12 +165,8 @@ def conversation(conversation_id: str, session: SessionDep, _staff: StaffDep) ->
     """A whole conversation for staff: votes, corrections (approved ones replace the answer in training) and
     handoff requests."""
     found = conversation_review(session, conversation_id=conversation_id)
-    messages = [ConversationMessage(**QueueMessage.model_validate(m).model_dump(),
-                                    feedback=FeedbackState.model_validate(found.feedback[m.id]) if m.id in found.feedback else None,
-                                    corrections=[CorrectionOut.model_validate(c) for c in found.corrections.get(m.id, [])])
-                for m in found.messages]
-    return ConversationOut(id=conversation_id, messages=messages, names=found.names,
-                           handoffs=[HandoffResponse.model_validate(h) for h in found.handoffs])
+    return ConversationOut(id=conversation_id, messages=[ConversationMessage.of(m, found) for m in found.messages],
+                           names=found.names, handoffs=[HandoffResponse.model_validate(h) for h in found.handoffs])
 
 
 @router.post("/messages/{message_id}/corrections", response_model=CorrectionOut, status_code=201)

@@ -308,8 +308,7 @@
       const saved = await send(entry, draft, text, mode, item.editing);
       const at = entry.corrections.findIndex((c) => c.id === saved.id);
       if (at >= 0) entry.corrections[at] = saved; else entry.corrections.push(saved);
-      queue.names[saved.staff_id] ??= document.querySelector(".who span")?.firstChild?.textContent.trim();
-      queue.names[saved.reviewed_by] ??= queue.names[saved.staff_id];
+      queue.names[app.dataset.staffId] = app.dataset.staffName;  // the corrections just saved are this member's
       Object.assign(item, { editing: false, text: null, done: mode === "draft" ? null : saved.status,
         notice: { kind: "ok", text: mode === "draft" ? "Draft saved." : `${mode === "approve" ? "Approved" : "Rejected"}: done.` } });
       redraw(index);
@@ -348,7 +347,7 @@
     const keys = { j: () => select(index + 1), ArrowDown: () => select(index + 1), k: () => select(index - 1),
       ArrowUp: () => select(index - 1), e: () => edit(index), a: () => save(index, "approve"), r: () => save(index, "reject"),
       "/": () => document.getElementById("search").focus() };
-    if (!keys[event.key] || (event.target.closest?.("button, a") && event.key === "Enter")) return;
+    if (!keys[event.key]) return;
     event.preventDefault();
     keys[event.key]();
   }
