@@ -23,24 +23,25 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 PG_ADMIN = os.environ.get("SUPPORTLOOP_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
-def postgres_database() -> str:
-    """A new, empty database on the local PostgreSQL (SUPPORTLOOP_BENCH_PG: the server to use); its URL."""
+def postgres_database(admin_url: str = PG_ADMIN, prefix: str = "supportloop_bench") -> str:
+    """A new, empty database on the PostgreSQL server of `admin_url` (default SUPPORTLOOP_BENCH_PG); its URL.
+    The tests make theirs with this too."""
     from sqlalchemy import create_engine, text
 
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    name = f"supportloop_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
         conn.execute(text(f"CREATE DATABASE {name}"))
     admin.dispose()
-    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
-def drop_database(url: str) -> None:
+def drop_database(url: str, admin_url: str = PG_ADMIN) -> None:
     """Drop a database made by `postgres_database` (nothing for other URLs)."""
     from sqlalchemy import create_engine, text
 
     if url.startswith("postgresql"):
-        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)"))
         admin.dispose()

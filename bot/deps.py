@@ -23,6 +23,7 @@ from feedback.models import Staff, StaffLogin, StaffRole
 LOGIN_COOKIE = "supportloop_staff"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+DISABLED = "This staff account is disabled; ask an admin."
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -87,7 +88,7 @@ def require_staff(request: Request, session: SessionDep,
             raise HTTPException(401, "The staff token is wrong: no staff account has it.",
                                 headers={"WWW-Authenticate": "Bearer"})
     if staff.disabled:
-        raise HTTPException(403, "This staff account is disabled; ask an admin.")
+        raise HTTPException(403, DISABLED)
     return staff
 
 

@@ -35,10 +35,8 @@ def find_login(session: Session, *, token: str) -> tuple[Staff, StaffLogin] | No
     return (row[0], row[1]) if row else None
 
 
-def close_login(session: Session, *, token: str) -> None:
-    """Log out: the cookie token stops working (nothing happens for an unknown one)."""
-    found = find_login(session, token=token)
-    session.exec(delete(StaffLogin).where(StaffLogin.token_hash == hash_token(token)))
-    if found:
-        audit_action(session, found[0], "staff.logout", str(found[0].id))
+def close_login(session: Session, *, staff: Staff, login: StaffLogin) -> None:
+    """Log out: the login (found by `find_login`) ends, its cookie token stops working."""
+    session.delete(login)
+    audit_action(session, staff, "staff.logout", str(staff.id))
     session.commit()

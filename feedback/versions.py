@@ -104,10 +104,15 @@ def _adapter(session: Session, version: str) -> Adapter:
     return adapter
 
 
+def _voted_answers(*columns):
+    """`columns` of the assistant answers that have a vote (Message joined with its Feedback)."""
+    return select(*columns).join(Feedback, Feedback.message_id == Message.id).where(Message.role == Role.assistant)
+
+
 def vote_counts(session: Session, *where) -> dict[tuple[str | None, Thumb], int]:
     """Votes on answers by (adapter version, thumb), over the answers matching the `where` clauses."""
-    query = (select(Message.adapter_version, Feedback.thumb, func.count()).join(Feedback, Feedback.message_id == Message.id)
-             .where(Message.role == Role.assistant, *where).group_by(Message.adapter_version, Feedback.thumb))
+    query = (_voted_answers(Message.adapter_version, Feedback.thumb, func.count()).where(*where)
+             .group_by(Message.adapter_version, Feedback.thumb))
     return {(version, thumb): count for version, thumb, count in session.exec(query).all()}
 
 
@@ -162,15 +167,12 @@ def votes_over_time(session: Session, *, bucket: str = "auto") -> dict:
     """Thumbs up and down per adapter version per time bucket (by the time of the answer, UTC):
     `{"bucket": "hour" | "day", "series": {version: [{"t": start, "up": n, "down": n}, ...]}}`. `auto`
     takes hours when the votes span at most three days, else days."""
-    voted = (select(func.min(Message.created_at), func.max(Message.created_at))
-             .join(Feedback, Feedback.message_id == Message.id).where(Message.role == Role.assistant))
-    first, last = session.exec(voted).one()
+    first, last = session.exec(_voted_answers(func.min(Message.created_at), func.max(Message.created_at))).one()
     if bucket == "auto":
         bucket = "hour" if first is None or (last - first).total_seconds() <= 3 * 86400 else "day"
     start = _bucket_start(session.get_bind().dialect.name, bucket)
-    query = (select(Message.adapter_version, start, Feedback.thumb, func.count())
-             .join(Feedback, Feedback.message_id == Message.id)
-             .where(Message.role == Role.assistant, Message.adapter_version.is_not(None))
+    query = (_voted_answers(Message.adapter_version, start, Feedback.thumb, func.count())
+             .where(Message.adapter_version.is_not(None))
              .group_by(Message.adapter_version, start, Feedback.thumb).order_by(start))
     series: dict[str, dict[str, dict]] = {}
     for version, t, thumb, count in session.exec(query).all():

@@ -5,13 +5,13 @@ import shutil
 import socket
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.live import drop_database, postgres_database
 from bot.app import create_app
 from bot.settings import Settings
 from feedback import repo
@@ -38,23 +38,11 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def _postgres_url() -> str:
     """A fresh database on the local PostgreSQL, for one test session."""
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"supportloop_test_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    return postgres_database(PG_ADMIN_URL, "supportloop_test")
 
 
 def _drop_postgres(url: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)"))
-    admin.dispose()
+    drop_database(url, PG_ADMIN_URL)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from bot.deps import LOGIN_COOKIE, SessionDep, console_login, same_origin
+from bot.deps import DISABLED, LOGIN_COOKIE, SessionDep, console_login, same_origin
 from feedback import repo
 from feedback.logins import close_login, open_login
 from feedback.models import Staff, StaffRole
@@ -48,7 +48,7 @@ def login_form(request: Request, session: SessionDep, next: str = "/staff") -> R
     found = console_login(request, session)
     if found and not found[0].disabled:
         return RedirectResponse(_safe_next(next), status_code=303)
-    return _login_page(request, next_url=next, error="This staff account is disabled; ask an admin." if found else None)
+    return _login_page(request, next_url=next, error=DISABLED if found else None)
 
 
 @router.post("/login", response_class=HTMLResponse)
@@ -77,7 +77,7 @@ def _login_problem(request: Request, session, token: str) -> Staff | tuple[int, 
     if staff is None:
         return 401, "That token does not belong to any staff account."
     if staff.disabled:
-        return 403, "This staff account is disabled; ask an admin."
+        return 403, DISABLED
     return staff
 
 
@@ -88,7 +88,7 @@ def logout(request: Request, session: SessionDep, csrf: Annotated[str, Form(max_
         return _render(request, "message.html", 403, title="Not logged out",
                        message="The logout form did not come from this console; you are still logged in.")
     if found:
-        close_login(session, token=request.cookies[LOGIN_COOKIE])
+        close_login(session, staff=found[0], login=found[1])
     response = RedirectResponse("/staff/login", status_code=303)
     response.delete_cookie(LOGIN_COOKIE, path="/", httponly=True, secure=request.app.state.settings.cookie_secure,
                            samesite="lax")
