@@ -55,6 +55,7 @@ class AdapterManager:
         self.retiring: dict[str, asyncio.Task] = {}  # versions being unloaded once their requests are done
         self.loading: dict[str, asyncio.Task] = {}  # versions being loaded and validated
         self.preloads: set[asyncio.Task] = set()  # candidates being loaded ahead
+        self.wake = asyncio.Event()  # set when the store announces a change: the watcher looks at once
 
     def version_for(self, session_id: str, session_started: datetime) -> str:
         """The version answering the next message of a session: the canary's for its share of the
@@ -198,8 +199,7 @@ class AdapterManager:
     async def run(self) -> None:
         """Follow the store: poll every `poll_seconds`, and on PostgreSQL also wake at once when any
         process changes what is served (LISTEN/NOTIFY); apply the canary rule at every poll."""
-        wake = asyncio.Event()
-        listener = asyncio.create_task(listen(self.store.url, wake)) if self.store.url.startswith("postgresql") else None
+        listener = asyncio.create_task(listen(self.store.url, self.wake)) if self.store.url.startswith("postgresql") else None
         try:
             while True:
                 try:
@@ -209,13 +209,20 @@ class AdapterManager:
                         continue  # serve without it at once
                 except Exception:  # noqa: BLE001 — a store hiccup must not stop the watcher
                     log.exception("adapter sync failed; retrying")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), self.poll_seconds)
-                wake.clear()
+                await self._sleep()
         finally:
             for task in [listener, *self.preloads]:
                 if task is not None:
                     task.cancel()
+
+    async def _sleep(self) -> None:
+        """Wait for a change notification, or `poll_seconds`. Not `asyncio.wait_for`: on Python 3.11 it
+        swallows a cancel that comes in the same loop turn as the notification, and the server's shutdown
+        would then wait for this watcher forever."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.poll_seconds):
+                await self.wake.wait()
+        self.wake.clear()
 
 
 async def listen(url: str, wake: asyncio.Event, retry_seconds: float = 5.0) -> None:

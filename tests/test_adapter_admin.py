@@ -3,11 +3,15 @@ stats, promote (validated before the store changes), rollback, `base` as a versi
 did what, and bad input that changes nothing."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import select
 
+from bot.adapters import AdapterManager
 from bot.app import create_app
+from bot.engine import Engine
 from feedback import repo, versions
 from feedback.models import AdapterActivation, Role, StaffRole, Thumb
 from tests.conftest import wait_until
@@ -176,3 +180,19 @@ def test_an_answer_keeps_the_version_it_started_on_across_a_promotion(client, ad
     transcript = client.get(f"/api/sessions/{session_id}").json()
     assert [(m["role"], m["adapter_version"]) for m in transcript["messages"] if m["role"] == "assistant"] == \
         [("assistant", "v1"), ("assistant", "v2")]
+
+
+def test_the_watcher_stops_when_cancelled_as_a_change_notification_arrives(any_store, settings):
+    """A server's shutdown cancels the watcher; a NOTIFY landing in the same loop turn must not swallow
+    that cancel (Python 3.11's `asyncio.wait_for` did, and shutdown then waited forever)."""
+    async def cancel_while_notified() -> bool:
+        manager = AdapterManager(Engine(FakeGenerator()), any_store, settings.adapters_dir, poll_seconds=0.05)
+        watcher = asyncio.create_task(manager.run())
+        await asyncio.sleep(0.2)  # a few polls in
+        assert manager.synced and not watcher.done()
+        manager.wake.set()
+        watcher.cancel()
+        done, _ = await asyncio.wait({watcher}, timeout=2)
+        return watcher in done and watcher.cancelled()
+
+    assert asyncio.run(cancel_while_notified())
