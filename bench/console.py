@@ -101,8 +101,7 @@ def browser_timings(url: str, token: str, corrections: int) -> dict:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
-            "--no-sandbox", "--disable-background-networking", "--disable-component-update"])
+        browser = live.launch_chromium(p)
         page = browser.new_context(viewport={"width": 1366, "height": 768}).new_page()
         page.goto(f"{url}/staff")
         page.fill("#token", token)

@@ -1,5 +1,5 @@
-"""Shared by the benchmarks: a free local port, the real server started as its own process, a fresh
-PostgreSQL database.
+"""Shared by the benchmarks (and the tests): a free local port, the real server started as its own
+process, a fresh PostgreSQL database, Debian's chromium.
 
 Import it before the project's packages: `bench/feedback.py` is named like the `feedback` package, and
 this folder (first on the path when a benchmark runs as a script) would shadow it, so importing this
@@ -8,6 +8,7 @@ module takes the folder off the path (a benchmark importing another imports that
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -45,6 +46,13 @@ def drop_database(url: str, admin_url: str = PG_ADMIN) -> None:
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)"))
         admin.dispose()
+
+
+def launch_chromium(playwright):
+    """Debian's chromium driven by Python playwright through `executable_path` (never a browser download).
+    The tests' browser is launched with this too."""
+    return playwright.chromium.launch(executable_path=shutil.which("chromium"), args=[
+        "--no-sandbox", "--disable-background-networking", "--disable-component-update"])
 
 
 def free_port() -> int:

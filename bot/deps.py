@@ -57,11 +57,16 @@ def same_origin(request: Request) -> bool:
     return origin is None or urlsplit(origin).netloc == request.headers.get("host")
 
 
+def csrf_passes(request: Request, login: StaffLogin, sent: str) -> bool:
+    """Whether a console request that changes something carries the login's CSRF token (`sent`) and
+    comes from this server's own pages."""
+    return same_origin(request) and secrets.compare_digest(sent.encode(), login.csrf_token.encode())
+
+
 def _check_csrf(request: Request, login: StaffLogin) -> None:
     if request.method in SAFE_METHODS:
         return
-    sent = request.headers.get(CSRF_HEADER, "")
-    if not same_origin(request) or not secrets.compare_digest(sent.encode(), login.csrf_token.encode()):
+    if not csrf_passes(request, login, request.headers.get(CSRF_HEADER, "")):
         raise HTTPException(403, "CSRF check failed: a console request that changes something needs the page's "
                             f"{CSRF_HEADER} header and must come from this server's own pages; nothing was changed.")
 

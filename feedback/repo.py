@@ -205,9 +205,9 @@ def add_correction(session: Session, *, message_id: str, actor: Staff, text: str
         raise Invalid("only assistant answers (the bot's) can be corrected")
     if based_on is not None:
         _check_newest(session, message_id, based_on)
-    correction = Correction(message_id=message_id, staff_id=actor.id, text=text, status=CorrectionStatus.draft)
-    if approve or reject:
-        _review(correction, actor, CorrectionStatus.approved if approve else CorrectionStatus.rejected)
+    status = CorrectionStatus.approved if approve else CorrectionStatus.rejected if reject else None
+    correction = Correction(message_id=message_id, staff_id=actor.id, text=text,  # a draft unless reviewed at once
+                            **(_review_columns(actor, status) if status else {}))
     session.add(correction)
     session.flush()
     action = "correction.approve" if approve else "correction.reject" if reject else "correction.create"
@@ -263,7 +263,7 @@ def edit_correction(session: Session, *, correction_id: int, actor: Staff, text:
     the editor started from: if someone changed the correction since, nothing is overwritten (Conflict)."""
     _check_draft(session, correction_id, revision)
     audit_action(session, actor, "correction.edit", str(correction_id))
-    review = {"status": CorrectionStatus.approved, "reviewed_by": actor.id, "reviewed_at": utcnow()} if approve else {}
+    review = _review_columns(actor, CorrectionStatus.approved) if approve else {}
     if approve:
         audit_action(session, actor, "correction.approve", str(correction_id))
     return _guarded_update(session, correction_id, revision, text=text, **review)
@@ -275,8 +275,7 @@ def review_correction(session: Session, *, correction_id: int, actor: Staff, app
     correction = _check_draft(session, correction_id, revision)
     status = CorrectionStatus.approved if approve else CorrectionStatus.rejected
     audit_action(session, actor, "correction.approve" if approve else "correction.reject", str(correction_id))
-    return _guarded_update(session, correction_id, correction.revision, status=status, reviewed_by=actor.id,
-                           reviewed_at=utcnow())
+    return _guarded_update(session, correction_id, correction.revision, **_review_columns(actor, status))
 
 
 def _check_draft(session: Session, correction_id: int, revision: int | None) -> Correction:
@@ -310,9 +309,9 @@ def _guarded_update(session: Session, correction_id: int, revision: int, **value
     return correction
 
 
-def _review(correction: Correction, actor: Staff, status: CorrectionStatus) -> None:
-    correction.status, correction.reviewed_by = status, actor.id
-    correction.reviewed_at = correction.updated_at = utcnow()
+def _review_columns(actor: Staff, status: CorrectionStatus) -> dict:
+    """A correction's columns once `actor` has reviewed it now."""
+    return {"status": status, "reviewed_by": actor.id, "reviewed_at": utcnow()}
 
 
 # staff accounts and the audit trail -------------------------------------------------------------

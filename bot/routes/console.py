@@ -3,7 +3,6 @@ adapters, team) whose data `console.js` fetches from the staff and admin APIs wi
 the page's CSRF token. Pages without a live login go to the login page; admin pages answer agents 403."""
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 from urllib.parse import quote
 
@@ -12,7 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from bot.deps import DISABLED, LOGIN_COOKIE, SessionDep, console_login, same_origin
+from bot.deps import DISABLED, LOGIN_COOKIE, SessionDep, console_login, csrf_passes, same_origin
 from feedback import repo
 from feedback.logins import close_login, open_login
 from feedback.models import Staff, StaffRole
@@ -84,7 +83,7 @@ def _login_problem(request: Request, session, token: str) -> Staff | tuple[int, 
 @router.post("/logout")
 def logout(request: Request, session: SessionDep, csrf: Annotated[str, Form(max_length=200)] = "") -> Response:
     found = console_login(request, session)
-    if found and (not secrets.compare_digest(csrf.encode(), found[1].csrf_token.encode()) or not same_origin(request)):
+    if found and not csrf_passes(request, found[1], csrf):
         return _render(request, "message.html", 403, title="Not logged out",
                        message="The logout form did not come from this console; you are still logged in.")
     if found:

@@ -11,14 +11,9 @@
   const COLORS = ["#2f5bd3", "#c2410c", "#15803d", "#7e22ce", "#b42318", "#0e7490", "#a16207", "#4b5563"];
 
   // -- small helpers --------------------------------------------------------------------------------
-  function h(tag, attrs = {}, ...kids) {
-    const el = document.createElement(tag);
-    setAttrs(el, attrs);
-    for (const kid of kids.flat(Infinity)) if (kid != null && kid !== false) el.append(kid instanceof Node ? kid : String(kid));
-    return el;
-  }
-  function s(tag, attrs = {}, ...kids) {
-    const el = document.createElementNS(SVG, tag);
+  const h = (tag, attrs = {}, ...kids) => build(document.createElement(tag), attrs, kids);  // an HTML element
+  const s = (tag, attrs = {}, ...kids) => build(document.createElementNS(SVG, tag), attrs, kids);  // an SVG one
+  function build(el, attrs, kids) {
     setAttrs(el, attrs);
     for (const kid of kids.flat(Infinity)) if (kid != null && kid !== false) el.append(kid instanceof Node ? kid : String(kid));
     return el;
@@ -60,6 +55,9 @@
   }
   const when = (iso) => (iso ? new Date(iso).toLocaleString([], { dateStyle: "medium", timeStyle: "short" }) : "—");
   const pct = (rate) => (rate == null ? "—" : `${Math.round(rate * 100)} %`);
+  function table(id, headings, rows) {
+    return h("table", { id }, h("thead", {}, h("tr", {}, headings.map((t) => h("th", { scope: "col" }, t)))), h("tbody", {}, rows));
+  }
   function show(content) { app.replaceChildren(...[content].flat().filter((part) => part != null && part !== false)); }
   function failed(err) { show(h("p", { class: "error", role: "alert" }, `Could not load this page: ${err.message}`)); }
   function ask(title, text, { input = null, danger = false } = {}) {  // a modal dialog; resolves to false or the value
@@ -437,8 +435,8 @@
       h("td", {}, h("div", { class: "actions" },
         v.status !== "active" && !(v.version === "base" && list.active === "base") && h("button", { onclick: () => promote(v) }, "Promote"),
         v.status !== "active" && v.version !== "base" && h("button", { onclick: () => startCanary(v) }, "Canary…"))));
-    return h("table", { id: "versions" }, h("thead", {}, h("tr", {}, ["Version", "Parent", "Created", "Datasets", "Gate",
-      "Training", "Since served", ""].map((t) => h("th", { scope: "col" }, t)))), h("tbody", {}, list.versions.map(row)));
+    return table("versions", ["Version", "Parent", "Created", "Datasets", "Gate", "Training", "Since served", ""],
+      list.versions.map(row));
   }
 
   function gateView(gate) {
@@ -512,10 +510,9 @@
 
   function runsTable(runs) {
     if (!runs.length) return h("p", { class: "muted" }, "No training rounds yet.");
-    return h("table", { id: "runs" }, h("thead", {}, h("tr", {}, ["Round", "Outcome", "Started", "Finished", "Version"]
-      .map((t) => h("th", { scope: "col" }, t)))), h("tbody", {}, runs.map((r) => h("tr", {},
+    return table("runs", ["Round", "Outcome", "Started", "Finished", "Version"], runs.map((r) => h("tr", {},
       h("td", {}, h("button", { onclick: () => follow(r.run_id) }, `#${r.run_id}`)), h("td", {}, r.outcome),
-      h("td", {}, when(r.started_at)), h("td", {}, when(r.finished_at)), h("td", {}, r.adapter_version || "—")))));
+      h("td", {}, when(r.started_at)), h("td", {}, when(r.finished_at)), h("td", {}, r.adapter_version || "—"))));
   }
 
   async function follow(runId) {  // the round's progress and log, live, until it finishes
@@ -586,21 +583,19 @@
       try { await api("PATCH", `/api/staff/${member.id}`, body); say(`${member.name}: ${what}.`); } catch (err) { say(`Not changed: ${err.message}`); }
       loadTeam();
     };
-    return h("table", { id: "staff" }, h("thead", {}, h("tr", {}, ["Name", "Role", "Status", "Since", ""].map((t) => h("th", { scope: "col" }, t)))),
-      h("tbody", {}, staff.map((m) => {
-        const role = h("select", { "aria-label": `Role of ${m.name}`, onchange: (e) => update(m, { role: e.target.value }, `now ${e.target.value}`) },
-          ["agent", "admin"].map((r) => h("option", { value: r }, r)));
-        role.value = m.role;
-        return h("tr", { "data-staff": m.name }, h("td", {}, m.name), h("td", {}, role), h("td", {}, m.disabled ? "disabled" : "active"),
-          h("td", {}, when(m.created_at)), h("td", {}, h("button", { class: m.disabled ? "" : "danger",
-            onclick: () => update(m, { disabled: !m.disabled }, m.disabled ? "enabled" : "disabled") }, m.disabled ? "Enable" : "Disable")));
-      })));
+    return table("staff", ["Name", "Role", "Status", "Since", ""], staff.map((m) => {
+      const role = h("select", { "aria-label": `Role of ${m.name}`, onchange: (e) => update(m, { role: e.target.value }, `now ${e.target.value}`) },
+        ["agent", "admin"].map((r) => h("option", { value: r }, r)));
+      role.value = m.role;
+      return h("tr", { "data-staff": m.name }, h("td", {}, m.name), h("td", {}, role), h("td", {}, m.disabled ? "disabled" : "active"),
+        h("td", {}, when(m.created_at)), h("td", {}, h("button", { class: m.disabled ? "" : "danger",
+          onclick: () => update(m, { disabled: !m.disabled }, m.disabled ? "enabled" : "disabled") }, m.disabled ? "Enable" : "Disable")));
+    }));
   }
 
   function auditTable(actions, names) {
-    return h("table", { id: "audit" }, h("thead", {}, h("tr", {}, ["When", "Who", "Action", "Target"].map((t) => h("th", { scope: "col" }, t)))),
-      h("tbody", {}, actions.map((a) => h("tr", {}, h("td", {}, when(a.created_at)), h("td", {}, names[a.staff_id] || `#${a.staff_id}`),
-        h("td", {}, a.action), h("td", {}, a.target)))));
+    return table("audit", ["When", "Who", "Action", "Target"], actions.map((a) => h("tr", {}, h("td", {}, when(a.created_at)),
+      h("td", {}, names[a.staff_id] || `#${a.staff_id}`), h("td", {}, a.action), h("td", {}, a.target))));
   }
 
   // -- start ----------------------------------------------------------------------------------------
