@@ -122,8 +122,11 @@ class HFGenerator:
     """A causal LM from a local checkpoint folder, LoRA adapters side by side by version, batched."""
 
     def __init__(self, model_path: Path, device: str = "auto", max_batch: int = 16, max_queue: int = 64,
-                 prefill_chunk: int = 256, threads: int = 0, lean_forward: bool = True) -> None:
+                 prefill_chunk: int = 256, threads: int = 0, lean_forward: bool = True,
+                 pack_threads: tuple[int, ...] = ()) -> None:
         self.model_path, self.device_setting, self.threads = Path(model_path), device, threads
+        self.pack_threads = pack_threads  # every thread count the model runs at (all workers): Linear packing
+        # keeps a row's result the same at each (default: this generator's own)
         self.lean_forward = lean_forward  # the lean pass of `bot.decoder` where the model's kind allows
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.model = self.tokenizer = self.scheduler = None
@@ -153,9 +156,8 @@ class HFGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype)
         self.model = model.to(self.device).eval()
-        packed, compute = pack_linears(self.model)
-        log.info("serving %s on %s (%s)%s", self.model_path.name, self.device, self.dtype,
-                 f", {packed} Linear layers prepacked for oneDNN, computing in {compute}" if packed else "")
+        self.packing = pack_linears(self.model, threads=self.pack_threads or (model_threads(self.threads),))
+        log.info("serving %s on %s (%s), %s", self.model_path.name, self.device, self.dtype, self.packing.describe())
         self.context_window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}

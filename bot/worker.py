@@ -148,6 +148,11 @@ def split_threads(setting: int, prefill: bool) -> tuple[int, int]:
     return (max(1, total - total // 3), max(1, total // 3)) if prefill else (total, 0)
 
 
+def thread_counts(setting: int, prefill: bool) -> tuple[int, ...]:
+    """Every CPU thread count the model runs at (decode, then prefill worker), once each."""
+    return tuple(dict.fromkeys(n for n in split_threads(setting, prefill) if n))
+
+
 @dataclass
 class _Worker:
     """One model worker process, started as `python -m bot.worker FD` (not multiprocessing's spawn,
@@ -237,6 +242,7 @@ class ProcessGenerator:
         """Start the decode worker, then (on a CPU, unless turned off) the prefill worker, and wait
         until each has loaded the model."""
         decode_threads, prefill_threads = split_threads(self.threads, self.prefill_process is not False)
+        self.options["pack_threads"] = thread_counts(self.threads, self.prefill_process is not False)
         self._decoder = _Worker("decode", {**self.options, "threads": decode_threads})
         self._decoder.start()
         self._decoder.wait_ready()

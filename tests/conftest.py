@@ -30,6 +30,45 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="NO CHROMIUM: the b
 PG_ADMIN_URL = os.environ.get("SUPPORTLOOP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def pytest_report_header(config) -> list[str]:
+    """The CPU's features and the precision serving chooses on it, so that a CI log shows both."""
+    from bot.fastlinear import cpu_flags
+    from bot.worker import thread_counts
+
+    flags = cpu_flags()
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
+    has = " ".join(f for f in CPU_FEATURES if f in flags) or "none"
+    lacks = " ".join(f for f in CPU_FEATURES if f not in flags) or "none"
+    threads = thread_counts(0, prefill=True)
+    return [f"cpu: {name}, {os.cpu_count()} cores; has: {has}; lacks: {lacks}",
+            f"serving precision (model workers at {'/'.join(map(str, threads))} thread(s)): {_serving_packing(threads)}"]
+
+
+def _serving_packing(threads: tuple[int, ...]) -> str:
+    """What `pack_linears` chooses for one Linear of each of the served model's shapes."""
+    import torch
+    from torch import nn
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from bot.basemodel import ModelNotAvailable, resolve_base_model
+    from bot.fastlinear import pack_linears
+
+    try:
+        folder = resolve_base_model(Settings().base_model, Settings().model_cache)
+    except ModelNotAvailable:
+        return "not checked (the model is not pulled)"
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    shapes = dict.fromkeys((m.in_features, m.out_features, m.bias is not None) for m in model.modules()
+                           if type(m) is nn.Linear)
+    layers = nn.Sequential(*[nn.Linear(i, o, bias=bias) for i, o, bias in shapes])
+    return f"{folder.name}, one Linear of each shape: {pack_linears(layers, threads=threads).describe()}"
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), FAQ if FAQ.is_file() else None)
