@@ -57,8 +57,9 @@ def _serving_packing(threads: tuple[int, ...]) -> str:
     from bot.basemodel import ModelNotAvailable, resolve_base_model
     from bot.fastlinear import pack_linears
 
+    settings = Settings()
     try:
-        folder = resolve_base_model(Settings().base_model, Settings().model_cache)
+        folder = resolve_base_model(settings.base_model, settings.model_cache)
     except ModelNotAvailable:
         return "not checked (the model is not pulled)"
     with torch.device("meta"):
