@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -178,14 +177,10 @@ Shape = tuple[int, int, bool]  # in features, out features, has a bias
 @dataclass
 class Packing:
     """What `pack_linears` did: the plan of each Linear shape (None: left as `nn.Linear`) and how many
-    layers each plan has."""
+    layers it packed."""
     preferred: torch.dtype | None = None
     plans: dict[Shape, Plan | None] = field(default_factory=dict)
-    layers: Counter = field(default_factory=Counter)
-
-    @property
-    def count(self) -> int:
-        return sum(n for plan, n in self.layers.items() if plan is not None)
+    count: int = 0
 
     def lost(self) -> list[Shape]:
         """Shapes not computed in the preferred dtype."""
@@ -224,7 +219,7 @@ def pack_linears(model: nn.Module, compute: torch.dtype | None = None, threads: 
         plan = packing.plans[shape]
         if plan is not None:
             setattr(parent, name, layer_type.from_linear(child, plan.compute, plan.calls))
-        packing.layers[plan] += 1
+            packing.count += 1
     _warn_if_lost(packing)
     return packing
 

@@ -156,8 +156,8 @@ class HFGenerator:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype)
         self.model = model.to(self.device).eval()
-        self.packing = pack_linears(self.model, threads=self.pack_threads or (model_threads(self.threads),))
-        log.info("serving %s on %s (%s), %s", self.model_path.name, self.device, self.dtype, self.packing.describe())
+        packing = pack_linears(self.model, threads=self.pack_threads or (model_threads(self.threads),))
+        log.info("serving %s on %s (%s), %s", self.model_path.name, self.device, self.dtype, packing.describe())
         self.context_window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
