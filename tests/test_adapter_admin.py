@@ -188,6 +188,9 @@ def test_the_watcher_stops_when_cancelled_as_a_change_notification_arrives(any_s
     async def cancel_while_notified() -> bool:
         manager = AdapterManager(Engine(FakeGenerator()), any_store, settings.adapters_dir, poll_seconds=0.05)
         watcher = asyncio.create_task(manager.run())
+        async with asyncio.timeout(30):  # a loaded 2-core machine can take longer than 0.2 s to sync
+            while not manager.synced:
+                await asyncio.sleep(0.01)
         await asyncio.sleep(0.2)  # a few polls in
         assert manager.synced and not watcher.done()
         manager.wake.set()
