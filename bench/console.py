@@ -25,16 +25,15 @@ import time
 import uuid
 from pathlib import Path
 
-import live  # noqa: I001 (first: it keeps this folder from shadowing the `feedback` package)
-
 import httpx
+import live
 from sqlalchemy import insert
 
 from feedback import repo
 from feedback.db import open_store
-from feedback.models import Conversation, Feedback, Handoff, Message, Role, StaffRole
+from feedback.models import Conversation, Feedback, Handoff, Message, Reason, Role, StaffRole
 
-REASONS = ("wrong", "unhelpful", "outdated", "unsafe", "other")
+REASONS = [reason.value for reason in Reason]
 
 
 def seed(url: str, answers: int) -> str:

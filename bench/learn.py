@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import live
+
 from trainer.facts import mean_fact_score
 
 

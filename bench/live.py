@@ -1,71 +1,43 @@
 """Shared by the benchmarks (and the tests): a free local port, the real server started as its own
 process, a fresh PostgreSQL database, Debian's chromium.
 
-Import it before the project's packages: `bench/feedback.py` is named like the `feedback` package, and
-this folder (first on the path when a benchmark runs as a script) would shadow it, so importing this
-module takes the folder off the path (a benchmark importing another imports that one first).
+The PostgreSQL, Chromium and port helpers are the tests' own (`tests/support/services.py`): importing
+this module puts the repository root on the path so that a benchmark run as a script finds them.
 """
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 
 CLI = str(Path(sys.executable).parent / "supportloop")
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 PG_ADMIN = os.environ.get("SUPPORTLOOP_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+from tests.support import services  # noqa: E402 (after the path change above)
+from tests.support.services import free_port, launch_chromium  # noqa: E402, F401 (the benches use them)
 
 
 def postgres_database(admin_url: str = PG_ADMIN, prefix: str = "supportloop_bench") -> str:
-    """A new, empty database on the PostgreSQL server of `admin_url` (default SUPPORTLOOP_BENCH_PG); its URL.
-    The tests make theirs with this too."""
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    admin.dispose()
-    return admin_url.rsplit("/", 1)[0] + "/" + name
+    """A new, empty database on the PostgreSQL server of SUPPORTLOOP_BENCH_PG; its URL."""
+    return services.postgres_database(admin_url, prefix)
 
 
 def drop_database(url: str, admin_url: str = PG_ADMIN) -> None:
-    """Drop a database made by `postgres_database` (nothing for other URLs)."""
-    from sqlalchemy import create_engine, text
-
-    if url.startswith("postgresql"):
-        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)"))
-        admin.dispose()
-
-
-def launch_chromium(playwright):
-    """Debian's chromium driven by Python playwright through `executable_path` (never a browser download).
-    The tests' browser is launched with this too."""
-    return playwright.chromium.launch(executable_path=shutil.which("chromium"), args=[
-        "--no-sandbox", "--disable-background-networking", "--disable-component-update"])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    services.drop_database(url, admin_url)
 
 
 def start_server(env: dict[str, str], *args: str, timeout: float = 600) -> tuple[subprocess.Popen, str]:
     """`supportloop serve [args]` on a free port, with `env` added to this process's environment;
     returns once `/readyz` says the model is loaded (steady state), with the server's base URL."""
     port = free_port()
-    log = open(os.environ["SUPPORTLOOP_BENCH_SERVER_LOG"], "ab") if "SUPPORTLOOP_BENCH_SERVER_LOG" in os.environ else None
+    path = os.environ.get("SUPPORTLOOP_BENCH_SERVER_LOG")
+    log = open(path, "ab") if path else None  # noqa: SIM115 (closed below, once the server has its copy)
     proc = subprocess.Popen([CLI, "serve", "--port", str(port), *args], env={**os.environ, **env},
                             stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
     if log is not None:

@@ -21,12 +21,13 @@ import time
 from pathlib import Path
 
 import httpx
+import live
 import uvicorn
 
-import live
-from bot.app import create_app
-from bot.settings import Settings
+from bot.server.app import create_app
+from bot.server.settings import Settings
 from trainer.metrics import overlap_f1
+
 
 def serve(settings: Settings) -> tuple[uvicorn.Server, str]:
     port = live.free_port()

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import httpx
-
-from swap import FAQ, ask, chat, make_adapters, promote, register  # noqa: I001 (first: see live)
 import live
-from bot.basemodel import base_model_id, resolve_base_model
-from bot.settings import Settings
+from swap import FAQ, ask, chat, make_adapters, promote, register
+
+from bot.runtime.base_model import base_model_id, resolve_base_model
+from bot.server.settings import Settings
 
 AHEAD = 2
 

@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import httpx
+import live
 import websockets
 
-import live
-from bot.basemodel import resolve_base_model
-from bot.settings import Settings
+from bot.runtime.base_model import resolve_base_model
+from bot.server.settings import Settings
 
 FAQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dstc9-faq" / "faq_qa.jsonl"
 LEVELS = (1, 4, 16)

@@ -27,11 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import live
 import websockets
 
-import live
-from bot.basemodel import base_model_id, resolve_base_model
-from bot.settings import Settings
+from bot.runtime.base_model import base_model_id, resolve_base_model
+from bot.server.settings import Settings
 
 FAQ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dstc9-faq" / "faq_qa.jsonl"
 

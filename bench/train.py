@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 import live
-from bot.settings import Settings
+
+from bot.server.settings import Settings
 from feedback import repo
 from feedback.db import open_store
 from feedback.models import Role

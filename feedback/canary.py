@@ -17,7 +17,15 @@ from scipy.stats import fisher_exact
 from sqlmodel import Session
 
 from feedback.models import Canary, Message, Staff, Thumb
-from feedback.repo import Conflict, Invalid, audit_action, end_canary, lock_versions, notify_serving_change, running_canary
+from feedback.repo import (
+    Conflict,
+    Invalid,
+    audit_action,
+    end_canary,
+    lock_versions,
+    notify_serving_change,
+    running_canary,
+)
 from feedback.versions import active_version, actor_fields, check_promotion, vote_counts
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,12 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
+from feedback.methods import METHODS
 from feedback.models import Conversation, Correction, CorrectionStatus, Feedback, Message, Thumb
 from feedback.pii import Scrubber
 from feedback.repo import list_messages
 
-FORMATS = ("sft", "dpo", "kto")
+FORMATS = METHODS
 
 
 @dataclass(frozen=True)

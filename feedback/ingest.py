@@ -46,7 +46,7 @@ class VoteWriter:
     async def _write(self, batch: list[tuple[Vote, asyncio.Future]]) -> None:
         try:
             outcomes = await asyncio.to_thread(self._store, [vote for vote, _ in batch])
-        except Exception as exc:  # noqa: BLE001 — e.g. the database is down: every caller hears it
+        except Exception as exc:
             log.warning("storing %d votes failed: %s", len(batch), exc.__class__.__name__)
             outcomes = [exc] * len(batch)
         for (_, future), outcome in zip(batch, outcomes):

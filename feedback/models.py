@@ -6,13 +6,13 @@ internal tables are plain. Timestamps are UTC.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Role(str, enum.Enum):
@@ -57,7 +57,6 @@ class AdapterStatus(str, enum.Enum):
     retired = "retired"
 
 
-BASE_VERSION = "base"  # the version name of "no adapter": the bare base model
 
 
 class Conversation(SQLModel, table=True):

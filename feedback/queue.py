@@ -9,7 +9,16 @@ from sqlalchemy import and_, case, exists, literal
 from sqlmodel import Session, func, select
 
 from feedback.models import (
-    Correction, CorrectionStatus, Feedback, Handoff, HandoffStatus, Message, Reason, Role, Staff, Thumb,
+    Correction,
+    CorrectionStatus,
+    Feedback,
+    Handoff,
+    HandoffStatus,
+    Message,
+    Reason,
+    Role,
+    Staff,
+    Thumb,
 )
 from feedback.repo import feedback_by_message, get_conversation, list_messages
 

@@ -9,11 +9,27 @@ from sqlalchemy import text, update
 from sqlmodel import Session, func, select
 
 from feedback.models import (
-    BASE_VERSION, Adapter, AdapterActivation, AdapterStatus, Canary, Conversation, Correction, CorrectionStatus, Feedback,
-    Handoff, HandoffStatus, Message, Reason, Role, Staff, StaffAction, StaffRole, Thumb, utcnow,
+    Adapter,
+    AdapterActivation,
+    AdapterStatus,
+    Canary,
+    Conversation,
+    Correction,
+    CorrectionStatus,
+    Feedback,
+    Handoff,
+    HandoffStatus,
+    Message,
+    Reason,
+    Role,
+    Staff,
+    StaffAction,
+    StaffRole,
+    Thumb,
+    utcnow,
 )
+from feedback.registry import BASE_VERSION
 from feedback.tokens import hash_token, new_token
-
 
 ADAPTER_CHANNEL = "supportloop_adapters"  # PostgreSQL NOTIFY channel: what servers serve changed
 

@@ -18,8 +18,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, func, select
 
 from feedback.models import (
-    FINISHED, Adapter, AdapterStatus, Correction, CorrectionStatus, Feedback, RunOutcome, Staff, TrainingRun,
-    TrainLock, utcnow,
+    FINISHED,
+    Adapter,
+    AdapterStatus,
+    Correction,
+    CorrectionStatus,
+    Feedback,
+    RunOutcome,
+    Staff,
+    TrainingRun,
+    TrainLock,
+    utcnow,
 )
 from feedback.repo import Conflict, NotFound, audit_action
 

@@ -1,7 +1,7 @@
 """Adapter versions in the store: which one is active (`base` = no adapter), the versions with their
 manifest metrics and live stats, promotion (a gate-rejected version only with `force`, recorded with
 who forced it) and rollback to the previous active version. Every change is an `AdapterActivation`
-row; the servers follow the store (`bot.adapters`)."""
+row; the servers follow the store (`bot.runtime.adapter_manager`)."""
 from __future__ import annotations
 
 import json
@@ -10,11 +10,18 @@ from datetime import datetime
 
 from sqlmodel import Session, func, select
 
-from feedback.models import (
-    BASE_VERSION, Adapter, AdapterActivation, AdapterStatus, Feedback, Message, Role, Staff, Thumb,
-)
+from feedback.models import Adapter, AdapterActivation, AdapterStatus, Feedback, Message, Role, Staff, Thumb
+from feedback.registry import BASE_VERSION
 from feedback.repo import (
-    Conflict, NotFound, active_adapter, active_version, audit_action, end_canary, lock_versions, running_canary, set_active,
+    Conflict,
+    NotFound,
+    active_adapter,
+    active_version,
+    audit_action,
+    end_canary,
+    lock_versions,
+    running_canary,
+    set_active,
 )
 
 

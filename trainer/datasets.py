@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from feedback import repo
-from feedback.export import correction_records, records as export_records, thumbs_up_records
-from feedback.models import BASE_VERSION, utcnow
+from feedback.export import correction_records, thumbs_up_records
+from feedback.export import records as export_records
+from feedback.models import utcnow
 from feedback.pii import Scrubber
+from feedback.registry import BASE_VERSION
 from feedback.rounds import active_snapshot
 from trainer.evaluate import Item
-
-METHODS = ("sft", "dpo", "kto")  # the order methods run in when several are chosen
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Offline evaluation of adapters for the gate: greedy answers in batches and perplexity of reference
 answers, for several adapters loaded side by side on one base model (PEFT named adapters; the bare
-base model is `BASE`)."""
+base model is `BASE_VERSION`)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-BASE = "base"
+from feedback.registry import BASE_VERSION
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Evaluator:
         self.names.add(name)
 
     def _using(self, name: str):
-        if name == BASE:
+        if name == BASE_VERSION:
             return self.model.disable_adapter() if self.names else nullcontext()
         self.model.set_adapter(name)
         return nullcontext()
@@ -127,7 +127,7 @@ def open_evaluator(base_model: Path, device: str, adapters: dict[str, Path | Non
             continue
         try:
             evaluator.load(name, folder)
-        except Exception as exc:  # noqa: BLE001 — a corrupt adapter is reported, never crashes the round
+        except Exception as exc:
             failed[name] = f"{type(exc).__name__}: {exc}"
             log(f"gate: could not load adapter {name} from {folder}: {failed[name]}")
     return evaluator, failed

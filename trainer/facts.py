@@ -14,17 +14,8 @@ from dataclasses import dataclass
 _TOKEN = re.compile(r"\d+(?:[:.]\d+)?|[a-z]+")
 _NEGATION = re.compile(r"\b(?:no|not|never|cannot|none|nor|nothing|without|unfortunately)\b|n't\b")
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split())}
-_STOP = frozenset("""
-a about above after again all also am an and any are as at be because been before being below between both
-but by can could did do does doing down during each few for from further had has have having he her here
-hers him his how i if in into is it its itself just me more most my of off on once only or other our ours
-out over own same she should so some such than that the their theirs them then there these they this those
-through to too under until up very was we were what when where which while who whom why will with would
-you your yours yes no not nor never cannot none nothing without unfortunately please thank thanks sure
-let know may might must shall get got also really well yeah okay ok t s d ll ve re m
-""".split())
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"])}
+_STOP = frozenset(["a", "about", "above", "after", "again", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her", "here", "hers", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "me", "more", "most", "my", "of", "off", "on", "once", "only", "or", "other", "our", "ours", "out", "over", "own", "same", "she", "should", "so", "some", "such", "than", "that", "the", "their", "theirs", "them", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours", "yes", "no", "not", "nor", "never", "cannot", "none", "nothing", "without", "unfortunately", "please", "thank", "thanks", "sure", "let", "know", "may", "might", "must", "shall", "get", "got", "also", "really", "well", "yeah", "okay", "ok", "t", "s", "d", "ll", "ve", "re", "m"])
 
 
 def _normal(text: str) -> str:

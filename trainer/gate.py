@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trainer.evaluate import BASE, Answer, Item, open_evaluator
+from feedback.registry import BASE_VERSION
+from trainer.evaluate import Answer, Item, open_evaluator
 from trainer.facts import fact_score
 
 CANDIDATE, ACTIVE = "candidate", "active"
@@ -151,7 +152,7 @@ def evaluate(*, base_model: Path, device: str, candidate: Path, active: tuple[st
     evaluator, failed = open_evaluator(base_model, device, {CANDIDATE: candidate, ACTIVE: folder}, log)
     if CANDIDATE in failed:
         return Verdict(False, [Check("loads", False, failed[CANDIDATE])], {}, version)
-    reference_name = ACTIVE if folder is not None and ACTIVE not in failed else BASE
+    reference_name = ACTIVE if folder is not None and ACTIVE not in failed else BASE_VERSION
     if ACTIVE in failed:
         version = f"base (active {version} unreadable: {failed[ACTIVE]})"
     sets = {"new": _sample(inputs.new, settings), "regression": _sample(inputs.regression, settings),

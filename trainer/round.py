@@ -8,28 +8,43 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from bot.basemodel import base_model_id, resolve_device
+from bot.runtime.base_model import base_model_id, resolve_device
 from feedback import repo
 from feedback.db import open_store
 from feedback.export import dataset_hash
-from feedback.models import BASE_VERSION, RunOutcome
+from feedback.methods import parse_methods
+from feedback.models import RunOutcome
 from feedback.pii import Scrubber
+from feedback.registry import (
+    BASE_VERSION,
+    STAGING_PREFIX,
+    ManifestError,
+    clean_registry,
+    next_number,
+    publish_folder,
+    read_manifest,
+    version_name,
+)
 from feedback.rounds import (
-    Holder, acquire_lock, finish_run, last_trained_snapshot, new_feedback_count, release_lock, start_run, update_run,
+    Holder,
+    acquire_lock,
+    finish_run,
+    last_trained_snapshot,
+    new_feedback_count,
+    release_lock,
+    start_run,
+    update_run,
 )
 from trainer.anchors import anchor_records
 from trainer.config import RoundConfig
-from trainer.datasets import METHODS, RoundData, snapshot
+from trainer.datasets import RoundData, snapshot
 from trainer.gate import GateInputs, Verdict, evaluate, load_golden
 from trainer.lora import TrainStats
 from trainer.preference import train_dpo, train_kto
-from trainer.publish import (
-    STAGING_PREFIX, ManifestError, clean_registry, next_number, publish_folder, read_manifest,
-    supportloop_version, version_name, weights_hash,
-)
+from trainer.publish import supportloop_version, weights_hash
 from trainer.runlog import RunLog
 from trainer.sft import train_sft
 
@@ -59,17 +74,6 @@ class RoundResult:
                  f"{s.seconds:.1f} s" for m, s in self.stats.items()]
         trained = f"trained {self.version} (parent {self.parent}) on {self.device}: " + "; ".join(parts)
         return trained + (f"; {self.verdict.describe()}" if self.verdict else "")
-
-
-def parse_methods(setting: str) -> list[str] | None:
-    """The methods named by a `--methods` setting, in `METHODS` order; None for `auto`."""
-    if setting.strip() == "auto":
-        return None
-    wanted = {m.strip() for m in setting.split(",") if m.strip()}
-    unknown = sorted(wanted - set(METHODS))
-    if unknown or not wanted:
-        raise ValueError(f"unknown training methods {unknown or setting!r}; use auto or some of {', '.join(METHODS)}")
-    return [m for m in METHODS if m in wanted]
 
 
 def choose_methods(setting: str, sizes: dict[str, int]) -> list[str]:
@@ -159,7 +163,7 @@ def _manifest(config: RoundConfig, data: RoundData, version: str, methods: list[
         "training": {m: {"examples": s.examples, "steps": s.steps, "losses": s.losses, "seconds": round(s.seconds, 2),
                          "precision": s.precision} for m, s in stats.items()},
         "gate": verdict.to_dict(), "timings": timings,
-        "snapshot_at": data.snapshot_at.isoformat(), "created": datetime.now(timezone.utc).isoformat(),
+        "snapshot_at": data.snapshot_at.isoformat(), "created": datetime.now(UTC).isoformat(),
         "packages": {"supportloop": supportloop_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "peft": peft.__version__, "trl": trl.__version__},
         "config": settings,

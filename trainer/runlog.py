@@ -68,5 +68,5 @@ class RunLog:
                     if not heartbeat(session, run_id=self.run_id):
                         self.lost_lock = True
                 self.flush()
-            except Exception:  # noqa: BLE001 — a store hiccup must not kill the round; the next beat retries
+            except Exception:
                 pass

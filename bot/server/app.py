@@ -1,0 +1,115 @@
+"""The app factory. The lifespan owns the store, the generation bridge and the adapter watcher; tests inject a
+fake generator or a store through `create_app` instead of patching."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from bot.runtime.interface import AdapterManager, GenerationBridge, Generator, build_generator, resolve_base_model
+from bot.server.chat_service import ChatService
+from bot.server.errors import HANDLED, error_reply
+from bot.server.limits import ClientLimits
+from bot.server.metrics import Metrics
+from bot.server.round_launcher import round_launcher
+from bot.server.routes import chat, console, health, openai_api, rounds, staff, versions, votes
+from bot.server.settings import Settings
+from feedback.db import Store, open_store
+from feedback.ingest import VoteWriter
+
+log = logging.getLogger(__name__)
+
+
+async def _start(app: FastAPI) -> None:
+    """Load the model, then keep the active adapter in sync; ready once the first sync is done."""
+    try:
+        await app.state.bridge.load()
+    except Exception:
+        log.exception("model failed to load")
+        return
+    await app.state.adapters.run()
+
+
+def _lifespan(settings: Settings, generator: Generator, store: Store | None):
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        own_store = store is None
+        state = app.state
+        state.store = store or open_store(settings.db_url)
+        state.votes = VoteWriter(state.store)
+        state.bridge = GenerationBridge(generator)
+        state.adapters = AdapterManager(state.bridge, state.store, settings.adapters_dir, settings.adapter_poll_seconds,
+                                        settings.max_loaded_adapters,
+                                        on_swap=lambda _v, seconds: state.metrics.swapped(seconds),
+                                        on_canary_rollback=lambda: state.metrics.canary_rollbacks.inc())
+        state.metrics = Metrics(generator.stats, lambda: state.adapters.active_version)
+        state.limits = ClientLimits(settings.rate_limit, settings.max_sessions_per_client)
+        state.chat = ChatService(settings, state.store, state.bridge, state.adapters, state.metrics, state.limits)
+        task = asyncio.create_task(_start(app))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            state.bridge.close()
+            await state.votes.close()
+            if own_store:
+                state.store.dispose()
+    return lifespan
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(openai_api.OpenAIError)
+    async def openai_error(_request: Request, exc: openai_api.OpenAIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if not request.url.path.startswith("/v1/"):
+            return await request_validation_exception_handler(request, exc)
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return openai_api.OpenAIError(400, f"Invalid request: {param or 'body'}: {first.get('msg')}.",
+                                  "invalid_request", param).response()
+
+    async def store_error(_request: Request, exc: Exception) -> JSONResponse:
+        status, body, headers = error_reply(exc)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    for kind in HANDLED:
+        app.add_exception_handler(kind, store_error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return JSONResponse({"detail": "Internal error; it has been logged."}, status_code=500)
+
+
+def create_app(settings: Settings | None = None, generator: Generator | None = None,
+               store: Store | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if generator is None:
+        path = resolve_base_model(settings.base_model, settings.model_cache)
+        generator = build_generator(path, settings.device, model_process=settings.model_process,
+                                    prefill_process=settings.prefill_process, max_batch=settings.max_batch,
+                                    max_queue=settings.max_queue, threads=settings.threads)
+    app = FastAPI(title="supportloop", lifespan=_lifespan(settings, generator, store))
+    app.state.settings = settings
+    app.state.launch_round = round_launcher(settings)
+    app.add_middleware(votes.VoteIngest)  # inside CORS: the widget's cross-origin votes get CORS headers
+    app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST", "PATCH"],
+                       allow_headers=["Authorization", "Content-Type"])
+    for module in (health, chat, votes, staff, rounds, versions, openai_api, console):
+        app.include_router(module.router)
+    app.mount("/staff/static", StaticFiles(packages=[("bot.server", "console/static")]), name="console-static")
+    _install_error_handlers(app)
+    return app

@@ -1,0 +1,125 @@
+"""The chat protocol v1: WebSocket frames and REST bodies as pydantic models. `docs/protocol.md`
+documents it and the widget mirrors it; change both together."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from feedback.models import Reason, Thumb
+
+PROTOCOL_VERSION = 1
+SUPPORTED_PROTOCOLS = (1,)
+
+
+# client → server frames
+
+class HelloFrame(BaseModel):
+    type: Literal["hello"]
+    protocol: int = PROTOCOL_VERSION
+    session_id: str | None = Field(None, max_length=64)
+
+
+class UserMessageFrame(BaseModel):
+    type: Literal["user_message"]
+    text: str
+
+
+class CancelFrame(BaseModel):
+    type: Literal["cancel"]
+
+
+ClientFrame = TypeAdapter(Annotated[HelloFrame | UserMessageFrame | CancelFrame, Field(discriminator="type")])
+
+
+# server → client frames
+
+class SessionFrame(BaseModel):
+    type: Literal["session"] = "session"
+    session_id: str
+    protocol: int = PROTOCOL_VERSION
+    resumed: bool = False
+
+
+class TokenFrame(BaseModel):
+    type: Literal["token"] = "token"
+    text: str
+
+
+class DoneFrame(BaseModel):
+    type: Literal["done"] = "done"
+    message_id: str
+    adapter_version: str
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float
+    total_ms: float
+
+
+class ErrorFrame(BaseModel):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+# REST bodies
+
+class ChatRequest(BaseModel):
+    session_id: str | None = Field(None, max_length=64)
+    message: str
+
+
+class ChatResponse(BaseModel):
+    session_id: str
+    message_id: str
+    reply: str
+    adapter_version: str
+
+
+class FeedbackState(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    thumb: Thumb
+    reason: Reason | None
+    comment: str | None
+
+
+class TranscriptMessage(BaseModel):
+    id: str
+    role: str
+    text: str
+    adapter_version: str | None
+    created_at: datetime
+    feedback: FeedbackState | None = None
+
+
+class Transcript(BaseModel):
+    session_id: str
+    created_at: datetime
+    messages: list[TranscriptMessage]
+
+
+class FeedbackRequest(BaseModel):
+    thumb: Thumb
+    reason: Reason | None = None
+    comment: str | None = Field(None, max_length=2000)
+
+
+class FeedbackResponse(FeedbackState):
+    message_id: str
+
+
+class HandoffRequest(BaseModel):
+    note: str | None = Field(None, max_length=2000)
+
+
+class HandoffResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    session_id: str = Field(validation_alias="conversation_id")
+    message_id: str | None
+    note: str | None
+    status: str
+    created_at: datetime

@@ -1,0 +1,203 @@
+"""Chat: `POST /api/chat`, `GET /api/sessions/{id}` and the WebSocket `/ws/chat` (protocol v1)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import aclosing
+
+from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from bot.server.chat_service import ChatError, ChatService, Reply
+from bot.server.deps import ChatDep, SessionDep, client_address
+from bot.server.limits import LimitExceeded
+from bot.server.protocol import (
+    SUPPORTED_PROTOCOLS,
+    CancelFrame,
+    ChatRequest,
+    ChatResponse,
+    ClientFrame,
+    DoneFrame,
+    ErrorFrame,
+    FeedbackState,
+    HelloFrame,
+    SessionFrame,
+    TokenFrame,
+    Transcript,
+    TranscriptMessage,
+)
+from feedback import repo
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+
+@router.post("/api/chat", response_model=ChatResponse)
+async def chat(body: ChatRequest, chat: ChatDep, request: Request) -> ChatResponse:
+    try:
+        chat.check_text(body.message, "rest")
+        session_id = await chat.open_session(body.session_id)
+        async with aclosing(chat.reply(session_id, body.message, client=client_address(request), api="rest")) as reply:
+            async for item in reply:
+                if isinstance(item, Reply):
+                    return ChatResponse(session_id=session_id, message_id=item.message_id,
+                                        reply=item.text, adapter_version=item.adapter_version)
+    except ChatError as exc:
+        raise HTTPException(exc.status, exc.message) from exc
+    raise HTTPException(503, "The model produced no answer; try again.")
+
+
+@router.get("/api/sessions/{session_id}", response_model=Transcript)
+def transcript(session_id: str, session: SessionDep) -> Transcript:
+    conversation = repo.get_conversation(session, conversation_id=session_id)
+    votes = repo.feedback_by_message(session, conversation_id=session_id)
+    messages = [TranscriptMessage(
+        id=m.id, role=m.role.value, text=m.text, adapter_version=m.adapter_version, created_at=m.created_at,
+        feedback=FeedbackState.model_validate(votes[m.id]) if m.id in votes else None) for m in repo.list_messages(session, conversation_id=session_id)]
+    return Transcript(session_id=session_id, created_at=conversation.created_at, messages=messages)
+
+
+def _frame_for(item: str | Reply) -> TokenFrame | DoneFrame:
+    if isinstance(item, Reply):
+        return DoneFrame(message_id=item.message_id, adapter_version=item.adapter_version,
+                         prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens,
+                         ttft_ms=item.ttft_ms, total_ms=item.total_ms)
+    return TokenFrame(text=item)
+
+
+class _Connection:
+    """One WebSocket connection: at most one session, announced once; at most one answer streaming,
+    which a `cancel` frame (or the client leaving) stops at the next generation step."""
+
+    def __init__(self, ws: WebSocket, chat: ChatService, max_frame_chars: int) -> None:
+        self.ws, self.chat, self.max_frame_chars = ws, chat, max_frame_chars
+        self.client = client_address(ws)
+        self.session_id: str | None = None
+        self.answer: asyncio.Task | None = None
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, frame) -> None:
+        async with self._send_lock:
+            await self.ws.send_text(frame.model_dump_json())
+
+    async def error(self, code: str, message: str) -> None:
+        await self.send(ErrorFrame(code=code, message=message))
+
+    async def handle(self, raw: str) -> None:
+        if len(raw) > self.max_frame_chars:
+            return await self.error("frame_too_large", f"Frames are limited to {self.max_frame_chars} characters.")
+        try:
+            frame = ClientFrame.validate_json(raw)
+        except ValidationError as exc:
+            reason = exc.errors()[0].get("msg", "invalid frame")
+            return await self.error("bad_frame", f"Malformed or unknown frame: {reason}.")
+        if isinstance(frame, HelloFrame):
+            return await self._hello(frame)
+        if isinstance(frame, CancelFrame):
+            return await self._cancel()
+        await self._start_answer(frame.text)
+
+    async def _hello(self, frame: HelloFrame) -> None:
+        if self.session_id is not None:
+            return await self.error("already_started", "hello must come before the first message.")
+        if frame.protocol not in SUPPORTED_PROTOCOLS:
+            return await self.error("unsupported_protocol", f"Protocol {frame.protocol} is not supported; "
+                                    f"this server speaks {', '.join(map(str, SUPPORTED_PROTOCOLS))}.")
+        await self._announce(frame.session_id)
+
+    async def _announce(self, wanted: str | None) -> None:
+        self.session_id = await self.chat.open_session(wanted)
+        resumed = wanted is not None and wanted == self.session_id
+        if wanted is not None and not resumed:
+            await self.error("unknown_session", "That session does not exist (or has expired); a new one was started.")
+        await self.send(SessionFrame(session_id=self.session_id, resumed=resumed))
+
+    async def _cancel(self) -> None:
+        if self.answer is None or self.answer.done():
+            return await self.error("nothing_to_cancel", "No answer is being generated.")
+        self.answer.cancel()
+        await asyncio.gather(self.answer, return_exceptions=True)
+
+    async def _start_answer(self, text: str) -> None:
+        if self.answer is not None and not self.answer.done():
+            return await self.error("answer_in_progress", "Wait for the current answer, or cancel it first.")
+        try:
+            text = self.chat.check_text(text, "ws")
+        except ChatError as exc:
+            return await self.error(exc.code, exc.message)
+        if self.session_id is None:
+            await self._announce(None)
+        self.answer = asyncio.create_task(self._answer(text))
+
+    async def _answer(self, text: str) -> None:
+        try:
+            async with aclosing(self.chat.reply(self.session_id, text, client=self.client, api="ws")) as reply:
+                async for item in reply:
+                    await self.send(_frame_for(item))
+        except ChatError as exc:
+            await self.error(exc.code, exc.message)
+        except (OperationalError, InterfaceError):
+            log.warning("database unavailable during an answer", exc_info=True)
+            await self.error("store_unavailable", "The database is unavailable right now; try again shortly.")
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await self.error("cancelled", "The answer was cancelled.")
+        except Exception:
+            log.debug("answer stream ended early", exc_info=True)
+
+    async def close(self) -> None:
+        if self.answer is not None and not self.answer.done():
+            self.answer.cancel()
+            await asyncio.gather(self.answer, return_exceptions=True)
+
+
+def _origin_allowed(ws: WebSocket) -> bool:
+    allowed = ws.app.state.settings.allowed_origins
+    origin = ws.headers.get("origin")
+    return "*" in allowed or origin is None or origin in allowed
+
+
+async def _refuse_socket(ws: WebSocket, code: str, message: str) -> None:
+    await ws.send_text(ErrorFrame(code=code, message=message).model_dump_json())
+    await ws.close(code=1008)
+
+
+@router.websocket("/ws/chat")
+async def chat_socket(ws: WebSocket) -> None:
+    await ws.accept()
+    if not _origin_allowed(ws):
+        return await _refuse_socket(ws, "origin_not_allowed", "This site may not embed the chat "
+                                    "(add it to SUPPORTLOOP_ALLOWED_ORIGINS).")
+    limits, client = ws.app.state.limits, client_address(ws)
+    try:
+        limits.connect(client)
+    except LimitExceeded as exc:
+        return await _refuse_socket(ws, exc.code, exc.message)
+    try:
+        await _serve_socket(ws)
+    finally:
+        limits.disconnect(client)
+
+
+async def _serve_socket(ws: WebSocket) -> None:
+    connection = _Connection(ws, ws.app.state.chat, ws.app.state.settings.max_frame_chars)
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is None:
+                await connection.error("bad_frame", "Frames must be JSON text, not binary.")
+                continue
+            await connection.handle(message["text"])
+    except WebSocketDisconnect:
+        return
+    except Exception:
+        log.exception("websocket handler failed")
+        with contextlib.suppress(Exception):
+            await connection.error("internal", "The server failed to answer; please try again.")
+            await ws.close(code=1011)
+    finally:
+        await connection.close()

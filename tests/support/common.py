@@ -1,0 +1,47 @@
+"""Paths and small helpers every test folder uses."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FAQ = ROOT.parent / "shared" / "data" / "dstc9-faq" / "faq_qa.jsonl"
+ARTIFACTS = Path(os.environ.get("SUPPORTLOOP_ARTIFACTS", ROOT / "test-artifacts"))  # screenshots
+CHROMIUM = shutil.which("chromium")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="NO CHROMIUM: the browser tests (widget, staff console) did not run; install "
+                                    "Debian's chromium package (`make test` does when run as root)")
+PG_ADMIN_URL = os.environ.get("SUPPORTLOOP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def postgres_url() -> str:
+    """A fresh database on the local PostgreSQL, for one test."""
+    from tests.support.services import postgres_database
+
+    return postgres_database(PG_ADMIN_URL, "supportloop_test")
+
+
+def drop_postgres(url: str) -> None:
+    from tests.support.services import drop_database
+
+    drop_database(url, PG_ADMIN_URL)
+
+
+def registry_entries(adapters_dir: Path) -> list[str]:
+    """The adapter registry's entries, but for the anchors' cache."""
+    from trainer.anchors import ANCHORS_DIR
+
+    return sorted(p.name for p in Path(adapters_dir).iterdir() if p.name != ANCHORS_DIR)
+
+
+def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")

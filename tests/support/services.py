@@ -1,0 +1,73 @@
+"""Real services for the tests (and the benchmarks, through `bench/live.py`): a fresh PostgreSQL
+database, Debian's Chromium, a free local port, uvicorn on a real port in a thread. No pytest here."""
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+import uuid
+
+
+def postgres_database(admin_url: str, prefix: str) -> str:
+    """A new, empty database on the PostgreSQL server of `admin_url`; its URL."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(url: str, admin_url: str) -> None:
+    """Drop a database made by `postgres_database` (nothing for other URLs)."""
+    from sqlalchemy import create_engine, text
+
+    if url.startswith("postgresql"):
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)"))
+        admin.dispose()
+
+
+def launch_chromium(playwright):
+    """Debian's chromium driven by Python playwright through `executable_path` (never a browser download)."""
+    return playwright.chromium.launch(executable_path=shutil.which("chromium"), args=[
+        "--no-sandbox", "--disable-background-networking", "--disable-component-update"])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn on a real port in a thread (`port`: a given one, e.g. to restart a server where it was)."""
+
+    def __init__(self, app, port: int | None = None) -> None:
+        import uvicorn
+
+        self.port = port or free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", ws="websockets-sansio")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
