@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install model demo test test-fast clean chromium
+.PHONY: install model demo test test-fast check format clean chromium
 
 # torch is pinned here (2.13.0 is the CPU build on these machines); pyproject keeps a range.
 $(STAMP): pyproject.toml
@@ -24,7 +24,17 @@ demo: model
 	@echo "supportloop demo: open http://$(HOST):$(PORT)/ once it says ready (data in ./var)"
 	SUPPORTLOOP_DATA_DIR=$${SUPPORTLOOP_DATA_DIR:-var} $(BIN)/supportloop serve --host $(HOST) --port $(PORT)
 
-test: model chromium
+# The checks run before the tests: ruff (lint + format) and mypy (strict on feedback/ and the runtime's interface).
+check: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: model chromium check
 	$(BIN)/python -m pytest
 
 # The widget's browser tests drive Debian's chromium (never a browser download). As root, get it from the
@@ -34,8 +44,8 @@ chromium:
 		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 		echo "*** chromium not installed (not root, or no apt-get): the widget's browser tests will be SKIPPED ***"; }
 
-test-fast: install chromium
+test-fast: install chromium check
 	$(BIN)/python -m pytest -m "not integration"
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -13,6 +13,7 @@ Prints JSON and one summary line per database. Targets: queue on screen < 1 s, a
 
     .venv/bin/python bench/console.py [--answers 20000] [--corrections 30] [--db sqlite postgresql]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,12 +45,22 @@ def seed(url: str, answers: int) -> str:
     for i in range(answers):
         pair, cid, mid = rng.choice(pairs), uuid.uuid4().hex, uuid.uuid4().hex
         conversations.append({"id": cid, "system_prompt": "Be brief."})
-        messages += [{"id": uuid.uuid4().hex, "conversation_id": cid, "seq": 0, "role": Role.user, "text": pair["question"]},
-                     {"id": mid, "conversation_id": cid, "seq": 1, "role": Role.assistant, "text": pair["answer"],
-                      "adapter_version": rng.choice(["base", "v1-a", "v2-b"])}]
+        messages += [
+            {"id": uuid.uuid4().hex, "conversation_id": cid, "seq": 0, "role": Role.user, "text": pair["question"]},
+            {
+                "id": mid,
+                "conversation_id": cid,
+                "seq": 1,
+                "role": Role.assistant,
+                "text": pair["answer"],
+                "adapter_version": rng.choice(["base", "v1-a", "v2-b"]),
+            },
+        ]
         if i % 3 == 0:
             down = i % 9 == 0
-            votes.append({"message_id": mid, "thumb": "down" if down else "up", "reason": REASONS[i % 5] if down else None})
+            votes.append(
+                {"message_id": mid, "thumb": "down" if down else "up", "reason": REASONS[i % 5] if down else None}
+            )
         if i % 50 == 0:
             handoffs.append({"conversation_id": cid, "message_id": mid, "status": "open"})
     store = open_store(url)
@@ -75,6 +86,7 @@ def timed(call, times: int) -> list[float]:
 
 def api_timings(url: str, token: str, answers: int) -> dict:
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
+
         def get(path: str, **params) -> dict:
             response = client.get(path, params=params)
             response.raise_for_status()
@@ -82,18 +94,23 @@ def api_timings(url: str, token: str, answers: int) -> dict:
 
         first = get("/api/review", limit=10)
         session = first["items"][0]["session_id"]
-        cases = {"first_page": lambda: get("/api/review", limit=10),
-                 "deep_page": lambda: get("/api/review", limit=10, offset=answers // 2),
-                 "reason_filter": lambda: get("/api/review", limit=10, reason="wrong"),
-                 "search": lambda: get("/api/review", limit=10, q="parking"),
-                 "conversation": lambda: get(f"/api/conversations/{session}")}
+        cases = {
+            "first_page": lambda: get("/api/review", limit=10),
+            "deep_page": lambda: get("/api/review", limit=10, offset=answers // 2),
+            "reason_filter": lambda: get("/api/review", limit=10, reason="wrong"),
+            "search": lambda: get("/api/review", limit=10, q="parking"),
+            "conversation": lambda: get(f"/api/conversations/{session}"),
+        }
         return {"queue_total": first["total"], **{name: summary(timed(call, 15)) for name, call in cases.items()}}
 
 
 def summary(seconds: list[float]) -> dict:
     ordered = sorted(seconds)
-    return {"p50_ms": round(statistics.median(ordered) * 1000, 1),
-            "p95_ms": round(ordered[max(0, round(0.95 * len(ordered)) - 1)] * 1000, 1), "n": len(ordered)}
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 1),
+        "p95_ms": round(ordered[max(0, round(0.95 * len(ordered)) - 1)] * 1000, 1),
+        "n": len(ordered),
+    }
 
 
 def browser_timings(url: str, token: str, corrections: int) -> dict:
@@ -140,11 +157,17 @@ def run(kind: str, answers: int, corrections: int) -> dict:
         start = time.perf_counter()
         token = seed(url, answers)
         seeded = time.perf_counter() - start
-        proc, base = live.start_server({"SUPPORTLOOP_DATA_DIR": str(folder), "SUPPORTLOOP_DATABASE_URL": url},
-                                       "--no-access-log")
+        proc, base = live.start_server(
+            {"SUPPORTLOOP_DATA_DIR": str(folder), "SUPPORTLOOP_DATABASE_URL": url}, "--no-access-log"
+        )
         try:
-            result = {"db": kind, "answers": answers, "seed_s": round(seeded, 1), "api": api_timings(base, token, answers),
-                      "browser": browser_timings(base, token, corrections)}
+            result = {
+                "db": kind,
+                "answers": answers,
+                "seed_s": round(seeded, 1),
+                "api": api_timings(base, token, answers),
+                "browser": browser_timings(base, token, corrections),
+            }
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -164,10 +187,13 @@ def main() -> None:
         result = run(kind, args.answers, args.corrections)
         print(json.dumps(result))
         api, ui = result["api"], result["browser"]
-        print(f"console on {kind} ({answers_text(result)}): queue API p95 {api['first_page']['p95_ms']} ms (deep page "
-              f"{api['deep_page']['p95_ms']} ms, search {api['search']['p95_ms']} ms); login → queue on screen "
-              f"{ui['login_to_queue_ms']} ms; approve an edit p50 {ui['save']['p50_ms']} ms, p95 {ui['save']['p95_ms']} ms; "
-              f"next page p95 {ui['next_page']['p95_ms']} ms", flush=True)
+        print(
+            f"console on {kind} ({answers_text(result)}): queue API p95 {api['first_page']['p95_ms']} ms (deep page "
+            f"{api['deep_page']['p95_ms']} ms, search {api['search']['p95_ms']} ms); login → queue on screen "
+            f"{ui['login_to_queue_ms']} ms; approve an edit p50 {ui['save']['p50_ms']} ms, p95 {ui['save']['p95_ms']} ms; "
+            f"next page p95 {ui['next_page']['p95_ms']} ms",
+            flush=True,
+        )
 
 
 def answers_text(result: dict) -> str:

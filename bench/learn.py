@@ -12,6 +12,7 @@ Targets: corrected ≥ 0.8 after; held-out drop ≤ 0.02.
 
     .venv/bin/python bench/learn.py --corrections 48
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,12 @@ def _scores(answers: list[dict], pairs: list[dict]) -> float:
 def run(n: int, seed: int, extra: list[str]) -> dict:
     corrected, held_out = live.pick_pairs(n, n, seed)
     data_dir = Path(tempfile.mkdtemp(prefix="supportloop-learn-"))
-    env = {"SUPPORTLOOP_DATA_DIR": str(data_dir), "SUPPORTLOOP_ADAPTER_POLL_SECONDS": "0.25",
-           "SUPPORTLOOP_MAX_NEW_TOKENS": "64", "SUPPORTLOOP_RATE_LIMIT": "100000/minute"}  # one client asks all
+    env = {
+        "SUPPORTLOOP_DATA_DIR": str(data_dir),
+        "SUPPORTLOOP_ADAPTER_POLL_SECONDS": "0.25",
+        "SUPPORTLOOP_MAX_NEW_TOKENS": "64",
+        "SUPPORTLOOP_RATE_LIMIT": "100000/minute",
+    }  # one client asks all
     server, url = live.start_server(env, "--no-access-log")
     try:
         ws_url = url.replace("http", "ws") + "/ws/chat"
@@ -61,16 +66,25 @@ def run(n: int, seed: int, extra: list[str]) -> dict:
 def _report(n, corrected, held_out, before, after, version, manifest, train_s) -> dict:
     gate = manifest["gate"]
     result = {
-        "corrections": n, "version": version, "served": all(a["adapter_version"] == version for a in after),
-        "round_s": round(train_s, 1), "train_s": manifest["timings"]["train_s"], "gate_s": manifest["timings"]["gate_s"],
+        "corrections": n,
+        "version": version,
+        "served": all(a["adapter_version"] == version for a in after),
+        "round_s": round(train_s, 1),
+        "train_s": manifest["timings"]["train_s"],
+        "gate_s": manifest["timings"]["gate_s"],
         "steps": sum(t["steps"] for t in manifest["training"].values()),
-        "precision": manifest["training"]["sft"]["precision"], "recipe": manifest["hyperparameters"],
-        "gate_passed": gate["passed"], "gate_checks": [f"{'pass' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}"
-                                                       for c in gate["checks"]],
-        "corrected_before": _scores(before[:n], corrected), "corrected_after": _scores(after[:n], corrected),
-        "held_out_before": _scores(before[n:], held_out), "held_out_after": _scores(after[n:], held_out),
-        "examples": [{"question": p["question"], "reference": p["reference"], "before": b["text"], "after": a["text"]}
-                     for p, b, a in list(zip(corrected, before, after))[:3]],
+        "precision": manifest["training"]["sft"]["precision"],
+        "recipe": manifest["hyperparameters"],
+        "gate_passed": gate["passed"],
+        "gate_checks": [f"{'pass' if c['passed'] else 'FAIL'} {c['name']}: {c['detail']}" for c in gate["checks"]],
+        "corrected_before": _scores(before[:n], corrected),
+        "corrected_after": _scores(after[:n], corrected),
+        "held_out_before": _scores(before[n:], held_out),
+        "held_out_after": _scores(after[n:], held_out),
+        "examples": [
+            {"question": p["question"], "reference": p["reference"], "before": b["text"], "after": a["text"]}
+            for p, b, a in list(zip(corrected, before, after))[:3]
+        ],
     }
     result["held_out_drop"] = round(result["held_out_before"] - result["held_out_after"], 4)
     return result
@@ -85,11 +99,13 @@ def main() -> None:
     result = run(args.corrections, args.seed, args.train_args)
     print(json.dumps(result, indent=2))
     ok = result["corrected_after"] >= 0.8 and result["held_out_drop"] <= 0.02
-    print(f"learn: {result['corrections']} corrections → {result['version']} ({'gate passed' if result['gate_passed'] else 'gate REJECTED'}); "
-          f"fact score on corrected {result['corrected_before']:.3f} → {result['corrected_after']:.3f}, held-out "
-          f"{result['held_out_before']:.3f} → {result['held_out_after']:.3f} (drop {result['held_out_drop']:+.3f}); "
-          f"round {result['round_s']} s (train {result['train_s']} s, gate {result['gate_s']} s, {result['precision']}); "
-          f"targets {'met' if ok else 'NOT met'}")
+    print(
+        f"learn: {result['corrections']} corrections → {result['version']} ({'gate passed' if result['gate_passed'] else 'gate REJECTED'}); "
+        f"fact score on corrected {result['corrected_before']:.3f} → {result['corrected_after']:.3f}, held-out "
+        f"{result['held_out_before']:.3f} → {result['held_out_after']:.3f} (drop {result['held_out_drop']:+.3f}); "
+        f"round {result['round_s']} s (train {result['train_s']} s, gate {result['gate_s']} s, {result['precision']}); "
+        f"targets {'met' if ok else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ process, a fresh PostgreSQL database, Debian's chromium.
 The PostgreSQL, Chromium and port helpers are the tests' own (`tests/support/services.py`): importing
 this module puts the repository root on the path so that a benchmark run as a script finds them.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,12 @@ def start_server(env: dict[str, str], *args: str, timeout: float = 600) -> tuple
     port = free_port()
     path = os.environ.get("SUPPORTLOOP_BENCH_SERVER_LOG")
     log = open(path, "ab") if path else None  # noqa: SIM115 (closed below, once the server has its copy)
-    proc = subprocess.Popen([CLI, "serve", "--port", str(port), *args], env={**os.environ, **env},
-                            stdout=subprocess.DEVNULL, stderr=log or subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [CLI, "serve", "--port", str(port), *args],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=log or subprocess.DEVNULL,
+    )
     if log is not None:
         log.close()  # the server has its own copy
     url = f"http://127.0.0.1:{port}"
@@ -74,7 +79,7 @@ def pick_pairs(corrected: int, held_out: int, seed: int = 0, per_entity: int = 1
     entities = rng.sample(sorted(by_entity), len(by_entity))
     need = -(-corrected // per_entity)
     chosen = [r for e in entities[:need] for r in rng.sample(by_entity[e], min(per_entity, len(by_entity[e])))]
-    others = [rng.choice(by_entity[e]) for e in entities[need:need + held_out]]
+    others = [rng.choice(by_entity[e]) for e in entities[need : need + held_out]]
     if len(chosen) < corrected or len(others) < held_out:
         raise ValueError(f"not enough DSTC9 entities for {corrected} + {held_out} questions")
     pair = lambda r: {"question": f"{r['entity_name'].title()}: {r['question']}", "reference": r["answer"]}  # noqa: E731
@@ -97,9 +102,12 @@ def ask(ws_url: str, text: str) -> dict:
                 parts.append(frame["text"])
             elif frame["type"] in ("done", "error"):
                 break
-    return {"text": "".join(parts).strip(), "ttft_s": (first or time.perf_counter()) - started,
-            "total_s": time.perf_counter() - started,
-            **{k: frame.get(k) for k in ("message_id", "adapter_version", "code")}}
+    return {
+        "text": "".join(parts).strip(),
+        "ttft_s": (first or time.perf_counter()) - started,
+        "total_s": time.perf_counter() - started,
+        **{k: frame.get(k) for k in ("message_id", "adapter_version", "code")},
+    }
 
 
 def ask_all(ws_url: str, questions: list[str], concurrency: int = 16) -> list[dict]:
@@ -110,14 +118,23 @@ def ask_all(ws_url: str, questions: list[str], concurrency: int = 16) -> list[di
 
 
 def staff_token(env: dict[str, str], name: str = "bench", role: str = "admin") -> str:
-    out = subprocess.run([CLI, "staff", "add", name, "--role", role], env={**os.environ, **env}, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [CLI, "staff", "add", name, "--role", role],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return out.split()[-1]
 
 
 def approve(url: str, token: str, message_id: str, text: str) -> None:
-    httpx.post(f"{url}/api/messages/{message_id}/corrections", headers={"Authorization": f"Bearer {token}"},
-               json={"text": text, "approve": True}, timeout=60).raise_for_status()
+    httpx.post(
+        f"{url}/api/messages/{message_id}/corrections",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"text": text, "approve": True},
+        timeout=60,
+    ).raise_for_status()
 
 
 def wait_for_version(url: str, version: str, timeout: float = 300) -> float:

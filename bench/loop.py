@@ -8,6 +8,7 @@ and after, on the corrected and on the held-out questions.
 
     .venv/bin/python bench/loop.py --corrections 8
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ from trainer.metrics import overlap_f1
 
 def serve(settings: Settings) -> tuple[uvicorn.Server, str]:
     port = live.free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                                          ws="websockets-sansio"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio")
+    )
     threading.Thread(target=server.run, daemon=True).start()
     url = f"http://127.0.0.1:{port}"
     wait(lambda: _ready(url) is not None, 600)
@@ -79,7 +81,9 @@ def run(n: int, seed: int) -> dict:
     server.should_exit = True
     assert all(a["adapter_version"] == version for a in after)
     return {
-        "corrections": n, "version": version, "train_s": round(trained - started, 1),
+        "corrections": n,
+        "version": version,
+        "train_s": round(trained - started, 1),
         "swap_s": round(swapped - trained, 2),
         "ttft_p50_s": round(statistics.median(a["ttft_s"] for a in before + after), 3),
         "answer_p50_s": round(statistics.median(a["total_s"] for a in before + after), 3),
@@ -87,8 +91,10 @@ def run(n: int, seed: int) -> dict:
         "corrected_overlap_after": round(scores(after[:n], corrected), 3),
         "held_out_overlap_before": round(scores(before[n:], held_out), 3),
         "held_out_overlap_after": round(scores(after[n:], held_out), 3),
-        "examples": [{"question": p["question"], "reference": p["reference"], "before": b["text"], "after": a["text"]}
-                     for p, b, a in list(zip(corrected, before, after))[:3]],
+        "examples": [
+            {"question": p["question"], "reference": p["reference"], "before": b["text"], "after": a["text"]}
+            for p, b, a in list(zip(corrected, before, after))[:3]
+        ],
     }
 
 
@@ -99,10 +105,12 @@ def main() -> None:
     args = parser.parse_args()
     result = run(args.corrections, args.seed)
     print(json.dumps(result, indent=2))
-    print(f"loop: {result['corrections']} corrections → {result['version']} in {result['train_s']} s train "
-          f"+ {result['swap_s']} s swap; overlap on corrected {result['corrected_overlap_before']:.2f} → "
-          f"{result['corrected_overlap_after']:.2f}, held-out {result['held_out_overlap_before']:.2f} → "
-          f"{result['held_out_overlap_after']:.2f}; answer p50 {result['answer_p50_s']} s, TTFT p50 {result['ttft_p50_s']} s")
+    print(
+        f"loop: {result['corrections']} corrections → {result['version']} in {result['train_s']} s train "
+        f"+ {result['swap_s']} s swap; overlap on corrected {result['corrected_overlap_before']:.2f} → "
+        f"{result['corrected_overlap_after']:.2f}, held-out {result['held_out_overlap_before']:.2f} → "
+        f"{result['held_out_overlap_after']:.2f}; answer p50 {result['answer_p50_s']} s, TTFT p50 {result['ttft_p50_s']} s"
+    )
 
 
 if __name__ == "__main__":

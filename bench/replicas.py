@@ -7,6 +7,7 @@ are registered two promotions ahead (both servers preload them). Prints JSON and
 
     .venv/bin/python bench/replicas.py [--promotions 10] [--gap 3] [--sessions 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,10 +52,16 @@ async def run(urls: list[str], token: str, versions: list[str], args, ahead) -> 
         promoted = await promote(urls[0], token, version)
         answer = await ask(ws[1], questions[n])
         replica = await seen
-        rows.append({"version": version, "status": promoted["status"],
-                     "replica_serves_s": round(replica - promoted["sent"], 3) if replica else None,
-                     "replica_first_token_s": round(answer["first"] - promoted["sent"], 3)
-                     if answer["first"] and answer["version"] == version else None})
+        rows.append(
+            {
+                "version": version,
+                "status": promoted["status"],
+                "replica_serves_s": round(replica - promoted["sent"], 3) if replica else None,
+                "replica_first_token_s": round(answer["first"] - promoted["sent"], 3)
+                if answer["first"] and answer["version"] == version
+                else None,
+            }
+        )
         if n + AHEAD < len(versions):
             await asyncio.to_thread(ahead, versions[n + AHEAD])
         await asyncio.sleep(args.gap)
@@ -69,9 +76,15 @@ def summarize(rows: list[dict], log: list[dict]) -> dict:
         return values[len(values) // 2], values[-1]
 
     (serves_p50, serves_max), (first_p50, first_max) = spread("replica_serves_s"), spread("replica_first_token_s")
-    return {"promotions": rows, "replica_serves_p50_s": serves_p50, "replica_serves_max_s": serves_max,
-            "replica_first_token_p50_s": first_p50, "replica_first_token_max_s": first_max,
-            "chat_requests": len(log), "chat_failed": sum(not e["ok"] for e in log)}
+    return {
+        "promotions": rows,
+        "replica_serves_p50_s": serves_p50,
+        "replica_serves_max_s": serves_max,
+        "replica_first_token_p50_s": first_p50,
+        "replica_first_token_max_s": first_max,
+        "chat_requests": len(log),
+        "chat_failed": sum(not e["ok"] for e in log),
+    }
 
 
 def main() -> None:
@@ -82,27 +95,37 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="supportloop-replicas-"))
     url = live.postgres_database()
-    envs = [{"SUPPORTLOOP_DATA_DIR": str(folder / f"server{i}"), "SUPPORTLOOP_DATABASE_URL": url,
-             "SUPPORTLOOP_RATE_LIMIT": "100000/minute", "SUPPORTLOOP_MAX_NEW_TOKENS": "32",
-             "SUPPORTLOOP_ADAPTER_POLL_SECONDS": "60"} for i in range(2)]  # only NOTIFY makes them follow quickly
+    envs = [
+        {
+            "SUPPORTLOOP_DATA_DIR": str(folder / f"server{i}"),
+            "SUPPORTLOOP_DATABASE_URL": url,
+            "SUPPORTLOOP_RATE_LIMIT": "100000/minute",
+            "SUPPORTLOOP_MAX_NEW_TOKENS": "32",
+            "SUPPORTLOOP_ADAPTER_POLL_SECONDS": "60",
+        }
+        for i in range(2)
+    ]  # only NOTIFY makes them follow quickly
     base = resolve_base_model(Settings().base_model, Settings().model_cache)
     versions = make_adapters(folder, base, args.promotions)
     token = live.staff_token(envs[0])
     servers = []
     try:
         servers = [live.start_server(env) for env in envs]
-        result = asyncio.run(run([u for _, u in servers], token, versions, args,
-                                 lambda v: register(url, folder, v, base_model_id(base))))
+        result = asyncio.run(
+            run([u for _, u in servers], token, versions, args, lambda v: register(url, folder, v, base_model_id(base)))
+        )
     finally:
         for proc, _ in servers:
             proc.terminate()
             proc.wait(timeout=30)
         live.drop_database(url)
     print(json.dumps(result, indent=2))
-    print(f"replicas: {args.promotions} promotions on server 1 of 2 (PostgreSQL): server 2 serves the new version "
-          f"p50 {result['replica_serves_p50_s']} s, max {result['replica_serves_max_s']} s after the promote request; "
-          f"first token there p50 {result['replica_first_token_p50_s']} s, max {result['replica_first_token_max_s']} s; "
-          f"{result['chat_failed']} of {result['chat_requests']} chat requests failed")
+    print(
+        f"replicas: {args.promotions} promotions on server 1 of 2 (PostgreSQL): server 2 serves the new version "
+        f"p50 {result['replica_serves_p50_s']} s, max {result['replica_serves_max_s']} s after the promote request; "
+        f"first token there p50 {result['replica_first_token_p50_s']} s, max {result['replica_first_token_max_s']} s; "
+        f"{result['chat_failed']} of {result['chat_requests']} chat requests failed"
+    )
 
 
 if __name__ == "__main__":

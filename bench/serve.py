@@ -10,6 +10,7 @@ ratio to naive.
 
     .venv/bin/python bench/serve.py [--prompts 16] [--max-new-tokens 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,12 @@ def prompts(n: int) -> list[str]:
 
 
 def start_server(max_new_tokens: int, threads: int | None) -> tuple[subprocess.Popen, str]:
-    env = {"SUPPORTLOOP_DATA_DIR": tempfile.mkdtemp(prefix="supportloop-bench-"),
-           "SUPPORTLOOP_RATE_LIMIT": "100000/minute", "SUPPORTLOOP_MAX_SESSIONS_PER_CLIENT": "64",
-           "SUPPORTLOOP_MAX_NEW_TOKENS": str(max_new_tokens)}
+    env = {
+        "SUPPORTLOOP_DATA_DIR": tempfile.mkdtemp(prefix="supportloop-bench-"),
+        "SUPPORTLOOP_RATE_LIMIT": "100000/minute",
+        "SUPPORTLOOP_MAX_SESSIONS_PER_CLIENT": "64",
+        "SUPPORTLOOP_MAX_NEW_TOKENS": str(max_new_tokens),
+    }
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     return live.start_server(env)
@@ -64,9 +68,14 @@ async def ask(ws_url: str, text: str) -> dict:
 
 def engine_stats(url: str) -> dict:
     """The server's own accounting from /metrics: time in prefill and decode, steps, rows."""
-    wanted = {"supportloop_engine_step_seconds": "step_s", "supportloop_engine_steps": "steps",
-              "supportloop_engine_step_rows": "rows", "supportloop_engine_prefill_tokens": "prefill_tokens",
-              "supportloop_prefill_worker_steps": "prefill_steps", "supportloop_prefill_worker_seconds": "prefill_s"}
+    wanted = {
+        "supportloop_engine_step_seconds": "step_s",
+        "supportloop_engine_steps": "steps",
+        "supportloop_engine_step_rows": "rows",
+        "supportloop_engine_prefill_tokens": "prefill_tokens",
+        "supportloop_prefill_worker_steps": "prefill_steps",
+        "supportloop_prefill_worker_seconds": "prefill_s",
+    }
     stats = {}
     for line in httpx.get(url + "/metrics").text.splitlines():
         name, _, value = line.rpartition(" ")
@@ -80,10 +89,14 @@ def engine(before: dict, after: dict) -> dict:
     computed, and the prefill worker's steps (0 without one)."""
     delta = {key: after.get(key, 0) - before.get(key, 0) for key in after}
     steps, prefill_steps = delta["steps"], delta.get("prefill_steps", 0)
-    return {"steps": int(steps), "step_ms": round(1000 * delta["step_s"] / max(steps, 1), 1),
-            "mean_batch": round(delta["rows"] / max(steps, 1), 1), "prefill_tokens": int(delta["prefill_tokens"]),
-            "prefill_worker_steps": int(prefill_steps),
-            "prefill_worker_step_ms": round(1000 * delta.get("prefill_s", 0) / max(prefill_steps, 1), 1)}
+    return {
+        "steps": int(steps),
+        "step_ms": round(1000 * delta["step_s"] / max(steps, 1), 1),
+        "mean_batch": round(delta["rows"] / max(steps, 1), 1),
+        "prefill_tokens": int(delta["prefill_tokens"]),
+        "prefill_worker_steps": int(prefill_steps),
+        "prefill_worker_step_ms": round(1000 * delta.get("prefill_s", 0) / max(prefill_steps, 1), 1),
+    }
 
 
 async def level(ws_url: str, questions: list[str], sessions: int) -> dict:
@@ -101,9 +114,16 @@ async def level(ws_url: str, questions: list[str], sessions: int) -> dict:
     ttfts = sorted(r["ttft"] for r in results)
     steady = sorted(r["ttft"] for r in results if not r["first"])  # without the sessions' simultaneous start
     tokens = sum(r["tokens"] for r in results)
-    return {"sessions": sessions, "requests": len(results), "tokens": tokens, "wall_s": round(wall, 2),
-            "tok_s": round(tokens / wall, 1), "ttft_p50_s": round(statistics.median(ttfts), 3),
-            "ttft_p95_s": p95(ttfts), "ttft_p95_steady_s": p95(steady)}
+    return {
+        "sessions": sessions,
+        "requests": len(results),
+        "tokens": tokens,
+        "wall_s": round(wall, 2),
+        "tok_s": round(tokens / wall, 1),
+        "ttft_p50_s": round(statistics.median(ttfts), 3),
+        "ttft_p95_s": p95(ttfts),
+        "ttft_p95_steady_s": p95(steady),
+    }
 
 
 def p95(values: list[float]) -> float | None:
@@ -121,11 +141,13 @@ def naive(questions: list[str], max_new_tokens: int) -> dict:
     tokens, started = 0, time.perf_counter()
     for q in questions:
         messages = [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": q}]
-        inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                               return_dict=True)
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.eos_token_id)
+            out = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id
+            )
         tokens += out.shape[1] - inputs["input_ids"].shape[1]
     wall = time.perf_counter() - started
     return {"requests": len(questions), "tokens": tokens, "wall_s": round(wall, 2), "tok_s": round(tokens / wall, 1)}
@@ -156,8 +178,11 @@ def main() -> None:
     for entry in levels:
         entry["ratio_to_naive"] = round(entry["tok_s"] / base["tok_s"], 2)
     print(json.dumps({"naive": base, "levels": levels, "max_new_tokens": args.max_new_tokens}, indent=2))
-    parts = [f"{e['sessions']} sessions {e['tok_s']} tok/s ({e['ratio_to_naive']}x) TTFT p50 {e['ttft_p50_s']} s "
-             f"p95 {e['ttft_p95_s']} s" for e in levels]
+    parts = [
+        f"{e['sessions']} sessions {e['tok_s']} tok/s ({e['ratio_to_naive']}x) TTFT p50 {e['ttft_p50_s']} s "
+        f"p95 {e['ttft_p95_s']} s"
+        for e in levels
+    ]
     print(f"serve: naive {base['tok_s']} tok/s; " + "; ".join(parts))
 
 

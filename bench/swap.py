@@ -16,6 +16,7 @@ TTFT p99 with and without swaps. Prints JSON and one summary line.
 
     .venv/bin/python bench/swap.py [--sessions 16] [--promotions 10] [--gap 4] [--baseline 20] [--ahead 2 | --cold]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,11 +46,15 @@ def make_adapters(data_dir: Path, base: Path, count: int) -> list[str]:
     names = []
     for i in range(count):
         torch.manual_seed(i)
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        model = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(base),
+            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+        )
         name = f"v{i + 1}-bench"
         model.save_pretrained(data_dir / "adapters" / name)
-        (data_dir / "adapters" / name / "manifest.json").write_text(json.dumps({"base_model": {"id": base_model_id(base)}}))
+        (data_dir / "adapters" / name / "manifest.json").write_text(
+            json.dumps({"base_model": {"id": base_model_id(base)}})
+        )
         names.append(name)
     return names
 
@@ -62,8 +67,16 @@ def register(store_url: str, data_dir: Path, version: str, base_id: str) -> None
     store = open_store(store_url)
     try:
         with store.session() as session:
-            repo.register_adapter(session, version=version, path=str(data_dir / "adapters" / version),
-                                  base_model=base_id, parent=None, dataset_hash=None, metrics={}, activate=False)
+            repo.register_adapter(
+                session,
+                version=version,
+                path=str(data_dir / "adapters" / version),
+                base_model=base_id,
+                parent=None,
+                dataset_hash=None,
+                metrics={},
+                activate=False,
+            )
     finally:
         store.dispose()
 
@@ -80,7 +93,9 @@ async def ask(ws_url: str, question: str) -> dict:
                     entry["first"] = entry["first"] or time.monotonic()
                     entry["text"] += frame["text"]
                 elif frame["type"] in ("done", "error"):
-                    entry.update(ok=frame["type"] == "done", version=frame.get("adapter_version"), error=frame.get("code"))
+                    entry.update(
+                        ok=frame["type"] == "done", version=frame.get("adapter_version"), error=frame.get("code")
+                    )
                     break
     except (OSError, websockets.WebSocketException) as exc:
         entry["error"] = type(exc).__name__
@@ -98,7 +113,9 @@ async def chat(ws_url: str, questions: list[str], offset: int, stop: asyncio.Eve
 async def promote(url: str, token: str, version: str) -> dict:
     async with httpx.AsyncClient(timeout=300) as client:
         sent = time.monotonic()
-        reply = await client.post(f"{url}/api/admin/adapters/{version}/promote", headers={"Authorization": f"Bearer {token}"})
+        reply = await client.post(
+            f"{url}/api/admin/adapters/{version}/promote", headers={"Authorization": f"Bearer {token}"}
+        )
         return {"version": version, "sent": sent, "replied": time.monotonic(), "status": reply.status_code}
 
 
@@ -135,6 +152,7 @@ def summarize(log: list[dict], promotions: list[dict], swaps_from: float) -> dic
     """Per promotion, two latencies from sending the promote request: to the first token of the question
     asked right after its reply (on the new version), and to the first token on the new version among
     the 16 customers' questions (which also waits for one of them to finish an answer and ask again)."""
+
     def p99(values: list[float]) -> float | None:
         values = sorted(values)
         return round(values[min(len(values) - 1, int(0.99 * len(values)))], 3) if values else None
@@ -145,8 +163,10 @@ def summarize(log: list[dict], promotions: list[dict], swaps_from: float) -> dic
         return (measured[len(measured) // 2], measured[-1]) if measured else (None, None)
 
     asked = [p["asked_after"] for p in promotions]
-    latencies = [round(e["first"] - p["sent"], 3) if e["first"] and e["version"] == p["version"] else None
-                 for p, e in zip(promotions, asked)]
+    latencies = [
+        round(e["first"] - p["sent"], 3) if e["first"] and e["version"] == p["version"] else None
+        for p, e in zip(promotions, asked)
+    ]
     in_sessions = []
     for p in promotions:
         firsts = [e["first"] for e in log if e["version"] == p["version"] and e["sent"] >= p["sent"] and e["first"]]
@@ -157,16 +177,25 @@ def summarize(log: list[dict], promotions: list[dict], swaps_from: float) -> dic
     wrong = [e for e in every if e["ok"] and e["version"] not in possible_versions(e, promotions)]
     ttft = lambda during: [e["first"] - e["sent"] for e in log if e["first"] and (e["sent"] >= swaps_from) == during]  # noqa: E731
     (p50, worst), (sessions_p50, sessions_worst) = spread(latencies), spread(in_sessions)
-    return {"requests": len(every), "promotions": len(promotions),
-            "promote_http": [p["status"] for p in promotions],
-            "promote_reply_s": [round(p["replied"] - p["sent"], 3) for p in promotions],
-            "promotion_to_first_token_s": latencies, "latency_p50_s": p50, "latency_max_s": worst,
-            "promotion_to_first_token_in_sessions_s": in_sessions,
-            "sessions_latency_p50_s": sessions_p50, "sessions_latency_max_s": sessions_worst,
-            "sessions_never_on_new_version": in_sessions.count(None),
-            "failed": len(failed), "garbled": len(garbled), "failures": [e.get("error") for e in failed][:10],
-            "wrong_version": len(wrong),
-            "ttft_p99_without_swaps_s": p99(ttft(False)), "ttft_p99_during_swaps_s": p99(ttft(True))}
+    return {
+        "requests": len(every),
+        "promotions": len(promotions),
+        "promote_http": [p["status"] for p in promotions],
+        "promote_reply_s": [round(p["replied"] - p["sent"], 3) for p in promotions],
+        "promotion_to_first_token_s": latencies,
+        "latency_p50_s": p50,
+        "latency_max_s": worst,
+        "promotion_to_first_token_in_sessions_s": in_sessions,
+        "sessions_latency_p50_s": sessions_p50,
+        "sessions_latency_max_s": sessions_worst,
+        "sessions_never_on_new_version": in_sessions.count(None),
+        "failed": len(failed),
+        "garbled": len(garbled),
+        "failures": [e.get("error") for e in failed][:10],
+        "wrong_version": len(wrong),
+        "ttft_p99_without_swaps_s": p99(ttft(False)),
+        "ttft_p99_during_swaps_s": p99(ttft(True)),
+    }
 
 
 def possible_versions(entry: dict, promotions: list[dict]) -> set[str]:
@@ -184,31 +213,54 @@ def main() -> None:
     parser.add_argument("--promotions", type=int, default=10)
     parser.add_argument("--gap", type=float, default=4.0, help="seconds between promotions")
     parser.add_argument("--baseline", type=float, default=20.0, help="seconds of chat before the first promotion")
-    parser.add_argument("--ahead", type=int, default=2, help="register each version this many promotions "
-                        "before its own (the server preloads the newest candidates: SUPPORTLOOP_MAX_LOADED_ADAPTERS - 2)")
-    parser.add_argument("--cold", action="store_true", help="register each version just before its promotion, "
-                        "so that it is loaded and validated on promotion instead of ahead")
+    parser.add_argument(
+        "--ahead",
+        type=int,
+        default=2,
+        help="register each version this many promotions "
+        "before its own (the server preloads the newest candidates: SUPPORTLOOP_MAX_LOADED_ADAPTERS - 2)",
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="register each version just before its promotion, "
+        "so that it is loaded and validated on promotion instead of ahead",
+    )
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="supportloop-swap-"))
-    env = {"SUPPORTLOOP_DATA_DIR": str(data_dir), "SUPPORTLOOP_RATE_LIMIT": "100000/minute",
-           "SUPPORTLOOP_MAX_SESSIONS_PER_CLIENT": "64", "SUPPORTLOOP_MAX_NEW_TOKENS": "48"}
+    env = {
+        "SUPPORTLOOP_DATA_DIR": str(data_dir),
+        "SUPPORTLOOP_RATE_LIMIT": "100000/minute",
+        "SUPPORTLOOP_MAX_SESSIONS_PER_CLIENT": "64",
+        "SUPPORTLOOP_MAX_NEW_TOKENS": "48",
+    }
     token = live.staff_token(env)
     settings = Settings()
     base = resolve_base_model(settings.base_model, settings.model_cache)
     versions = make_adapters(data_dir, base, args.promotions)
     proc, url = live.start_server(env)
     try:
-        result = asyncio.run(run(url, token, versions, args, lambda v: register(f"sqlite:///{data_dir / 'supportloop.db'}", data_dir, v, base_model_id(base))))
+        result = asyncio.run(
+            run(
+                url,
+                token,
+                versions,
+                args,
+                lambda v: register(f"sqlite:///{data_dir / 'supportloop.db'}", data_dir, v, base_model_id(base)),
+            )
+        )
         result["mode"] = "cold" if args.cold else f"registered {args.ahead} promotion(s) ahead"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     print(json.dumps(result, indent=2))
-    print(f"swap ({result['mode']}): {result['promotions']} promotions under {args.sessions} sessions: promotion → first token on the new "
-          f"version p50 {result['latency_p50_s']} s, max {result['latency_max_s']} s (a question asked right after; "
-          f"in the sessions p50 {result['sessions_latency_p50_s']} s, max {result['sessions_latency_max_s']} s); {result['failed']} failed, "
-          f"{result['garbled']} garbled, {result['wrong_version']} on a wrong version of {result['requests']} requests; "
-          f"TTFT p99 {result['ttft_p99_without_swaps_s']} s without swaps, {result['ttft_p99_during_swaps_s']} s during swaps")
+    print(
+        f"swap ({result['mode']}): {result['promotions']} promotions under {args.sessions} sessions: promotion → first token on the new "
+        f"version p50 {result['latency_p50_s']} s, max {result['latency_max_s']} s (a question asked right after; "
+        f"in the sessions p50 {result['sessions_latency_p50_s']} s, max {result['sessions_latency_max_s']} s); {result['failed']} failed, "
+        f"{result['garbled']} garbled, {result['wrong_version']} on a wrong version of {result['requests']} requests; "
+        f"TTFT p99 {result['ttft_p99_without_swaps_s']} s without swaps, {result['ttft_p99_during_swaps_s']} s during swaps"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Prints JSON and a one-line summary. Targets: ≤ 8 minutes on a 2-core CPU, ≤ 
 
     .venv/bin/python bench/train.py --corrections 100 [--device cpu|cuda]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,13 @@ def seed_store(data_dir: Path, pairs: list[dict]) -> None:
         for pair in pairs:
             conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt=system)
             repo.add_message(s, conversation_id=conversation.id, role=Role.user, text=pair["question"])
-            answer = repo.add_message(s, conversation_id=conversation.id, role=Role.assistant,
-                                      text="I'm sorry, I don't have that information.", adapter_version="base")
+            answer = repo.add_message(
+                s,
+                conversation_id=conversation.id,
+                role=Role.assistant,
+                text="I'm sorry, I don't have that information.",
+                adapter_version="base",
+            )
             repo.add_correction(s, message_id=answer.id, actor=staff, text=pair["reference"], approve=True)
     store.dispose()
 
@@ -54,17 +60,28 @@ def run(n: int, device: str, seed: int) -> dict:
     data_dir = Path(tempfile.mkdtemp(prefix="supportloop-train-bench-"))
     seed_store(data_dir, corrected)
     golden_file = data_dir / "golden.jsonl"
-    golden_file.write_text("".join(json.dumps({"question": p["question"], "answer": p["reference"]}) + "\n"
-                                   for p in golden))
-    version, manifest, _passed, wall = live.train_round({"SUPPORTLOOP_DATA_DIR": str(data_dir)}, "--device", device,
-                                                       "--golden-set", str(golden_file))
+    golden_file.write_text(
+        "".join(json.dumps({"question": p["question"], "answer": p["reference"]}) + "\n" for p in golden)
+    )
+    version, manifest, _passed, wall = live.train_round(
+        {"SUPPORTLOOP_DATA_DIR": str(data_dir)}, "--device", device, "--golden-set", str(golden_file)
+    )
     sft = manifest["training"]["sft"]
     return {
-        "corrections": n, "device": device, "cpu": cpu_name(),
-        "cores": os.cpu_count(), "round_s": round(wall, 1), "train_s": manifest["timings"]["train_s"],
-        "gate_s": manifest["timings"]["gate_s"], "steps": sft["steps"], "precision": sft["precision"],
-        "loss_first": round(sft["losses"][0], 3), "loss_final": round(sft["losses"][-1], 3),
-        "gate_passed": manifest["gate"]["passed"], "gate_metrics": manifest["gate"]["metrics"], "version": version,
+        "corrections": n,
+        "device": device,
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "round_s": round(wall, 1),
+        "train_s": manifest["timings"]["train_s"],
+        "gate_s": manifest["timings"]["gate_s"],
+        "steps": sft["steps"],
+        "precision": sft["precision"],
+        "loss_first": round(sft["losses"][0], 3),
+        "loss_final": round(sft["losses"][-1], 3),
+        "gate_passed": manifest["gate"]["passed"],
+        "gate_metrics": manifest["gate"]["metrics"],
+        "version": version,
     }
 
 
@@ -78,11 +95,13 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     target = 480 if args.device == "cpu" else 60
     metrics = result["gate_metrics"]
-    print(f"train: {result['corrections']} corrections → {result['version']} "
-          f"({'gate passed' if result['gate_passed'] else 'gate REJECTED'}) in {result['round_s']} s on {args.device} "
-          f"({result['cores']} cores, {result['precision']}): train {result['train_s']} s ({result['steps']} steps), "
-          f"gate {result['gate_s']} s; new {metrics['new']['candidate']:.3f}, golden {metrics['golden']['candidate']:.3f} "
-          f"vs {metrics['golden']['active']:.3f}; target ≤ {target} s {'met' if result['round_s'] <= target else 'NOT met'}")
+    print(
+        f"train: {result['corrections']} corrections → {result['version']} "
+        f"({'gate passed' if result['gate_passed'] else 'gate REJECTED'}) in {result['round_s']} s on {args.device} "
+        f"({result['cores']} cores, {result['precision']}): train {result['train_s']} s ({result['steps']} steps), "
+        f"gate {result['gate_s']} s; new {metrics['new']['candidate']:.3f}, golden {metrics['golden']['candidate']:.3f} "
+        f"vs {metrics['golden']['active']:.3f}; target ≤ {target} s {'met' if result['round_s'] <= target else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Prints JSON and one summary line per database. Target: >= 1,000 events/s with 0 
 
     .venv/bin/python bench/feedback.py [--clients 32] [--seconds 20] [--db sqlite postgresql]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,23 @@ def seed(url: str, answers: int) -> list[str]:
     messages, ids = [], []
     for conversation in conversations:
         ids.append(uuid.uuid4().hex)
-        messages += [{"id": uuid.uuid4().hex, "conversation_id": conversation["id"], "seq": 0, "role": Role.user,
-                      "text": "When is check-in?"},
-                     {"id": ids[-1], "conversation_id": conversation["id"], "seq": 1, "role": Role.assistant,
-                      "text": "From 3pm.", "adapter_version": "base"}]
+        messages += [
+            {
+                "id": uuid.uuid4().hex,
+                "conversation_id": conversation["id"],
+                "seq": 0,
+                "role": Role.user,
+                "text": "When is check-in?",
+            },
+            {
+                "id": ids[-1],
+                "conversation_id": conversation["id"],
+                "seq": 1,
+                "role": Role.assistant,
+                "text": "From 3pm.",
+                "adapter_version": "base",
+            },
+        ]
     with store.engine.begin() as conn:
         conn.execute(insert(Conversation), conversations)
         conn.execute(insert(Message), messages)
@@ -51,8 +65,9 @@ def seed(url: str, answers: int) -> list[str]:
 
 
 def start_server(url: str, data_dir: str) -> tuple[subprocess.Popen, int]:
-    proc, base = live.start_server({"SUPPORTLOOP_DATA_DIR": data_dir, "SUPPORTLOOP_DATABASE_URL": url},
-                                   "--no-access-log")
+    proc, base = live.start_server(
+        {"SUPPORTLOOP_DATA_DIR": data_dir, "SUPPORTLOOP_DATABASE_URL": url}, "--no-access-log"
+    )
     return proc, int(base.rsplit(":", 1)[1])
 
 
@@ -68,8 +83,11 @@ async def client(port: int, message_ids: list[str], deadline: float, sent: dict,
             if time.monotonic() >= deadline:
                 return
             body = json.dumps(vote_body(i)).encode()
-            writer.write(f"POST /api/messages/{message_id}/feedback HTTP/1.1\r\nHost: bench\r\n"
-                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            writer.write(
+                f"POST /api/messages/{message_id}/feedback HTTP/1.1\r\nHost: bench\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
             status = int((await reader.readline()).split()[1])
             length = 0
             while (line := await reader.readline()) not in (b"\r\n", b""):
@@ -89,8 +107,9 @@ async def load(port: int, ids: list[str], clients: int, seconds: float) -> tuple
     errors: list[int] = []
     share = len(ids) // clients
     started = time.monotonic()
-    await asyncio.gather(*(client(port, ids[k * share:(k + 1) * share], started + seconds, sent, errors)
-                           for k in range(clients)))
+    await asyncio.gather(
+        *(client(port, ids[k * share : (k + 1) * share], started + seconds, sent, errors) for k in range(clients))
+    )
     return sent, errors, time.monotonic() - started
 
 
@@ -100,9 +119,13 @@ def verify(url: str, sent: dict) -> tuple[int, int]:
     with engine.connect() as conn:
         rows = {r.message_id: r for r in conn.execute(select(Feedback.message_id, Feedback.thumb, Feedback.reason))}
     engine.dispose()
-    lost = sum(1 for mid, vote in sent.items()
-               if mid not in rows or rows[mid].thumb.value != vote["thumb"]
-               or (rows[mid].reason.value if rows[mid].reason else None) != vote.get("reason"))
+    lost = sum(
+        1
+        for mid, vote in sent.items()
+        if mid not in rows
+        or rows[mid].thumb.value != vote["thumb"]
+        or (rows[mid].reason.value if rows[mid].reason else None) != vote.get("reason")
+    )
     return len(rows), lost
 
 
@@ -120,9 +143,17 @@ def run(kind: str, clients: int, seconds: float, answers: int) -> dict:
         rows, lost = verify(url, sent)
     finally:
         live.drop_database(url)
-    return {"database": kind, "clients": clients, "seconds": round(wall, 2), "accepted": len(sent),
-            "errors": len(errors), "events_per_s": round(len(sent) / wall, 1), "rows_found": rows, "lost": lost,
-            "ran_out_of_answers": len(sent) >= (len(ids) // clients) * clients}
+    return {
+        "database": kind,
+        "clients": clients,
+        "seconds": round(wall, 2),
+        "accepted": len(sent),
+        "errors": len(errors),
+        "events_per_s": round(len(sent) / wall, 1),
+        "rows_found": rows,
+        "lost": lost,
+        "ran_out_of_answers": len(sent) >= (len(ids) // clients) * clients,
+    }
 
 
 def main() -> None:
@@ -134,9 +165,14 @@ def main() -> None:
     args = parser.parse_args()
     results = [run(kind, args.clients, args.seconds, args.answers) for kind in args.db]
     print(json.dumps({"results": results}, indent=2))
-    print("feedback: " + "; ".join(f"{r['database']} {r['events_per_s']} events/s, {r['accepted']} accepted, "
-                                   f"{r['rows_found']} rows found, {r['lost']} lost, {r['errors']} errors"
-                                   for r in results))
+    print(
+        "feedback: "
+        + "; ".join(
+            f"{r['database']} {r['events_per_s']} events/s, {r['accepted']} accepted, "
+            f"{r['rows_found']} rows found, {r['lost']} lost, {r['errors']} errors"
+            for r in results
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,3 +1,2 @@
-"""Serving: the chat server, its settings, the generator and the adapter manager.
-
-Keep this file free of imports: the trainer imports `bot.runtime.base_model`, which must not pull in FastAPI."""
+"""Serving: `bot.runtime` (the model runtime, no FastAPI), `bot.server` (the web app) and `bot.cli` (the
+`supportloop` command). Keep this file free of imports: the trainer imports `bot.runtime.base_model`."""

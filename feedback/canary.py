@@ -7,26 +7,29 @@ active version, a one-sided Fisher exact test of "the canary's thumbs-down rate 
 α = 0.05, once each side has at least 20 votes. Servers apply it at every poll, so the rule is checked
 repeatedly as votes come in; that raises the chance of rolling back a canary that is not worse above
 5 %, a cheap mistake (the canary can be started again), unlike serving a worse version longer."""
+
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from scipy.stats import fisher_exact
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from feedback.models import Canary, Message, Staff, Thumb
 from feedback.repo import (
     Conflict,
     Invalid,
+    active_version,
     audit_action,
     end_canary,
     lock_versions,
     notify_serving_change,
     running_canary,
 )
-from feedback.versions import active_version, actor_fields, check_promotion, vote_counts
+from feedback.versions import actor_fields, check_promotion, vote_counts
 
 log = logging.getLogger(__name__)
 ALPHA = 0.05
@@ -92,7 +95,7 @@ def stop(session: Session, *, actor: str | Staff) -> Canary:
     return canary
 
 
-def _record(session: Session, actor: str | Staff, action: str, version: str, **detail) -> None:
+def _record(session: Session, actor: str | Staff, action: str, version: str, **detail: Any) -> None:
     """Commit the change, with an audit entry when a staff member made it."""
     if isinstance(actor, Staff):
         audit_action(session, actor, action, version, **detail)
@@ -102,8 +105,11 @@ def _record(session: Session, actor: str | Staff, action: str, version: str, **d
 def evaluate(session: Session, canary: Canary) -> Verdict:
     """The rule applied to the votes on answers given since `canary` started."""
     active = active_version(session)
-    votes = vote_counts(session, Message.created_at >= canary.started_at,
-                        Message.adapter_version.in_([canary.version, active]))
+    votes = vote_counts(
+        session,
+        col(Message.created_at) >= canary.started_at,
+        col(Message.adapter_version).in_([canary.version, active]),
+    )
 
     def side(version: str) -> tuple[int, int]:
         down = votes.get((version, Thumb.down), 0)
@@ -120,6 +126,7 @@ def auto_rollback(session: Session) -> Canary | None:
     verdict = evaluate(session, canary)
     if not verdict.worse:
         return None
+    assert canary.id is not None  # read from the store: it has an id
     return _end_if_still_running(session, canary.id, verdict)
 
 
@@ -131,15 +138,30 @@ def _end_if_still_running(session: Session, canary_id: int, verdict: Verdict) ->
         return None  # another server ended it first
     end_canary(session, canary, outcome="rolled back", by=AUTO, detail=asdict(verdict))
     session.commit()
-    log.warning("canary of %s rolled back automatically: thumbs-down %d/%d vs %d/%d on the active version, "
-                "p = %.4f", canary.version, verdict.canary_down, verdict.canary_votes, verdict.active_down,
-                verdict.active_votes, verdict.p_value)
+    log.warning(
+        "canary of %s rolled back automatically: thumbs-down %d/%d vs %d/%d on the active version, p = %.4f",
+        canary.version,
+        verdict.canary_down,
+        verdict.canary_votes,
+        verdict.active_down,
+        verdict.active_votes,
+        verdict.p_value,
+    )
     return canary
 
 
-def describe(canary: Canary | None) -> dict | None:
+def describe(canary: Canary | None) -> dict[str, Any] | None:
     if canary is None:
         return None
-    return {"id": canary.id, "version": canary.version, "percent": canary.percent, "actor": canary.actor,
-            "forced": canary.forced, "started_at": canary.started_at, "ended_at": canary.ended_at,
-            "outcome": canary.outcome, "ended_by": canary.ended_by, "detail": json.loads(canary.detail_json)}
+    return {
+        "id": canary.id,
+        "version": canary.version,
+        "percent": canary.percent,
+        "actor": canary.actor,
+        "forced": canary.forced,
+        "started_at": canary.started_at,
+        "ended_at": canary.ended_at,
+        "outcome": canary.outcome,
+        "ended_by": canary.ended_by,
+        "detail": json.loads(canary.detail_json),
+    }

@@ -3,6 +3,7 @@
 SQLite gets WAL and foreign keys on every connection; any SQLAlchemy URL works (PostgreSQL at scale).
 The schema is made and kept current by the Alembic migrations in `feedback.migrate`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session, create_engine
 
 from feedback import models  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -20,7 +23,7 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")

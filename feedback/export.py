@@ -10,6 +10,7 @@ The prompt is the conversation up to the answer, system prompt included, as the 
 newest approved correction of an answer counts. Every text is PII-scrubbed unless told otherwise.
 `since` and `until` keep the records whose feedback or correction changed in [since, until).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeAlias
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from feedback.methods import METHODS
 from feedback.models import Conversation, Correction, CorrectionStatus, Feedback, Message, Thumb
@@ -28,6 +30,9 @@ from feedback.pii import Scrubber
 from feedback.repo import list_messages
 
 FORMATS = METHODS
+
+Record: TypeAlias = dict[str, Any]  # one line of an export
+Turn: TypeAlias = dict[str, Any]  # one chat message of a record: {"role": ..., "content": ...}
 
 
 @dataclass(frozen=True)
@@ -46,14 +51,18 @@ class ExportReport:
 class _Prompts:
     """The conversation before each answer, loading each conversation once."""
 
-    def __init__(self, session: Session, scrub: Callable[[list[dict]], list[dict]]) -> None:
-        self.session, self.scrub, self.cache = session, scrub, {}
+    def __init__(self, session: Session, scrub: Callable[[list[Turn]], list[Turn]]) -> None:
+        self.session, self.scrub = session, scrub
+        self.cache: dict[str, tuple[str, list[Message]]] = {}
 
-    def before(self, message: Message) -> list[dict]:
+    def before(self, message: Message) -> list[Turn]:
         if message.conversation_id not in self.cache:
             conversation = self.session.get(Conversation, message.conversation_id)
-            self.cache[message.conversation_id] = (conversation.system_prompt,
-                                                   list_messages(self.session, conversation_id=conversation.id))
+            assert conversation is not None  # the message's foreign key guarantees it
+            self.cache[message.conversation_id] = (
+                conversation.system_prompt,
+                list_messages(self.session, conversation_id=conversation.id),
+            )
         system, messages = self.cache[message.conversation_id]
         prompt = [{"role": "system", "content": system}] if system else []
         prompt += [{"role": m.role.value, "content": m.text} for m in messages if m.seq < message.seq]
@@ -62,8 +71,11 @@ class _Prompts:
 
 def _latest_approved(session: Session) -> list[Correction]:
     """The newest approved correction of each message, oldest message first."""
-    query = (select(Correction).where(Correction.status == CorrectionStatus.approved)
-             .order_by(Correction.updated_at, Correction.id))
+    query = (
+        select(Correction)
+        .where(Correction.status == CorrectionStatus.approved)
+        .order_by(col(Correction.updated_at), col(Correction.id))
+    )
     latest: dict[str, Correction] = {}
     for correction in session.exec(query):
         latest.pop(correction.message_id, None)
@@ -72,7 +84,7 @@ def _latest_approved(session: Session) -> list[Correction]:
 
 
 def _votes(session: Session) -> list[Feedback]:
-    return list(session.exec(select(Feedback).order_by(Feedback.updated_at, Feedback.id)))
+    return list(session.exec(select(Feedback).order_by(col(Feedback.updated_at), col(Feedback.id))))
 
 
 def _naive_if(when: datetime, bound: datetime) -> datetime:
@@ -86,12 +98,13 @@ def _within(when: datetime, since: datetime | None, until: datetime | None = Non
     return until is None or when < _naive_if(when, until)
 
 
-def _assistant(text: str) -> list[dict]:
+def _assistant(text: str) -> list[Turn]:
     return [{"role": "assistant", "content": text}]
 
 
-def correction_records(session: Session, *, since: datetime | None = None, until: datetime | None = None,
-                       scrubber: Scrubber | None = None) -> list[dict]:
+def correction_records(
+    session: Session, *, since: datetime | None = None, until: datetime | None = None, scrubber: Scrubber | None = None
+) -> list[Record]:
     """SFT records of the newest approved correction of each answer, oldest first. A correction
     superseded by a newer one is gone even when the window only holds the older one."""
     scrub = scrubber or Scrubber()
@@ -99,12 +112,14 @@ def correction_records(session: Session, *, since: datetime | None = None, until
     for correction in _latest_approved(session):
         if _within(correction.updated_at, since, until):
             message = session.get(Message, correction.message_id)
+            assert message is not None  # the correction's foreign key guarantees it
             records.append({"prompt": prompts.before(message), "completion": _assistant(scrub(correction.text))})
     return records
 
 
-def thumbs_up_records(session: Session, *, since: datetime | None = None, until: datetime | None = None,
-                      scrubber: Scrubber | None = None) -> list[dict]:
+def thumbs_up_records(
+    session: Session, *, since: datetime | None = None, until: datetime | None = None, scrubber: Scrubber | None = None
+) -> list[Record]:
     """SFT records of the bot's answers that customers thumbed up and staff did not correct."""
     scrub = scrubber or Scrubber()
     prompts, records = _Prompts(session, scrub.messages), []
@@ -112,65 +127,90 @@ def thumbs_up_records(session: Session, *, since: datetime | None = None, until:
     for vote in _votes(session):
         if vote.thumb == Thumb.up and vote.message_id not in corrected and _within(vote.updated_at, since, until):
             message = session.get(Message, vote.message_id)
+            assert message is not None  # the vote's foreign key guarantees it
             records.append({"prompt": prompts.before(message), "completion": _assistant(scrub(message.text))})
     return records
 
 
-def sft_records(session: Session, *, since: datetime | None = None, until: datetime | None = None,
-                scrubber: Scrubber | None = None) -> list[dict]:
-    window = dict(since=since, until=until, scrubber=scrubber)
-    return correction_records(session, **window) + thumbs_up_records(session, **window)
+def sft_records(
+    session: Session, *, since: datetime | None = None, until: datetime | None = None, scrubber: Scrubber | None = None
+) -> list[Record]:
+    return correction_records(session, since=since, until=until, scrubber=scrubber) + thumbs_up_records(
+        session, since=since, until=until, scrubber=scrubber
+    )
 
 
-def dpo_records(session: Session, *, since: datetime | None = None, until: datetime | None = None,
-                scrubber: Scrubber | None = None) -> list[dict]:
+def dpo_records(
+    session: Session, *, since: datetime | None = None, until: datetime | None = None, scrubber: Scrubber | None = None
+) -> list[Record]:
     scrub = scrubber or Scrubber()
     prompts, records = _Prompts(session, scrub.messages), []
     for correction in _latest_approved(session):
         message = session.get(Message, correction.message_id)
+        assert message is not None  # the correction's foreign key guarantees it
         if correction.text.strip() != message.text.strip() and _within(correction.updated_at, since, until):
-            records.append({"prompt": prompts.before(message), "chosen": _assistant(scrub(correction.text)),
-                            "rejected": _assistant(scrub(message.text))})
+            records.append(
+                {
+                    "prompt": prompts.before(message),
+                    "chosen": _assistant(scrub(correction.text)),
+                    "rejected": _assistant(scrub(message.text)),
+                }
+            )
     return records
 
 
-def kto_records(session: Session, *, since: datetime | None = None, until: datetime | None = None,
-                scrubber: Scrubber | None = None) -> list[dict]:
+def kto_records(
+    session: Session, *, since: datetime | None = None, until: datetime | None = None, scrubber: Scrubber | None = None
+) -> list[Record]:
     scrub = scrubber or Scrubber()
     prompts, records = _Prompts(session, scrub.messages), []
     for vote in _votes(session):
         if _within(vote.updated_at, since, until):
             message = session.get(Message, vote.message_id)
-            records.append({"prompt": prompts.before(message), "completion": _assistant(scrub(message.text)),
-                            "label": vote.thumb == Thumb.up})
+            assert message is not None  # the vote's foreign key guarantees it
+            records.append(
+                {
+                    "prompt": prompts.before(message),
+                    "completion": _assistant(scrub(message.text)),
+                    "label": vote.thumb == Thumb.up,
+                }
+            )
     for correction in _latest_approved(session):
         if _within(correction.updated_at, since, until):
             message = session.get(Message, correction.message_id)
-            records.append({"prompt": prompts.before(message), "completion": _assistant(scrub(correction.text)),
-                            "label": True})
+            assert message is not None  # the correction's foreign key guarantees it
+            records.append(
+                {"prompt": prompts.before(message), "completion": _assistant(scrub(correction.text)), "label": True}
+            )
     return records
 
 
 RECORDS = {"sft": sft_records, "dpo": dpo_records, "kto": kto_records}
 
 
-def records(session: Session, fmt: str, *, since: datetime | None = None, until: datetime | None = None,
-            scrubber: Scrubber | None = None) -> list[dict]:
+def records(
+    session: Session,
+    fmt: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    scrubber: Scrubber | None = None,
+) -> list[Record]:
     if fmt not in RECORDS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     return RECORDS[fmt](session, since=since, until=until, scrubber=scrubber)
 
 
-def _lines(rows: list[dict]) -> bytes:
+def _lines(rows: list[Record]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8")
 
 
-def dataset_hash(rows: list[dict]) -> str:
+def dataset_hash(rows: list[Record]) -> str:
     """The content hash of a dataset: the SHA-256 of its JSONL export."""
     return "sha256:" + hashlib.sha256(_lines(rows)).hexdigest()
 
 
-def write_jsonl(rows: list[dict], path: Path | str, fmt: str = "sft") -> ExportReport:
+def write_jsonl(rows: list[Record], path: Path | str, fmt: str = "sft") -> ExportReport:
     """Write `rows` as JSON lines (written to a temporary name, flushed, renamed) and report it."""
     data, path = _lines(rows), Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,6 +223,7 @@ def write_jsonl(rows: list[dict], path: Path | str, fmt: str = "sft") -> ExportR
     return ExportReport(fmt, len(rows), len(data), "sha256:" + hashlib.sha256(data).hexdigest(), str(path))
 
 
-def export(session: Session, fmt: str, path: Path | str, *, since: datetime | None = None,
-           scrubber: Scrubber | None = None) -> ExportReport:
+def export(
+    session: Session, fmt: str, path: Path | str, *, since: datetime | None = None, scrubber: Scrubber | None = None
+) -> ExportReport:
     return write_jsonl(records(session, fmt, since=since, scrubber=scrubber), path, fmt)

@@ -2,6 +2,7 @@
 burst of thumbs costs one commit (one fsync on SQLite) and one hop to a worker thread, instead of one
 each. A caller gets its answer only after its vote is committed: nothing is acknowledged that is not
 stored. Lives on the server's event loop; the database work runs in a thread."""
+
 from __future__ import annotations
 
 import asyncio
@@ -16,13 +17,13 @@ log = logging.getLogger(__name__)
 class VoteWriter:
     def __init__(self, store: Store, max_batch: int = 512) -> None:
         self.store, self.max_batch = store, max_batch
-        self.pending: list[tuple[Vote, asyncio.Future]] = []
+        self.pending: list[tuple[Vote, asyncio.Future[Vote]]] = []
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name="supportloop-votes")
 
     async def submit(self, vote: Vote) -> Vote:
         """The vote once stored; raises the NotFound / Invalid that refused it, or the database error."""
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Vote] = asyncio.get_running_loop().create_future()
         self.pending.append((vote, future))
         self._wake.set()
         return await future
@@ -40,10 +41,10 @@ class VoteWriter:
             await self._wake.wait()
             self._wake.clear()
             while self.pending:
-                batch, self.pending = self.pending[:self.max_batch], self.pending[self.max_batch:]
+                batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
                 await self._write(batch)
 
-    async def _write(self, batch: list[tuple[Vote, asyncio.Future]]) -> None:
+    async def _write(self, batch: list[tuple[Vote, asyncio.Future[Vote]]]) -> None:
         try:
             outcomes = await asyncio.to_thread(self._store, [vote for vote, _ in batch])
         except Exception as exc:

@@ -1,6 +1,7 @@
 """The training methods, in the order a round runs them when several are chosen: SFT (prompt →
 completion), DPO (chosen vs rejected), KTO (thumbs). The one list: the export formats, the CLI, the
 admin API and the trainer all use it."""
+
 from __future__ import annotations
 
 METHODS = ("sft", "dpo", "kto")

@@ -5,6 +5,7 @@ A database made by supportloop 0.1 (tables created without migrations) is recogn
 the baseline revision first, then upgraded. On PostgreSQL an advisory lock makes replicas that start
 together apply the migrations once.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,7 +28,8 @@ def _config(connection: Connection | None = None) -> Config:
     return config
 
 
-def head() -> str:
+def head() -> str | None:
+    """The newest revision (None only when there are no migrations)."""
     return ScriptDirectory.from_config(_config()).get_current_head()
 
 

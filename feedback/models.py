@@ -3,6 +3,7 @@
 Schema families (Base / Create / table / Public) are kept where clients send or receive the shape;
 internal tables are plain. Timestamps are UTC.
 """
+
 from __future__ import annotations
 
 import enum
@@ -27,6 +28,7 @@ class Thumb(str, enum.Enum):
 
 class Reason(str, enum.Enum):
     """Why a customer thumbed an answer down (a fixed set, so it can be counted and filtered)."""
+
     wrong = "wrong"
     unhelpful = "unhelpful"
     outdated = "outdated"
@@ -57,8 +59,6 @@ class AdapterStatus(str, enum.Enum):
     retired = "retired"
 
 
-
-
 class Conversation(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     system_prompt: str = ""
@@ -86,6 +86,7 @@ class FeedbackBase(SQLModel):
 
 class Feedback(FeedbackBase, table=True):
     """A customer's vote on one answer: one per message (its session's), changeable."""
+
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(foreign_key="message.id", unique=True, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
@@ -95,6 +96,7 @@ class Feedback(FeedbackBase, table=True):
 class Correction(SQLModel, table=True):
     """Staff's better answer for an assistant message; `revision` grows with every edit, so a stale
     edit (based on an older revision) is detected instead of overwriting someone else's work."""
+
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(foreign_key="message.id", index=True, max_length=64)
     text: str
@@ -109,6 +111,7 @@ class Correction(SQLModel, table=True):
 
 class Handoff(SQLModel, table=True):
     """A customer asked to talk to a human."""
+
     id: int | None = Field(default=None, primary_key=True)
     conversation_id: str = Field(foreign_key="conversation.id", index=True, max_length=64)
     message_id: str | None = Field(default=None, foreign_key="message.id", max_length=64, index=True)
@@ -131,6 +134,7 @@ class Staff(SQLModel, table=True):
 class StaffLogin(SQLModel, table=True):
     """A staff console login: the browser holds a random cookie token (only its hash is stored here) and
     sends `csrf_token` back on every state-changing request. Ends at `expires_at` or on logout."""
+
     id: int | None = Field(default=None, primary_key=True)
     token_hash: str = Field(unique=True, max_length=128)
     staff_id: int = Field(foreign_key="staff.id", index=True)
@@ -141,6 +145,7 @@ class StaffLogin(SQLModel, table=True):
 
 class StaffAction(SQLModel, table=True):
     """The audit trail: every state-changing staff action, with who and when."""
+
     id: int | None = Field(default=None, primary_key=True)
     staff_id: int = Field(foreign_key="staff.id", index=True)
     action: str = Field(max_length=64)
@@ -166,6 +171,7 @@ class Adapter(SQLModel, table=True):
 class AdapterActivation(SQLModel, table=True):
     """Every change of the active version (`base` = no adapter): a promotion, a rollback or a training
     round publishing its candidate; who did it, and whether a gate-rejected version was forced."""
+
     id: int | None = Field(default=None, primary_key=True)
     version: str = Field(max_length=128)
     previous: str = Field(max_length=128)
@@ -180,6 +186,7 @@ class RunOutcome(str, enum.Enum):
     """Where a training run stands. `published`: the candidate passed the gate (and was activated unless
     told not to); `rejected`: the gate refused it (kept for inspection, never served); `skipped`:
     nothing to train or not needed; `abandoned`: its process died mid-round (cleaned up by the next)."""
+
     queued = "queued"
     running = "running"
     published = "published"
@@ -207,6 +214,7 @@ class TrainingRun(SQLModel, table=True):
 class TrainLock(SQLModel, table=True):
     """At most one row per lock name: the round holding it. A holder whose process is gone (same host)
     or whose heartbeat is stale is taken over by the next round."""
+
     name: str = Field(primary_key=True, max_length=32)
     run_id: int
     host: str = Field(max_length=255)
@@ -220,6 +228,7 @@ class Canary(SQLModel, table=True):
     hash of the session id, so a session keeps its version). At most one runs (`ended_at` is None);
     `outcome` says how it ended: stopped, promoted, replaced or rolled back (automatically, with the
     vote counts and p-value in `detail_json`)."""
+
     id: int | None = Field(default=None, primary_key=True)
     version: str = Field(max_length=128)
     percent: float

@@ -4,17 +4,22 @@ Emails, phone numbers, payment card numbers (only digit runs that pass the Luhn 
 strings that pass the ISO 13616 mod-97 check) become typed placeholders such as `[EMAIL]`. Checksums
 keep order numbers, dates and prices intact. Which kinds are scrubbed is configurable.
 """
+
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from typing import Any
 
 KINDS = ("iban", "card", "email", "phone")  # applied in this order: the most specific first
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # Compact (DE89370400440532013000) or printed in groups of four (GB82 WEST 1234 5698 7654 32).
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,4})?)"
-                   r"(?![A-Za-z0-9])", re.IGNORECASE)
+_IBAN = re.compile(
+    r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,4})?)"
+    r"(?![A-Za-z0-9])",
+    re.IGNORECASE,
+)
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 # An optional +country code, then at least 7 digits in groups separated by spaces, dots, dashes or a
 # parenthesised area code; at most 15 digits (E.164).
@@ -45,9 +50,10 @@ def _digits(text: str) -> str:
     return re.sub(r"\D", "", text)
 
 
-def _replace(pattern: re.Pattern, placeholder: str, keep: Callable[[str], bool]) -> Callable[[str], str]:
+def _replace(pattern: re.Pattern[str], placeholder: str, keep: Callable[[str], bool]) -> Callable[[str], str]:
     def scrub(text: str) -> str:
         return pattern.sub(lambda m: placeholder if keep(m.group(0)) else m.group(0), text)
+
     return scrub
 
 
@@ -73,5 +79,5 @@ class Scrubber:
             text = _SCRUBBERS[kind](text)
         return text
 
-    def messages(self, messages: list[dict]) -> list[dict]:
+    def messages(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{**m, "content": self(m["content"])} for m in messages]

@@ -7,6 +7,7 @@ version, then the caller inserts the DB row. A crash at any point never leaves a
 under a version name; a folder renamed but never registered (killed between the two) is removed by the
 next round's `clean_registry`. Version numbers count up past every row and every folder, so a version
 name is never reused."""
+
 from __future__ import annotations
 
 import json
@@ -61,7 +62,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def publish_folder(staging: Path, adapters_dir: Path, version: str, manifest: dict) -> Path:
+def publish_folder(staging: Path, adapters_dir: Path, version: str, manifest: dict[str, Any]) -> Path:
     """Move a finished adapter folder into the registry under `version`, durably."""
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
     fsync_tree(staging)
@@ -76,7 +77,7 @@ def publish_folder(staging: Path, adapters_dir: Path, version: str, manifest: di
 def clean_registry(adapters_dir: Path, registered: set[str], log: Callable[[str], None]) -> list[str]:
     """Remove what a killed round left: staging folders, and version folders with no DB row. Call only
     while holding the round lock. Returns the names removed."""
-    removed = []
+    removed: list[str] = []
     if not Path(adapters_dir).is_dir():
         return removed
     for path in sorted(Path(adapters_dir).iterdir()):

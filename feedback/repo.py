@@ -1,12 +1,14 @@
 """Keyword-only repository functions over a `Session`. Each commits what it writes."""
+
 from __future__ import annotations
 
 import json
 import uuid
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import text, update
-from sqlmodel import Session, func, select
+from sqlalchemy import CursorResult, Insert, text, update
+from sqlmodel import Session, col, func, select
 
 from feedback.models import (
     Adapter,
@@ -52,8 +54,8 @@ def new_id() -> str:
 
 # conversations and messages -------------------------------------------------------------------
 
-def get_or_create_conversation(session: Session, *, conversation_id: str | None,
-                               system_prompt: str) -> Conversation:
+
+def get_or_create_conversation(session: Session, *, conversation_id: str | None, system_prompt: str) -> Conversation:
     """The conversation `conversation_id`, or a new one (also when that id is unknown)."""
     if conversation_id:
         found = session.get(Conversation, conversation_id)
@@ -66,18 +68,35 @@ def get_or_create_conversation(session: Session, *, conversation_id: str | None,
 
 
 def list_messages(session: Session, *, conversation_id: str) -> list[Message]:
-    query = select(Message).where(Message.conversation_id == conversation_id).order_by(Message.seq)
+    query = select(Message).where(Message.conversation_id == conversation_id).order_by(col(Message.seq))
     return list(session.exec(query))
 
 
-def add_message(session: Session, *, conversation_id: str, role: Role, text: str,
-                adapter_version: str | None = None, prompt_tokens: int | None = None,
-                completion_tokens: int | None = None, latency_ms: float | None = None) -> Message:
-    seq = session.exec(select(func.count()).select_from(Message)
-                       .where(Message.conversation_id == conversation_id)).one()
-    message = Message(id=new_id(), conversation_id=conversation_id, seq=seq, role=role, text=text,
-                      adapter_version=adapter_version, prompt_tokens=prompt_tokens,
-                      completion_tokens=completion_tokens, latency_ms=latency_ms)
+def add_message(
+    session: Session,
+    *,
+    conversation_id: str,
+    role: Role,
+    text: str,
+    adapter_version: str | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+    latency_ms: float | None = None,
+) -> Message:
+    seq = session.exec(
+        select(func.count()).select_from(Message).where(Message.conversation_id == conversation_id)
+    ).one()
+    message = Message(
+        id=new_id(),
+        conversation_id=conversation_id,
+        seq=seq,
+        role=role,
+        text=text,
+        adapter_version=adapter_version,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        latency_ms=latency_ms,
+    )
     session.add(message)
     session.commit()
     return message
@@ -91,8 +110,11 @@ def get_conversation(session: Session, *, conversation_id: str) -> Conversation:
 
 
 def feedback_by_message(session: Session, *, conversation_id: str) -> dict[str, Feedback]:
-    query = (select(Feedback).join(Message, Message.id == Feedback.message_id)
-             .where(Message.conversation_id == conversation_id))
+    query = (
+        select(Feedback)
+        .join(Message, col(Message.id) == Feedback.message_id)
+        .where(Message.conversation_id == conversation_id)
+    )
     return {vote.message_id: vote for vote in session.exec(query)}
 
 
@@ -113,6 +135,7 @@ def get_message(session: Session, *, message_id: str) -> Message:
 
 # feedback and handoffs (customers) -------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Vote:
     message_id: str
@@ -121,8 +144,9 @@ class Vote:
     comment: str | None = None
 
 
-def set_feedback(session: Session, *, message_id: str, thumb: Thumb, reason: Reason | None = None,
-                 comment: str | None = None) -> Feedback:
+def set_feedback(
+    session: Session, *, message_id: str, thumb: Thumb, reason: Reason | None = None, comment: str | None = None
+) -> Feedback:
     """Record the customer's vote on an answer: one per message, a later vote replaces the earlier
     one. Reasons go with thumbs down only."""
     outcome = record_votes(session, [Vote(message_id, thumb, reason, comment)])[0]
@@ -135,13 +159,25 @@ def record_votes(session: Session, votes: list[Vote]) -> list[Vote | Exception]:
     """Store many votes in one transaction (an upsert per message, so concurrent writers on any
     number of connections or replicas never duplicate a vote); commits. Returns, per vote, the vote
     as stored or the exception that refused it (NotFound, Invalid); refused votes do not stop the others."""
-    roles = dict(session.exec(select(Message.id, Message.role)
-                              .where(Message.id.in_({v.message_id for v in votes}))).all())
+    roles = dict(
+        session.exec(
+            select(Message.id, col(Message.role)).where(col(Message.id).in_({v.message_id for v in votes}))
+        ).all()
+    )
     outcomes = [_vote_problem(vote, roles.get(vote.message_id)) or vote for vote in votes]
     now = utcnow()
-    rows = {v.message_id: {"message_id": v.message_id, "thumb": v.thumb, "reason": v.reason, "comment": v.comment,
-                           "created_at": now, "updated_at": now}
-            for v in outcomes if isinstance(v, Vote)}  # two votes on one answer in a batch: the later counts
+    rows = {
+        v.message_id: {
+            "message_id": v.message_id,
+            "thumb": v.thumb,
+            "reason": v.reason,
+            "comment": v.comment,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for v in outcomes
+        if isinstance(v, Vote)
+    }  # two votes on one answer in a batch: the later counts
     if rows:
         session.execute(_upsert_vote(session.get_bind().dialect.name), list(rows.values()))
     session.commit()
@@ -158,28 +194,33 @@ def _vote_problem(vote: Vote, role: Role | None) -> Exception | None:
     return None
 
 
-def _upsert_vote(dialect: str):
+def _upsert_vote(dialect: str) -> Insert:
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]  # same API as PostgreSQL's
     else:
         raise NotImplementedError(f"votes need an upsert; {dialect} is not supported (use SQLite or PostgreSQL)")
-    statement = insert(Feedback.__table__)
-    return statement.on_conflict_do_update(index_elements=["message_id"], set_={
-        name: statement.excluded[name] for name in ("thumb", "reason", "comment", "updated_at")})
+    statement = insert(Feedback.__table__)  # type: ignore[attr-defined]  # SQLModel does not declare __table__
+    return statement.on_conflict_do_update(
+        index_elements=["message_id"],
+        set_={name: statement.excluded[name] for name in ("thumb", "reason", "comment", "updated_at")},
+    )
 
 
 def request_handoff(session: Session, *, conversation_id: str, note: str | None = None) -> Handoff:
     """The customer wants a human. Linked to the latest answer of the session; asking again while
     one is open returns the open request (with the newer note, if any)."""
     get_conversation(session, conversation_id=conversation_id)
-    handoff = session.exec(select(Handoff).where(Handoff.conversation_id == conversation_id,
-                                                 Handoff.status == HandoffStatus.open)).first()
+    handoff = session.exec(
+        select(Handoff).where(Handoff.conversation_id == conversation_id, Handoff.status == HandoffStatus.open)
+    ).first()
     if handoff is None:
-        last = session.exec(select(Message.id).where(Message.conversation_id == conversation_id,
-                                                     Message.role == Role.assistant)
-                            .order_by(Message.seq.desc())).first()
+        last = session.exec(
+            select(Message.id)
+            .where(Message.conversation_id == conversation_id, Message.role == Role.assistant)
+            .order_by(col(Message.seq).desc())
+        ).first()
         handoff = Handoff(conversation_id=conversation_id, message_id=last)
     handoff.note = note if note is not None else handoff.note
     session.add(handoff)
@@ -188,7 +229,7 @@ def request_handoff(session: Session, *, conversation_id: str, note: str | None 
 
 
 def list_handoffs(session: Session, *, status: HandoffStatus | None = HandoffStatus.open) -> list[Handoff]:
-    query = select(Handoff).order_by(Handoff.created_at.desc(), Handoff.id.desc())
+    query = select(Handoff).order_by(col(Handoff.created_at).desc(), col(Handoff.id).desc())
     return list(session.exec(query if status is None else query.where(Handoff.status == status)))
 
 
@@ -207,8 +248,17 @@ def close_handoff(session: Session, *, handoff_id: int, actor: Staff) -> Handoff
 
 # corrections (staff) ----------------------------------------------------------------------------
 
-def add_correction(session: Session, *, message_id: str, actor: Staff, text: str, approve: bool,
-                   reject: bool = False, based_on: int | None = None) -> Correction:
+
+def add_correction(
+    session: Session,
+    *,
+    message_id: str,
+    actor: Staff,
+    text: str,
+    approve: bool,
+    reject: bool = False,
+    based_on: int | None = None,
+) -> Correction:
     """A new correction of an answer: a draft, approved, or (`reject`) rejected, which takes the answer
     off the review queue without training on it. `based_on`: the newest correction of the answer the
     editor saw (0: none); if another has been added since, nothing is written (Conflict)."""
@@ -222,8 +272,12 @@ def add_correction(session: Session, *, message_id: str, actor: Staff, text: str
     if based_on is not None:
         _check_newest(session, message_id, based_on)
     status = CorrectionStatus.approved if approve else CorrectionStatus.rejected if reject else None
-    correction = Correction(message_id=message_id, staff_id=actor.id, text=text,  # a draft unless reviewed at once
-                            **(_review_columns(actor, status) if status else {}))
+    correction = Correction(
+        message_id=message_id,
+        staff_id=cast(int, actor.id),
+        text=text,  # a draft unless reviewed at once
+        **(_review_columns(actor, status) if status else {}),
+    )
     session.add(correction)
     session.flush()
     action = "correction.approve" if approve else "correction.reject" if reject else "correction.create"
@@ -235,25 +289,35 @@ def add_correction(session: Session, *, message_id: str, actor: Staff, text: str
 def _lock_message(session: Session, message_id: str) -> None:
     """Serialize corrections of one answer until the transaction ends (PostgreSQL: its row lock; SQLite:
     the write lock, taken before anything is read)."""
-    session.execute(update(Message).where(Message.id == message_id).values(seq=Message.seq)
-                    .execution_options(synchronize_session=False))
+    session.execute(
+        update(Message)
+        .where(col(Message.id) == message_id)
+        .values(seq=Message.seq)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _check_newest(session: Session, message_id: str, based_on: int) -> None:
-    newest = session.exec(select(Correction).where(Correction.message_id == message_id)
-                          .order_by(Correction.id.desc())).first()
+    newest = session.exec(
+        select(Correction).where(Correction.message_id == message_id).order_by(col(Correction.id).desc())
+    ).first()
     if (newest.id if newest else 0) != based_on:
         session.rollback()
         if newest is None:
             raise Conflict(f"this answer has no correction {based_on}; nothing was saved — reload it")
         who = session.get(Staff, newest.reviewed_by or newest.staff_id)
-        raise Conflict(f"{who.name if who else 'someone'} {_did(newest.status)} this answer after you opened it; "
-                       "nothing was saved — reload it to see their correction")
+        raise Conflict(
+            f"{who.name if who else 'someone'} {_did(newest.status)} this answer after you opened it; "
+            "nothing was saved — reload it to see their correction"
+        )
 
 
 def _did(status: CorrectionStatus) -> str:
-    return {CorrectionStatus.draft: "drafted a correction of", CorrectionStatus.approved: "approved a correction of",
-            CorrectionStatus.rejected: "rejected"}[status]
+    return {
+        CorrectionStatus.draft: "drafted a correction of",
+        CorrectionStatus.approved: "approved a correction of",
+        CorrectionStatus.rejected: "rejected",
+    }[status]
 
 
 def get_correction(session: Session, *, correction_id: int) -> Correction:
@@ -263,9 +327,10 @@ def get_correction(session: Session, *, correction_id: int) -> Correction:
     return correction
 
 
-def list_corrections(session: Session, *, status: CorrectionStatus | None = None,
-                     message_id: str | None = None) -> list[Correction]:
-    query = select(Correction).order_by(Correction.updated_at.desc(), Correction.id.desc())
+def list_corrections(
+    session: Session, *, status: CorrectionStatus | None = None, message_id: str | None = None
+) -> list[Correction]:
+    query = select(Correction).order_by(col(Correction.updated_at).desc(), col(Correction.id).desc())
     if status is not None:
         query = query.where(Correction.status == status)
     if message_id is not None:
@@ -273,8 +338,9 @@ def list_corrections(session: Session, *, status: CorrectionStatus | None = None
     return list(session.exec(query))
 
 
-def edit_correction(session: Session, *, correction_id: int, actor: Staff, text: str, revision: int,
-                    approve: bool = False) -> Correction:
+def edit_correction(
+    session: Session, *, correction_id: int, actor: Staff, text: str, revision: int, approve: bool = False
+) -> Correction:
     """Change a draft's text (and with `approve`, approve it in the same write). `revision` is the one
     the editor started from: if someone changed the correction since, nothing is overwritten (Conflict)."""
     _check_draft(session, correction_id, revision)
@@ -285,8 +351,9 @@ def edit_correction(session: Session, *, correction_id: int, actor: Staff, text:
     return _guarded_update(session, correction_id, revision, text=text, **review)
 
 
-def review_correction(session: Session, *, correction_id: int, actor: Staff, approve: bool,
-                      revision: int | None = None) -> Correction:
+def review_correction(
+    session: Session, *, correction_id: int, actor: Staff, approve: bool, revision: int | None = None
+) -> Correction:
     """Approve or reject a draft (if `revision` is given, only while it is still at that revision)."""
     correction = _check_draft(session, correction_id, revision)
     status = CorrectionStatus.approved if approve else CorrectionStatus.rejected
@@ -299,41 +366,56 @@ def _check_draft(session: Session, correction_id: int, revision: int | None) -> 
     correction = get_correction(session, correction_id=correction_id)
     if correction.status != CorrectionStatus.draft:
         who = session.get(Staff, correction.reviewed_by) if correction.reviewed_by else None
-        raise Conflict(f"correction {correction_id} was already {correction.status.value}"
-                       + (f" by {who.name}" if who else "") + "; nothing was changed")
+        raise Conflict(
+            f"correction {correction_id} was already {correction.status.value}"
+            + (f" by {who.name}" if who else "")
+            + "; nothing was changed"
+        )
     if revision is not None and revision != correction.revision:
-        raise Conflict(f"correction {correction_id} was edited by someone else (it is at revision "
-                       f"{correction.revision}, your edit started from {revision}); nothing was changed")
+        raise Conflict(
+            f"correction {correction_id} was edited by someone else (it is at revision "
+            f"{correction.revision}, your edit started from {revision}); nothing was changed"
+        )
     return correction
 
 
-def _guarded_update(session: Session, correction_id: int, revision: int, **values) -> Correction:
+def _guarded_update(session: Session, correction_id: int, revision: int, **values: Any) -> Correction:
     """Write `values` only if the row is still a draft at `revision` (compare-and-set in one UPDATE,
     so two reviewers on different connections or replicas cannot both win)."""
-    claimed = session.execute(
-        update(Correction)
-        .where(Correction.id == correction_id, Correction.revision == revision,
-               Correction.status == CorrectionStatus.draft)
-        .values(revision=revision + 1, updated_at=utcnow(), **values)
-        .execution_options(synchronize_session=False))
+    claimed = cast(
+        CursorResult[Any],
+        session.execute(
+            update(Correction)
+            .where(
+                col(Correction.id) == correction_id,
+                col(Correction.revision) == revision,
+                col(Correction.status) == CorrectionStatus.draft,
+            )
+            .values(revision=revision + 1, updated_at=utcnow(), **values)
+            .execution_options(synchronize_session=False)
+        ),
+    )
     if claimed.rowcount != 1:
         session.rollback()
         raise Conflict(f"correction {correction_id} was changed by someone else meanwhile; nothing was changed")
     session.commit()
     correction = session.get(Correction, correction_id)
     session.refresh(correction)
+    assert correction is not None  # refresh() raised otherwise
     return correction
 
 
-def _review_columns(actor: Staff, status: CorrectionStatus) -> dict:
+def _review_columns(actor: Staff, status: CorrectionStatus) -> dict[str, Any]:
     """A correction's columns once `actor` has reviewed it now."""
     return {"status": status, "reviewed_by": actor.id, "reviewed_at": utcnow()}
 
 
 # staff accounts and the audit trail -------------------------------------------------------------
 
-def create_staff(session: Session, *, name: str, role: StaffRole = StaffRole.agent,
-                 actor: Staff | None = None) -> tuple[Staff, str]:
+
+def create_staff(
+    session: Session, *, name: str, role: StaffRole = StaffRole.agent, actor: Staff | None = None
+) -> tuple[Staff, str]:
     """A new staff account and its bearer token; only the token's hash is stored. `actor` is the
     admin who made it (None from the command line)."""
     if session.exec(select(Staff).where(Staff.name == name)).first() is not None:
@@ -354,11 +436,12 @@ def staff_by_token(session: Session, *, token: str) -> Staff | None:
 
 
 def list_staff(session: Session) -> list[Staff]:
-    return list(session.exec(select(Staff).order_by(Staff.id)))
+    return list(session.exec(select(Staff).order_by(col(Staff.id))))
 
 
-def update_staff(session: Session, *, staff_id: int, actor: Staff, role: StaffRole | None = None,
-                 disabled: bool | None = None) -> Staff:
+def update_staff(
+    session: Session, *, staff_id: int, actor: Staff, role: StaffRole | None = None, disabled: bool | None = None
+) -> Staff:
     staff = session.get(Staff, staff_id)
     if staff is None:
         raise NotFound(f"no staff member {staff_id}")
@@ -366,27 +449,33 @@ def update_staff(session: Session, *, staff_id: int, actor: Staff, role: StaffRo
     for key, value in changes.items():
         setattr(staff, key, value)
     if staff.role != StaffRole.admin or staff.disabled:
-        others = select(func.count()).select_from(Staff).where(Staff.role == StaffRole.admin, Staff.id != staff.id,
-                                                               Staff.disabled == False)  # noqa: E712
+        others = (
+            select(func.count())
+            .select_from(Staff)
+            .where(Staff.role == StaffRole.admin, Staff.id != staff.id, Staff.disabled == False)  # noqa: E712
+        )
         if session.exec(others).one() == 0:
             session.rollback()
             raise Invalid("this would leave no active admin")
     session.add(staff)
-    audit_action(session, actor, "staff.update", str(staff_id), **{k: getattr(v, "value", v) for k, v in changes.items()})
+    audit_action(
+        session, actor, "staff.update", str(staff_id), **{k: getattr(v, "value", v) for k, v in changes.items()}
+    )
     session.commit()
     return staff
 
 
-def audit_action(session: Session, actor: Staff, action: str, target: str, **detail) -> None:
-    session.add(StaffAction(staff_id=actor.id, action=action, target=target, detail_json=json.dumps(detail)))
+def audit_action(session: Session, actor: Staff, action: str, target: str, **detail: Any) -> None:
+    session.add(StaffAction(staff_id=cast(int, actor.id), action=action, target=target, detail_json=json.dumps(detail)))
 
 
 def list_actions(session: Session, *, limit: int = 100, offset: int = 0) -> list[StaffAction]:
-    query = select(StaffAction).order_by(StaffAction.created_at.desc(), StaffAction.id.desc())
+    query = select(StaffAction).order_by(col(StaffAction.created_at).desc(), col(StaffAction.id).desc())
     return list(session.exec(query.offset(offset).limit(limit)))
 
 
 # adapters and training runs -------------------------------------------------------------------
+
 
 def active_adapter(session: Session) -> Adapter | None:
     return session.exec(select(Adapter).where(Adapter.status == AdapterStatus.active)).first()
@@ -396,16 +485,32 @@ def adapter_versions(session: Session) -> set[str]:
     return set(session.exec(select(Adapter.version)))
 
 
-def register_adapter(session: Session, *, version: str, path: str, base_model: str,
-                     parent: str | None, dataset_hash: str | None, metrics: dict,
-                     activate: bool, datasets: dict | None = None, rejected: bool = False) -> Adapter:
+def register_adapter(
+    session: Session,
+    *,
+    version: str,
+    path: str,
+    base_model: str,
+    parent: str | None,
+    dataset_hash: str | None,
+    metrics: dict[str, Any],
+    activate: bool,
+    datasets: dict[str, Any] | None = None,
+    rejected: bool = False,
+) -> Adapter:
     """Insert an adapter row; with `activate`, it becomes the one active version in one commit. A
     `rejected` one (the gate refused it) is kept for inspection and never activated."""
     if activate:
         lock_versions(session)
-    adapter = Adapter(version=version, path=path, parent=parent, base_model=base_model,
-                      dataset_hash=dataset_hash, metrics_json=json.dumps(metrics),
-                      datasets_json=json.dumps(datasets or {}))
+    adapter = Adapter(
+        version=version,
+        path=path,
+        parent=parent,
+        base_model=base_model,
+        dataset_hash=dataset_hash,
+        metrics_json=json.dumps(metrics),
+        datasets_json=json.dumps(datasets or {}),
+    )
     if rejected:
         adapter.status = AdapterStatus.rejected
     session.add(adapter)
@@ -423,8 +528,9 @@ def active_version(session: Session) -> str:
     return row.version if row else BASE_VERSION
 
 
-def set_active(session: Session, version: str, *, action: str, actor: str, staff_id: int | None = None,
-               forced: bool = False) -> AdapterActivation:
+def set_active(
+    session: Session, version: str, *, action: str, actor: str, staff_id: int | None = None, forced: bool = False
+) -> AdapterActivation:
     """Make `version` the one active version and record it (no commit: the caller's transaction)."""
     actives = list(session.exec(select(Adapter).where(Adapter.status == AdapterStatus.active)))
     previous = actives[0].version if actives else BASE_VERSION
@@ -435,8 +541,9 @@ def set_active(session: Session, version: str, *, action: str, actor: str, staff
         adapter = session.exec(select(Adapter).where(Adapter.version == version)).one()
         adapter.status, adapter.activated_at = AdapterStatus.active, utcnow()
         session.add(adapter)
-    activation = AdapterActivation(version=version, previous=previous, action=action, actor=actor,
-                                   staff_id=staff_id, forced=forced)
+    activation = AdapterActivation(
+        version=version, previous=previous, action=action, actor=actor, staff_id=staff_id, forced=forced
+    )
     session.add(activation)
     notify_serving_change(session)
     return activation
@@ -459,14 +566,15 @@ def notify_serving_change(session: Session) -> None:
 
 
 def running_canary(session: Session) -> Canary | None:
-    return session.exec(select(Canary).where(Canary.ended_at.is_(None)).order_by(Canary.id.desc())).first()
+    return session.exec(select(Canary).where(col(Canary.ended_at).is_(None)).order_by(col(Canary.id).desc())).first()
 
 
-def end_canary(session: Session, canary: Canary, *, outcome: str, by: str, detail: dict | None = None) -> Canary:
+def end_canary(
+    session: Session, canary: Canary, *, outcome: str, by: str, detail: dict[str, Any] | None = None
+) -> Canary:
     """Mark `canary` ended (no commit: the caller's transaction)."""
     canary.ended_at, canary.outcome, canary.ended_by = utcnow(), outcome, by
     canary.detail_json = json.dumps(detail or {})
     session.add(canary)
     notify_serving_change(session)
     return canary
-

@@ -5,6 +5,7 @@ The lock is one `trainlock` row, taken by an INSERT (the primary key makes it at
 PostgreSQL). A holder is stale when its process is gone (same host) or its heartbeat is older than
 `stale_after`; the next round takes a stale lock over with a compare-and-set UPDATE and marks the dead
 holder's run `abandoned`."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,11 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import insert, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, func, select
+from sqlmodel import Session, col, func, select
 
 from feedback.models import (
     FINISHED,
@@ -38,7 +40,8 @@ HOST = socket.gethostname()
 
 # runs ----------------------------------------------------------------------------------------------
 
-def start_run(session: Session, *, config: dict, outcome: RunOutcome = RunOutcome.running) -> TrainingRun:
+
+def start_run(session: Session, *, config: dict[str, Any], outcome: RunOutcome = RunOutcome.running) -> TrainingRun:
     run = TrainingRun(config_json=json.dumps(config, default=str), outcome=outcome.value)
     session.add(run)
     session.commit()
@@ -54,11 +57,18 @@ def get_run(session: Session, *, run_id: int) -> TrainingRun:
 
 def recent_runs(session: Session, *, limit: int = 10) -> list[TrainingRun]:
     """The newest training runs first."""
-    return list(session.exec(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)))
+    return list(session.exec(select(TrainingRun).order_by(col(TrainingRun.id).desc()).limit(limit)))
 
 
-def update_run(session: Session, *, run_id: int, log: str | None = None, progress: dict | None = None,
-               snapshot_at: datetime | None = None, outcome: RunOutcome | None = None) -> TrainingRun:
+def update_run(
+    session: Session,
+    *,
+    run_id: int,
+    log: str | None = None,
+    progress: dict[str, Any] | None = None,
+    snapshot_at: datetime | None = None,
+    outcome: RunOutcome | None = None,
+) -> TrainingRun:
     run = get_run(session, run_id=run_id)
     if log is not None:
         run.log = log
@@ -73,8 +83,9 @@ def update_run(session: Session, *, run_id: int, log: str | None = None, progres
     return run
 
 
-def finish_run(session: Session, *, run_id: int, outcome: RunOutcome, log: str,
-               adapter_version: str | None = None) -> TrainingRun:
+def finish_run(
+    session: Session, *, run_id: int, outcome: RunOutcome, log: str, adapter_version: str | None = None
+) -> TrainingRun:
     run = get_run(session, run_id=run_id)
     run.outcome, run.log, run.adapter_version, run.finished_at = outcome.value, log, adapter_version, utcnow()
     session.add(run)
@@ -83,6 +94,7 @@ def finish_run(session: Session, *, run_id: int, outcome: RunOutcome, log: str,
 
 
 # what is new since the previous round --------------------------------------------------------------
+
 
 def active_snapshot(session: Session) -> datetime | None:
     """The snapshot time of the round that trained the active adapter (None: base, or unknown)."""
@@ -95,7 +107,7 @@ def active_snapshot(session: Session) -> datetime | None:
 def last_trained_snapshot(session: Session) -> datetime | None:
     """The snapshot time of the newest round that trained a candidate (published or rejected)."""
     done = (RunOutcome.published.value, RunOutcome.rejected.value)
-    return session.exec(select(func.max(TrainingRun.snapshot_at)).where(TrainingRun.outcome.in_(done))).one()
+    return session.exec(select(func.max(TrainingRun.snapshot_at)).where(col(TrainingRun.outcome).in_(done))).one()
 
 
 def new_feedback_count(session: Session, *, since: datetime | None) -> int:
@@ -109,6 +121,7 @@ def new_feedback_count(session: Session, *, since: datetime | None) -> int:
 
 
 # the lock --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Holder:
@@ -141,14 +154,18 @@ def _stale(lock: TrainLock, stale_after: timedelta) -> bool:
     return utcnow() - _aware(lock.heartbeat_at) > stale_after
 
 
-def acquire_lock(session: Session, *, run_id: int, stale_after: timedelta = timedelta(minutes=2),
-                 name: str = ROUND_LOCK) -> Holder | None:
+def acquire_lock(
+    session: Session, *, run_id: int, stale_after: timedelta = timedelta(minutes=2), name: str = ROUND_LOCK
+) -> Holder | None:
     """Take the lock for `run_id`. Returns None when taken, else the live holder. A stale holder is
     replaced and its run marked abandoned (the caller cleans up what it left on disk)."""
     now = utcnow()
     try:
-        session.exec(insert(TrainLock).values(name=name, run_id=run_id, host=HOST, pid=os.getpid(), acquired_at=now,
-                                              heartbeat_at=now))
+        session.exec(
+            insert(TrainLock).values(
+                name=name, run_id=run_id, host=HOST, pid=os.getpid(), acquired_at=now, heartbeat_at=now
+            )
+        )
         session.commit()
         return None
     except IntegrityError:
@@ -159,8 +176,11 @@ def acquire_lock(session: Session, *, run_id: int, stale_after: timedelta = time
     holder = Holder(lock.run_id, lock.host, lock.pid, _aware(lock.heartbeat_at))
     if not _stale(lock, stale_after):
         return holder
-    taken = session.exec(update(TrainLock).where(TrainLock.name == name, TrainLock.run_id == lock.run_id)
-                         .values(run_id=run_id, host=HOST, pid=os.getpid(), acquired_at=now, heartbeat_at=now))
+    taken = session.exec(
+        update(TrainLock)
+        .where(col(TrainLock.name) == name, col(TrainLock.run_id) == lock.run_id)
+        .values(run_id=run_id, host=HOST, pid=os.getpid(), acquired_at=now, heartbeat_at=now)
+    )
     _abandon(session, holder.run_id)
     session.commit()
     return None if taken.rowcount == 1 else holder
@@ -176,8 +196,11 @@ def _abandon(session: Session, run_id: int) -> None:
 
 def heartbeat(session: Session, *, run_id: int, name: str = ROUND_LOCK) -> bool:
     """Refresh the lock; False when this run no longer holds it."""
-    done = session.exec(update(TrainLock).where(TrainLock.name == name, TrainLock.run_id == run_id)
-                        .values(heartbeat_at=utcnow()))
+    done = session.exec(
+        update(TrainLock)
+        .where(col(TrainLock.name) == name, col(TrainLock.run_id) == run_id)
+        .values(heartbeat_at=utcnow())
+    )
     session.commit()
     return done.rowcount == 1
 
@@ -189,8 +212,9 @@ def release_lock(session: Session, *, run_id: int, name: str = ROUND_LOCK) -> No
         session.commit()
 
 
-def live_holder(session: Session, *, stale_after: timedelta = timedelta(minutes=2),
-                name: str = ROUND_LOCK) -> Holder | None:
+def live_holder(
+    session: Session, *, stale_after: timedelta = timedelta(minutes=2), name: str = ROUND_LOCK
+) -> Holder | None:
     """The round holding the lock, unless it is stale (its process gone or its heartbeat old)."""
     lock = session.get(TrainLock, name, populate_existing=True)
     if lock is None or _stale(lock, stale_after):
@@ -198,12 +222,14 @@ def live_holder(session: Session, *, stale_after: timedelta = timedelta(minutes=
     return Holder(lock.run_id, lock.host, lock.pid, _aware(lock.heartbeat_at))
 
 
-def request_run(session: Session, *, actor: Staff, config: dict) -> TrainingRun:
+def request_run(session: Session, *, actor: Staff, config: dict[str, Any]) -> TrainingRun:
     """A queued run for a round a staff member asked for (audited); Conflict while one is running."""
     holder = live_holder(session)
     if holder is not None:
-        raise Conflict(f"a training round is already running: {holder.describe()}; "
-                       f"follow it at GET /api/admin/train/{holder.run_id}")
+        raise Conflict(
+            f"a training round is already running: {holder.describe()}; "
+            f"follow it at GET /api/admin/train/{holder.run_id}"
+        )
     run = TrainingRun(config_json=json.dumps(config, default=str), outcome=RunOutcome.queued.value)
     session.add(run)
     session.flush()

@@ -1,6 +1,7 @@
 """Staff bearer tokens: random, shown once, stored only as a SHA-256 digest.
 
 Tokens carry 256 bits of randomness, so a fast hash is enough (no password stretching needed)."""
+
 from __future__ import annotations
 
 import hashlib

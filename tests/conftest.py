@@ -1,5 +1,6 @@
 """Fixtures every test folder uses: the tiny random-weight model, stores on a real SQLite file and on the
 real local PostgreSQL, settings, the fake generator; and the pytest header naming the CPU."""
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "am
 
 def pytest_report_header(config) -> list[str]:
     """The CPU's features and the precision serving chooses on it, so that a CI log shows both."""
-    from bot.runtime.linear_packing import cpu_flags
+    from bot.runtime.prepacked_linear import cpu_flags
     from bot.runtime.workers import thread_counts
 
     flags = cpu_flags()
@@ -31,18 +32,20 @@ def pytest_report_header(config) -> list[str]:
     has = " ".join(f for f in CPU_FEATURES if f in flags) or "none"
     lacks = " ".join(f for f in CPU_FEATURES if f not in flags) or "none"
     threads = thread_counts(0, prefill=True)
-    return [f"cpu: {name}, {os.cpu_count()} cores; has: {has}; lacks: {lacks}",
-            f"serving precision (model workers at {'/'.join(map(str, threads))} thread(s)): {_serving_packing(threads)}"]
+    return [
+        f"cpu: {name}, {os.cpu_count()} cores; has: {has}; lacks: {lacks}",
+        f"serving precision (model workers at {'/'.join(map(str, threads))} thread(s)): {_serving_packing(threads)}",
+    ]
 
 
 def _serving_packing(threads: tuple[int, ...]) -> str:
-    """What `pack_linears` chooses for one Linear of each of the served model's shapes."""
+    """What `prepack_linears` chooses for one Linear of each of the served model's shapes."""
     import torch
     from torch import nn
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from bot.runtime.base_model import ModelNotAvailable, resolve_base_model
-    from bot.runtime.linear_packing import pack_linears
+    from bot.runtime.prepacked_linear import prepack_linears
 
     settings = Settings()
     try:
@@ -51,10 +54,11 @@ def _serving_packing(threads: tuple[int, ...]) -> str:
         return "not checked (the model is not pulled)"
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
-    shapes = dict.fromkeys((m.in_features, m.out_features, m.bias is not None) for m in model.modules()
-                           if type(m) is nn.Linear)
+    shapes = dict.fromkeys(
+        (m.in_features, m.out_features, m.bias is not None) for m in model.modules() if type(m) is nn.Linear
+    )
     layers = nn.Sequential(*[nn.Linear(i, o, bias=bias) for i, o, bias in shapes])
-    return f"{folder.name}, one Linear of each shape: {pack_linears(layers, threads=threads).describe()}"
+    return f"{folder.name}, one Linear of each shape: {prepack_linears(layers, threads=threads).describe()}"
 
 
 @pytest.fixture(scope="session")
@@ -94,5 +98,3 @@ def settings(tmp_path) -> Settings:
 @pytest.fixture
 def fake() -> FakeGenerator:
     return FakeGenerator()
-
-

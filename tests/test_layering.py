@@ -2,8 +2,8 @@
 
     feedback            the store: no torch, no FastAPI, nothing of bot/ or trainer/
     bot.runtime         the model runtime: no FastAPI, never the web app, the CLI or the trainer
-    bot.server, bot.cli the web app and the command line: reach the runtime only through
-                        `bot.runtime.interface` (behaviour) and `bot.runtime.types` (plain data)
+    bot.server,         the web app and the command line: reach the runtime only through
+    bot.cli, bot.commands `bot.runtime.interface` (behaviour) and `bot.runtime.types` (plain data)
     trainer             imports feedback, and of bot/ only `bot.runtime.base_model` (base-model provisioning)
 
 The runtime's modules import each other without a cycle (lazy imports inside functions included), and
@@ -30,7 +30,8 @@ def _module(path: Path) -> str:
 
 def _imports(package: str):
     """(module, line, imported name, lazy) for every absolute import in `package`'s files."""
-    for path in (ROOT / package.replace(".", "/")).rglob("*.py"):
+    folder = ROOT / package.replace(".", "/")
+    for path in folder.rglob("*.py") if folder.is_dir() else [folder.with_suffix(".py")]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -60,15 +61,15 @@ def test_the_store_imports_nothing_above_it():
 
 
 def test_the_runtime_never_imports_the_web_app_the_cli_or_the_trainer():
-    assert _violations("bot.runtime", ("bot.server", "bot.cli", "trainer", "trl", *WEB)) == []
+    assert _violations("bot.runtime", ("bot.server", "bot.cli", "bot.commands", "trainer", "trl", *WEB)) == []
 
 
 def test_the_web_app_reaches_the_runtime_only_through_its_interface():
     banned = ("bot.runtime", "trainer", "trl")
-    # the CLI's `train` and `schedule` commands (bot.cli.rounds) import the trainer lazily, inside the commands
-    train_commands = lambda module, name, lazy: module == "bot.cli.rounds" and lazy and _under(name, "trainer")  # noqa: E731
-    for package in ("bot.server", "bot.cli"):
-        violations = _violations(package, banned, train_commands)
+    # the CLI's `train` command (in bot/cli.py) imports the trainer lazily, inside the command
+    train_command = lambda module, name, lazy: module == "bot.cli" and lazy and _under(name, "trainer")  # noqa: E731
+    for package in ("bot.server", "bot.commands", "bot.cli"):
+        violations = _violations(package, banned, train_command)
         assert [v for v in violations if not v.endswith(RUNTIME_INTERFACE)] == []
 
 
@@ -97,14 +98,19 @@ def _loaded_after(statement: str) -> set[str]:
 
 
 def test_server_process_never_loads_trainer_or_trl():
-    loaded = _loaded_after("import bot.server.app, bot.cli.main")
+    loaded = _loaded_after("import bot.server.app, bot.cli")
     assert not {m for m in loaded if m.split(".")[0] in ("trainer", "trl")}
 
 
 def test_trainer_never_loads_the_server():
     loaded = _loaded_after("import trainer.round")
     assert not {m for m in loaded if m.split(".")[0] in WEB}
-    assert {m for m in loaded if _under(m, "bot")} <= {"bot", "bot.runtime", "bot.runtime.base_model", "bot.runtime.types"}
+    assert {m for m in loaded if _under(m, "bot")} <= {
+        "bot",
+        "bot.runtime",
+        "bot.runtime.base_model",
+        "bot.runtime.types",
+    }
 
 
 def test_the_model_worker_process_loads_no_database_or_web_code():
@@ -113,5 +119,5 @@ def test_the_model_worker_process_loads_no_database_or_web_code():
 
 
 def test_cli_help_is_fast_and_light():
-    loaded = _loaded_after("import bot.cli.main")
+    loaded = _loaded_after("import bot.cli")
     assert "torch" not in loaded and "fastapi" not in loaded

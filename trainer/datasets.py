@@ -11,6 +11,7 @@
 "The previous round" is the round that trained the active adapter, so a rejected round's feedback is
 tried again next time. Everything is read as of `snapshot_at`: feedback arriving during the round
 waits for the next one."""
+
 from __future__ import annotations
 
 import json
@@ -70,13 +71,26 @@ def snapshot(store, scrubber: Scrubber | None = None) -> RoundData:
         corrections = correction_records(session, **window)
         new_corrections = correction_records(session, since=previous, **window) if previous else corrections
         thumbs_new = thumbs_up_records(session, since=previous, **window)
-        old = [] if previous is None else unique_questions(thumbs_up_records(session, until=previous, scrubber=scrubber),
-                                                            correction_records(session, until=previous, scrubber=scrubber))
+        old = (
+            []
+            if previous is None
+            else unique_questions(
+                thumbs_up_records(session, until=previous, scrubber=scrubber),
+                correction_records(session, until=previous, scrubber=scrubber),
+            )
+        )
         dpo = export_records(session, "dpo", **window)
         kto = export_records(session, "kto", since=previous, **window)
     corrected = {question_key(r) for r in corrections}
     sft = unique_questions([r for r in thumbs_new if question_key(r) not in corrected], corrections)
     changed = {question_key(r) for r in new_corrections + thumbs_new}
     regression = [r for r in old if question_key(r) not in changed]
-    return RoundData(now, previous, active.version if active else BASE_VERSION, active.path if active else None,
-                     {"sft": sft, "dpo": dpo, "kto": kto}, _items(unique_questions(new_corrections)), _items(regression))
+    return RoundData(
+        now,
+        previous,
+        active.version if active else BASE_VERSION,
+        active.path if active else None,
+        {"sft": sft, "dpo": dpo, "kto": kto},
+        _items(unique_questions(new_corrections)),
+        _items(regression),
+    )

@@ -1,6 +1,7 @@
 """Offline evaluation of adapters for the gate: greedy answers in batches and perplexity of reference
 answers, for several adapters loaded side by side on one base model (PEFT named adapters; the bare
 base model is `BASE_VERSION`)."""
+
 from __future__ import annotations
 
 import math
@@ -15,6 +16,7 @@ from feedback.registry import BASE_VERSION
 @dataclass(frozen=True)
 class Item:
     """A question in context and the answer it should get."""
+
     prompt: list[dict]
     reference: str
 
@@ -64,7 +66,7 @@ class Evaluator:
         order = sorted(range(len(items)), key=lambda i: len(self._chat(items[i].prompt)))
         out: dict[int, Answer] = {}
         for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
+            batch = order[start : start + self.batch_size]
             for i, answer in zip(batch, self._generate(name, [items[i].prompt for i in batch], max_new_tokens)):
                 out[i] = answer
         return [out[i] for i in range(len(items))]
@@ -73,17 +75,19 @@ class Evaluator:
         import torch
 
         self.tokenizer.padding_side = "left"
-        enc = self.tokenizer([self._chat(p) for p in prompts], return_tensors="pt", padding=True,
-                             add_special_tokens=False).to(self.device)
+        enc = self.tokenizer(
+            [self._chat(p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self.device)
         with torch.inference_mode(), self._using(name):
-            out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+            out = self.model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
+            )
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos])
         answers = []
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+        for row in out[:, enc["input_ids"].shape[1] :].tolist():
             finished = any(t in eos for t in row)
-            row = row[:next((i for i, t in enumerate(row) if t in eos), len(row))]
+            row = row[: next((i for i, t in enumerate(row) if t in eos), len(row))]
             answers.append(Answer(self.tokenizer.decode(row, skip_special_tokens=True).strip(), finished))
         return answers
 
@@ -91,7 +95,7 @@ class Evaluator:
         """exp(mean negative log-likelihood) of the reference answers' tokens, given their prompts."""
         total, count = 0.0, 0
         for start in range(0, len(items), self.batch_size):
-            nll, tokens = self._nll(name, items[start:start + self.batch_size])
+            nll, tokens = self._nll(name, items[start : start + self.batch_size])
             total, count = total + nll, count + tokens
         return math.exp(min(total / max(count, 1), 50.0))
 
@@ -101,8 +105,9 @@ class Evaluator:
         rows, labels = [], []
         for item in items:
             prompt = self.tokenizer(self._chat(item.prompt), add_special_tokens=False)["input_ids"]
-            answer = self.tokenizer(item.reference + (self.tokenizer.eos_token or ""),
-                                    add_special_tokens=False)["input_ids"]
+            answer = self.tokenizer(item.reference + (self.tokenizer.eos_token or ""), add_special_tokens=False)[
+                "input_ids"
+            ]
             rows.append(prompt + answer)
             labels.append([-100] * len(prompt) + answer)
         width = max(map(len, rows))
@@ -112,13 +117,15 @@ class Evaluator:
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device)
         with torch.inference_mode(), self._using(name):
             logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                 target[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), target[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+        )
         return float(loss), int((target[:, 1:] != -100).sum())
 
 
-def open_evaluator(base_model: Path, device: str, adapters: dict[str, Path | None],
-                   log: Callable[[str], None]) -> tuple[Evaluator, dict[str, str]]:
+def open_evaluator(
+    base_model: Path, device: str, adapters: dict[str, Path | None], log: Callable[[str], None]
+) -> tuple[Evaluator, dict[str, str]]:
     """An evaluator with `adapters` loaded (None = the base model). An adapter that does not load is
     reported and left out; returns the evaluator and name → why it was left out."""
     evaluator, failed = Evaluator(base_model, device), {}

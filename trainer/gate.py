@@ -12,6 +12,7 @@
     of those questions at most `max_perplexity_ratio` times the active version's.
 
 Each set is capped at `max_items` (a seeded sample) to bound the gate's cost."""
+
 from __future__ import annotations
 
 import json
@@ -30,12 +31,15 @@ from trainer.facts import fact_score
 CANDIDATE, ACTIVE = "candidate", "active"
 
 GENERIC = [  # plain support replies: a damaged adapter finds ordinary language unlikely
-    ("How do I reset my password?", "Click \"Forgot password\" on the sign-in page and follow the link we email you."),
+    ("How do I reset my password?", 'Click "Forgot password" on the sign-in page and follow the link we email you.'),
     ("Can I get a refund?", "Yes, you can request a refund within 30 days of purchase from your order page."),
     ("Where is my order?", "You can track your order with the tracking link in your confirmation email."),
     ("Do you ship abroad?", "Yes, we ship to most countries. Shipping costs are shown at checkout."),
     ("How can I contact support?", "You can reach our support team by email or chat, every day from 9am to 6pm."),
-    ("Can I change my delivery address?", "Yes, as long as the order has not shipped yet. Please send us the new address."),
+    (
+        "Can I change my delivery address?",
+        "Yes, as long as the order has not shipped yet. Please send us the new address.",
+    ),
     ("What payment methods do you accept?", "We accept credit and debit cards and PayPal."),
     ("Is there parking?", "Yes, free parking is available for guests."),
 ]
@@ -43,24 +47,51 @@ GENERIC = [  # plain support replies: a damaged adapter finds ordinary language 
 
 @dataclass
 class GateSettings:
-    min_learned: float = field(default=0.8, metadata={"help": "Lowest mean fact score on this round's new corrections."})
-    max_regression: float = field(default=0.02, metadata={"help": "Largest allowed drop of the mean fact score on "
-                                                          "the regression and golden sets versus the active version."})
-    max_perplexity_ratio: float = field(default=8.0, metadata={"help": "Largest allowed candidate / active "
-                                                               "perplexity on the reference answers: a bound for "
-                                                               "broken models, not a quality measure (a useful "
-                                                               "SmolLM2 round measured 1.1-5.4: training on the "
-                                                               "anchors sharpens the distribution)."})
-    max_runaway_increase: float = field(default=0.1, metadata={"help": "Largest allowed increase of the share of "
-                                                               "answers stopped by the token limit (one answer "
-                                                               "more is always allowed: on 8 questions, one is "
-                                                               "12%)."})
-    golden_set: Path | None = field(default=None, metadata={"help": "Optional JSONL of {\"question\", \"answer\"} "
-                                                            "(or {\"prompt\": messages, \"answer\"}) that must not regress."})
+    min_learned: float = field(
+        default=0.8, metadata={"help": "Lowest mean fact score on this round's new corrections."}
+    )
+    max_regression: float = field(
+        default=0.02,
+        metadata={
+            "help": "Largest allowed drop of the mean fact score on "
+            "the regression and golden sets versus the active version."
+        },
+    )
+    max_perplexity_ratio: float = field(
+        default=8.0,
+        metadata={
+            "help": "Largest allowed candidate / active "
+            "perplexity on the reference answers: a bound for "
+            "broken models, not a quality measure (a useful "
+            "SmolLM2 round measured 1.1-5.4: training on the "
+            "anchors sharpens the distribution)."
+        },
+    )
+    max_runaway_increase: float = field(
+        default=0.1,
+        metadata={
+            "help": "Largest allowed increase of the share of "
+            "answers stopped by the token limit (one answer "
+            "more is always allowed: on 8 questions, one is "
+            "12%)."
+        },
+    )
+    golden_set: Path | None = field(
+        default=None,
+        metadata={
+            "help": 'Optional JSONL of {"question", "answer"} '
+            '(or {"prompt": messages, "answer"}) that must not regress.'
+        },
+    )
     max_items: int = field(default=48, metadata={"help": "At most this many questions per set (seeded sample)."})
-    max_new_tokens: int = field(default=128, metadata={"help": "Answer length limit while evaluating (the "
-                                                       "server's SUPPORTLOOP_MAX_NEW_TOKENS: a runaway answer is "
-                                                       "one a customer would see cut off)."})
+    max_new_tokens: int = field(
+        default=128,
+        metadata={
+            "help": "Answer length limit while evaluating (the "
+            "server's SUPPORTLOOP_MAX_NEW_TOKENS: a runaway answer is "
+            "one a customer would see cut off)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the samples."})
 
 
@@ -90,8 +121,12 @@ class Verdict:
         return "gate passed" if self.passed else "gate rejected the candidate: " + "; ".join(failed)
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "compared_with": self.compared_with,
-                "checks": [asdict(c) for c in self.checks], "metrics": self.metrics}
+        return {
+            "passed": self.passed,
+            "compared_with": self.compared_with,
+            "checks": [asdict(c) for c in self.checks],
+            "metrics": self.metrics,
+        }
 
 
 def load_golden(path: Path, system_prompt: str) -> list[Item]:
@@ -105,7 +140,7 @@ def load_golden(path: Path, system_prompt: str) -> list[Item]:
             prompt = row.get("prompt") or [{"role": "user", "content": row["question"]}]
             answer = row["answer"]
         except (ValueError, KeyError, AttributeError) as exc:
-            raise ValueError(f"golden set {path} line {number}: expected {{\"question\", \"answer\"}}: {exc}") from exc
+            raise ValueError(f'golden set {path} line {number}: expected {{"question", "answer"}}: {exc}') from exc
         if system_prompt and prompt[0].get("role") != "system":
             prompt = [{"role": "system", "content": system_prompt}] + prompt
         items.append(Item(prompt, answer))
@@ -143,9 +178,17 @@ def _runaway(answers: list[Answer]) -> float:
     return sum(not a.finished for a in answers) / len(answers) if answers else 0.0
 
 
-def evaluate(*, base_model: Path, device: str, candidate: Path, active: tuple[str, Path | None],
-             inputs: GateInputs, settings: GateSettings, system_prompt: str,
-             log: Callable[[str], None]) -> Verdict:
+def evaluate(
+    *,
+    base_model: Path,
+    device: str,
+    candidate: Path,
+    active: tuple[str, Path | None],
+    inputs: GateInputs,
+    settings: GateSettings,
+    system_prompt: str,
+    log: Callable[[str], None],
+) -> Verdict:
     """Measure the candidate against the active version (`(version, folder or None for base)`)."""
     started = time.perf_counter()
     version, folder = active
@@ -155,8 +198,12 @@ def evaluate(*, base_model: Path, device: str, candidate: Path, active: tuple[st
     reference_name = ACTIVE if folder is not None and ACTIVE not in failed else BASE_VERSION
     if ACTIVE in failed:
         version = f"base (active {version} unreadable: {failed[ACTIVE]})"
-    sets = {"new": _sample(inputs.new, settings), "regression": _sample(inputs.regression, settings),
-            "golden": _sample(inputs.golden, settings), "generic": generic_items(system_prompt)}
+    sets = {
+        "new": _sample(inputs.new, settings),
+        "regression": _sample(inputs.regression, settings),
+        "golden": _sample(inputs.golden, settings),
+        "generic": generic_items(system_prompt),
+    }
     metrics, empty, both = {}, 0, {CANDIDATE: [], reference_name: []}  # both: answers to the same questions
     for name, items in sets.items():
         if not items:
@@ -169,11 +216,17 @@ def evaluate(*, base_model: Path, device: str, candidate: Path, active: tuple[st
             metrics[name]["active"] = round(_score(theirs, items), 4)
             both[CANDIDATE], both[reference_name] = both[CANDIDATE] + mine, both[reference_name] + theirs
     reference = sets["generic"] + sets["regression"] + sets["golden"]
-    metrics["perplexity"] = {"items": len(reference), "candidate": round(evaluator.perplexity(CANDIDATE, reference), 4),
-                             "active": round(evaluator.perplexity(reference_name, reference), 4)}
+    metrics["perplexity"] = {
+        "items": len(reference),
+        "candidate": round(evaluator.perplexity(CANDIDATE, reference), 4),
+        "active": round(evaluator.perplexity(reference_name, reference), 4),
+    }
     metrics["empty"] = empty
-    metrics["runaway"] = {"items": len(both[CANDIDATE]), "candidate": round(_runaway(both[CANDIDATE]), 4),
-                          "active": round(_runaway(both[reference_name]), 4)}
+    metrics["runaway"] = {
+        "items": len(both[CANDIDATE]),
+        "candidate": round(_runaway(both[CANDIDATE]), 4),
+        "active": round(_runaway(both[reference_name]), 4),
+    }
     metrics["loops"] = {"candidate": _degenerate(both[CANDIDATE]), "active": _degenerate(both[reference_name])}
     metrics["seconds"] = round(time.perf_counter() - started, 1)
     checks = _checks(metrics, settings)
@@ -184,27 +237,51 @@ def _checks(metrics: dict, settings: GateSettings) -> list[Check]:
     checks = []
     if "new" in metrics:
         score = metrics["new"]["candidate"]
-        checks.append(Check("learned", score >= settings.min_learned,
-                            f"fact score {score:.3f} on {metrics['new']['items']} new corrections "
-                            f"(needs ≥ {settings.min_learned})"))
+        checks.append(
+            Check(
+                "learned",
+                score >= settings.min_learned,
+                f"fact score {score:.3f} on {metrics['new']['items']} new corrections (needs ≥ {settings.min_learned})",
+            )
+        )
     for name in ("regression", "golden"):
         if name in metrics:
             mine, theirs = metrics[name]["candidate"], metrics[name]["active"]
-            checks.append(Check(f"no regression ({name})", mine >= theirs - settings.max_regression,
-                                f"fact score {mine:.3f} vs active {theirs:.3f} on {metrics[name]['items']} "
-                                f"questions (tolerance {settings.max_regression})"))
+            checks.append(
+                Check(
+                    f"no regression ({name})",
+                    mine >= theirs - settings.max_regression,
+                    f"fact score {mine:.3f} vs active {theirs:.3f} on {metrics[name]['items']} "
+                    f"questions (tolerance {settings.max_regression})",
+                )
+            )
     ppl = metrics["perplexity"]
     ratio = ppl["candidate"] / max(ppl["active"], 1e-9)
-    checks.append(Check("perplexity", ratio <= settings.max_perplexity_ratio,
-                        f"{ppl['candidate']:.2f} vs active {ppl['active']:.2f} (ratio {ratio:.2f}, "
-                        f"limit {settings.max_perplexity_ratio})"))
+    checks.append(
+        Check(
+            "perplexity",
+            ratio <= settings.max_perplexity_ratio,
+            f"{ppl['candidate']:.2f} vs active {ppl['active']:.2f} (ratio {ratio:.2f}, "
+            f"limit {settings.max_perplexity_ratio})",
+        )
+    )
     checks.append(Check("no empty answers", metrics["empty"] == 0, f"{metrics['empty']} empty answers"))
     loops = metrics["loops"]
-    checks.append(Check("no repetition loops", loops["candidate"] <= loops["active"],
-                        f"{loops['candidate']} answers caught in a repetition loop vs active {loops['active']}"))
+    checks.append(
+        Check(
+            "no repetition loops",
+            loops["candidate"] <= loops["active"],
+            f"{loops['candidate']} answers caught in a repetition loop vs active {loops['active']}",
+        )
+    )
     runaway, items = metrics["runaway"], metrics["runaway"]["items"]
     allowed = runaway["active"] + max(settings.max_runaway_increase, 1 / max(items, 1))
-    checks.append(Check("no runaway answers", runaway["candidate"] <= allowed + 1e-9,
-                        f"{runaway['candidate']:.0%} of {items} answers hit the token limit vs active "
-                        f"{runaway['active']:.0%} (allowed up to {allowed:.0%})"))
+    checks.append(
+        Check(
+            "no runaway answers",
+            runaway["candidate"] <= allowed + 1e-9,
+            f"{runaway['candidate']:.0%} of {items} answers hit the token limit vs active "
+            f"{runaway['active']:.0%} (allowed up to {allowed:.0%})",
+        )
+    )
     return checks

@@ -1,5 +1,6 @@
 """What every training method shares: the LoRA config, the step plan, precision by hardware, per-step
 loss logging, and running a TRL trainer with a LoRA adapter to a saved adapter folder."""
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,9 @@ def lora_config(lora: LoraSettings):
     targets = lora.target_modules
     if targets != "all-linear":
         targets = [name.strip() for name in targets.split(",") if name.strip()]
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, task_type="CAUSAL_LM"
+    )
 
 
 def plan(examples: int, settings, min_batch: int = 1) -> tuple[int, int]:
@@ -70,14 +72,26 @@ def loss_callback(losses: list[float], log: Callable[[str], None]):
 @dataclass(frozen=True)
 class Method:
     """One TRL method: its config and trainer classes, and its own config fields for a round."""
+
     config_cls: type
     trainer_cls: type
     extra: dict = field(default_factory=dict)
 
 
-def train_lora(method: Method, records: list[dict], *, base_model: Path, out_dir: Path, device: str,
-               lora: LoraSettings, settings, log: Callable[[str], None], progress: bool = True,
-               min_batch: int = 1, init_adapter: Path | None = None) -> TrainStats:
+def train_lora(
+    method: Method,
+    records: list[dict],
+    *,
+    base_model: Path,
+    out_dir: Path,
+    device: str,
+    lora: LoraSettings,
+    settings,
+    log: Callable[[str], None],
+    progress: bool = True,
+    min_batch: int = 1,
+    init_adapter: Path | None = None,
+) -> TrainStats:
     """Train a LoRA adapter on `records` with `method` and save it (adapter weights and config only)
     to `out_dir`. `settings` carries epochs, min_steps, learning_rate, batch_size, max_length, seed.
     With `init_adapter`, that adapter is trained further (preference methods then use the model
@@ -99,16 +113,32 @@ def train_lora(method: Method, records: list[dict], *, base_model: Path, out_dir
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="supportloop-train-") as work:
         args = method.config_cls(
-            output_dir=work, max_steps=steps, per_device_train_batch_size=batch,
-            learning_rate=settings.learning_rate, max_length=settings.max_length, logging_steps=1,
-            save_strategy="no", report_to="none", seed=settings.seed, disable_tqdm=not progress,
-            dataloader_num_workers=0, **precision_args(device), **method.extra)
-        trainer = method.trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(records),
-                                     processing_class=tokenizer, peft_config=peft_config,
-                                     callbacks=[loss_callback(losses, log)])
+            output_dir=work,
+            max_steps=steps,
+            per_device_train_batch_size=batch,
+            learning_rate=settings.learning_rate,
+            max_length=settings.max_length,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            seed=settings.seed,
+            disable_tqdm=not progress,
+            dataloader_num_workers=0,
+            **precision_args(device),
+            **method.extra,
+        )
+        trainer = method.trainer_cls(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(records),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[loss_callback(losses, log)],
+        )
         trainer.remove_callback(PrinterCallback)  # our callback logs each step once, in our format
         trainer.train()
         trainer.model.save_pretrained(out_dir)
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
-    return TrainStats(examples=len(records), steps=steps, seconds=time.perf_counter() - started,
-                      losses=losses, precision=precision)
+    return TrainStats(
+        examples=len(records), steps=steps, seconds=time.perf_counter() - started, losses=losses, precision=precision
+    )

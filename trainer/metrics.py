@@ -1,4 +1,5 @@
 """Text overlap scores for comparing an answer with a reference (e.g. a staff correction)."""
+
 from __future__ import annotations
 
 import re

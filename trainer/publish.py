@@ -1,6 +1,7 @@
 """What the trainer records about an adapter it publishes: the base checkpoint's weights hash and the
 supportloop version that made it. The registry itself (folders, manifests, version names) is
 `feedback.registry`, shared with the server."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,6 +1,7 @@
 """One training round: take the round lock, clean up after an interrupted round, snapshot the store,
 train the chosen methods one after the other on one adapter, run the evaluation gate, publish the
 adapter folder with its manifest, register it (active, candidate or rejected), record the run."""
+
 from __future__ import annotations
 
 import shutil
@@ -70,8 +71,11 @@ class RoundResult:
     device: str = "cpu"
 
     def describe(self) -> str:
-        parts = [f"{m} {s.examples} examples, {s.steps} steps, loss {s.first_loss:.3f} → {s.final_loss:.3f}, "
-                 f"{s.seconds:.1f} s" for m, s in self.stats.items()]
+        parts = [
+            f"{m} {s.examples} examples, {s.steps} steps, loss {s.first_loss:.3f} → {s.final_loss:.3f}, "
+            f"{s.seconds:.1f} s"
+            for m, s in self.stats.items()
+        ]
         trained = f"trained {self.version} (parent {self.parent}) on {self.device}: " + "; ".join(parts)
         return trained + (f"; {self.verdict.describe()}" if self.verdict else "")
 
@@ -88,17 +92,32 @@ def choose_methods(setting: str, sizes: dict[str, int]) -> list[str]:
     return [m for m in named if sizes[m] >= (2 if m == "kto" else 1)]
 
 
-def _train(config: RoundConfig, method: str, records: list[dict], out: Path, previous: Path | None,
-           device: str, log: Callable[[str], None]) -> TrainStats:
-    common = dict(base_model=config.base_model, out_dir=out, device=device, lora=config.lora, log=log,
-                  progress=config.progress, init_adapter=previous)
+def _train(
+    config: RoundConfig,
+    method: str,
+    records: list[dict],
+    out: Path,
+    previous: Path | None,
+    device: str,
+    log: Callable[[str], None],
+) -> TrainStats:
+    common = dict(
+        base_model=config.base_model,
+        out_dir=out,
+        device=device,
+        lora=config.lora,
+        log=log,
+        progress=config.progress,
+        init_adapter=previous,
+    )
     if method == "sft":
         return train_sft(records, sft=config.sft, **common)
     return (train_dpo if method == "dpo" else train_kto)(records, settings=config.preference, **common)
 
 
-def _train_methods(config: RoundConfig, methods: list[str], datasets: dict[str, list[dict]], device: str,
-                   log: RunLog) -> tuple[Path, dict[str, TrainStats]]:
+def _train_methods(
+    config: RoundConfig, methods: list[str], datasets: dict[str, list[dict]], device: str, log: RunLog
+) -> tuple[Path, dict[str, TrainStats]]:
     """Each method continues the previous one's adapter; returns the last adapter's folder (a staging
     folder inside the registry, invisible until published) and each method's training."""
     stats, previous = {}, None
@@ -137,17 +156,30 @@ def _active_for_gate(config: RoundConfig, data: RoundData, log: RunLog) -> tuple
 def _gate(config: RoundConfig, data: RoundData, staging: Path, device: str, log: RunLog) -> Verdict:
     log.phase("gate")
     golden = load_golden(config.gate.golden_set, config.system_prompt) if config.gate.golden_set else []
-    verdict = evaluate(base_model=config.base_model, device=device, candidate=staging,
-                       active=_active_for_gate(config, data, log),
-                       inputs=GateInputs(data.new, data.regression, golden), settings=config.gate,
-                       system_prompt=config.system_prompt, log=log)
+    verdict = evaluate(
+        base_model=config.base_model,
+        device=device,
+        candidate=staging,
+        active=_active_for_gate(config, data, log),
+        inputs=GateInputs(data.new, data.regression, golden),
+        settings=config.gate,
+        system_prompt=config.system_prompt,
+        log=log,
+    )
     for check in verdict.checks:
         log(f"gate: {'pass' if check.passed else 'FAIL'} {check.name}: {check.detail}")
     return verdict
 
 
-def _manifest(config: RoundConfig, data: RoundData, version: str, methods: list[str], stats: dict[str, TrainStats],
-              verdict: Verdict, timings: dict) -> dict:
+def _manifest(
+    config: RoundConfig,
+    data: RoundData,
+    version: str,
+    methods: list[str],
+    stats: dict[str, TrainStats],
+    verdict: Verdict,
+    timings: dict,
+) -> dict:
     import peft
     import torch
     import transformers
@@ -155,17 +187,34 @@ def _manifest(config: RoundConfig, data: RoundData, version: str, methods: list[
 
     settings = config.to_dict()
     return {
-        "version": version, "parent": data.parent, "status": _status(config, verdict),
+        "version": version,
+        "parent": data.parent,
+        "status": _status(config, verdict),
         "base_model": {"id": base_model_id(config.base_model), "weights": weights_hash(config.base_model)},
         "methods": methods,
         "datasets": {m: {"hash": dataset_hash(data.datasets[m]), "examples": len(data.datasets[m])} for m in methods},
         "hyperparameters": {key: settings[key] for key in ("lora", "sft", "preference")},
-        "training": {m: {"examples": s.examples, "steps": s.steps, "losses": s.losses, "seconds": round(s.seconds, 2),
-                         "precision": s.precision} for m, s in stats.items()},
-        "gate": verdict.to_dict(), "timings": timings,
-        "snapshot_at": data.snapshot_at.isoformat(), "created": datetime.now(UTC).isoformat(),
-        "packages": {"supportloop": supportloop_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "peft": peft.__version__, "trl": trl.__version__},
+        "training": {
+            m: {
+                "examples": s.examples,
+                "steps": s.steps,
+                "losses": s.losses,
+                "seconds": round(s.seconds, 2),
+                "precision": s.precision,
+            }
+            for m, s in stats.items()
+        },
+        "gate": verdict.to_dict(),
+        "timings": timings,
+        "snapshot_at": data.snapshot_at.isoformat(),
+        "created": datetime.now(UTC).isoformat(),
+        "packages": {
+            "supportloop": supportloop_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "trl": trl.__version__,
+        },
         "config": settings,
     }
 
@@ -174,8 +223,15 @@ def _status(config: RoundConfig, verdict: Verdict) -> str:
     return "rejected" if not verdict.passed else "active" if config.activate else "candidate"
 
 
-def _publish(config: RoundConfig, store, data: RoundData, staging: Path, manifest_for: Callable[[str], dict],
-             verdict: Verdict, log: RunLog) -> tuple[str, Path]:
+def _publish(
+    config: RoundConfig,
+    store,
+    data: RoundData,
+    staging: Path,
+    manifest_for: Callable[[str], dict],
+    verdict: Verdict,
+    log: RunLog,
+) -> tuple[str, Path]:
     log.phase("publish")
     if log.lost_lock:
         raise RuntimeError("this round lost the round lock (its heartbeat went stale); not publishing")
@@ -184,14 +240,27 @@ def _publish(config: RoundConfig, store, data: RoundData, staging: Path, manifes
     manifest = manifest_for(version)
     final = publish_folder(staging, config.adapters_dir, version, manifest)
     losses = [loss for t in manifest["training"].values() for loss in t["losses"]]
-    metrics = {"examples": sum(t["examples"] for t in manifest["training"].values()), "gate": manifest["gate"],
-               "timings": manifest["timings"], "train_loss_final": losses[-1] if losses else None,
-               "losses": {m: t["losses"] for m, t in manifest["training"].items()}}  # per step, for the console's chart
+    metrics = {
+        "examples": sum(t["examples"] for t in manifest["training"].values()),
+        "gate": manifest["gate"],
+        "timings": manifest["timings"],
+        "train_loss_final": losses[-1] if losses else None,
+        "losses": {m: t["losses"] for m, t in manifest["training"].items()},
+    }  # per step, for the console's chart
     combined = dataset_hash([{m: d["hash"]} for m, d in manifest["datasets"].items()])
     with store.session() as session:
-        repo.register_adapter(session, version=version, path=str(final.resolve()), parent=data.parent,
-                              base_model=manifest["base_model"]["id"], dataset_hash=combined, metrics=metrics,
-                              activate=config.activate, datasets=manifest["datasets"], rejected=not verdict.passed)
+        repo.register_adapter(
+            session,
+            version=version,
+            path=str(final.resolve()),
+            parent=data.parent,
+            base_model=manifest["base_model"]["id"],
+            dataset_hash=combined,
+            metrics=metrics,
+            activate=config.activate,
+            datasets=manifest["datasets"],
+            rejected=not verdict.passed,
+        )
     return version, final
 
 
@@ -203,22 +272,33 @@ def _not_needed(config: RoundConfig, store) -> str | None:
         count = new_feedback_count(session, since=since)
     if count >= config.min_new_feedback:
         return None
-    return (f"not needed: {count} new votes and approved corrections since the last round "
-            f"({since:%Y-%m-%d %H:%M} UTC), fewer than {config.min_new_feedback}" if since else
-            f"not needed: {count} votes and approved corrections so far, fewer than {config.min_new_feedback}")
+    return (
+        f"not needed: {count} new votes and approved corrections since the last round "
+        f"({since:%Y-%m-%d %H:%M} UTC), fewer than {config.min_new_feedback}"
+        if since
+        else f"not needed: {count} votes and approved corrections so far, fewer than {config.min_new_feedback}"
+    )
 
 
 def _nothing(config: RoundConfig, data: RoundData) -> str:
-    return (f"nothing to train: no approved corrections or thumbed-up answers yet (dataset sizes {data.sizes}, "
-            f"methods {config.methods}); staff approve one with POST /api/messages/{{id}}/corrections "
-            "{\"text\": ..., \"approve\": true}")
+    return (
+        f"nothing to train: no approved corrections or thumbed-up answers yet (dataset sizes {data.sizes}, "
+        f"methods {config.methods}); staff approve one with POST /api/messages/{{id}}/corrections "
+        '{"text": ..., "approve": true}'
+    )
 
 
 def _anchors(config: RoundConfig, device: str, log: RunLog) -> list[dict]:
     log.phase("anchors")
-    records = anchor_records(base_model=config.base_model, base_id=base_model_id(config.base_model), device=device,
-                             system_prompt=config.system_prompt, count=config.sft.anchors,
-                             cache_dir=config.adapters_dir, log=log)
+    records = anchor_records(
+        base_model=config.base_model,
+        base_id=base_model_id(config.base_model),
+        device=device,
+        system_prompt=config.system_prompt,
+        count=config.sft.anchors,
+        cache_dir=config.adapters_dir,
+        log=log,
+    )
     if records:
         log(f"sft: {len(records)} anchor examples (the base model's answers to everyday questions) mixed in")
     return records
@@ -237,20 +317,30 @@ def _locked_round(config: RoundConfig, store, run_id: int, log: RunLog) -> Round
     methods = choose_methods(config.methods, data.sizes)
     if not methods:
         return RoundResult(run_id, RunOutcome.skipped, _nothing(config, data), parent=data.parent)
-    log(f"round: methods {', '.join(methods)}; dataset sizes {data.sizes}; parent {data.parent}; "
-        f"gate sets: {len(data.new)} new corrections, {len(data.regression)} regression questions")
+    log(
+        f"round: methods {', '.join(methods)}; dataset sizes {data.sizes}; parent {data.parent}; "
+        f"gate sets: {len(data.new)} new corrections, {len(data.regression)} regression questions"
+    )
     device = resolve_device(config.device)
     config.adapters_dir.mkdir(parents=True, exist_ok=True)
     anchors = _anchors(config, device, log) if "sft" in methods else []
     staging = None
     try:
-        staging, stats = _train_methods(config, methods, data.datasets | {"sft": data.datasets["sft"] + anchors},
-                                        device, log)
+        staging, stats = _train_methods(
+            config, methods, data.datasets | {"sft": data.datasets["sft"] + anchors}, device, log
+        )
         trained = time.perf_counter()
         verdict = _gate(config, data, staging, device, log)
         timings = {"train_s": round(trained - started, 1), "gate_s": round(time.perf_counter() - trained, 1)}
-        version, final = _publish(config, store, data, staging,
-                                  lambda v: _manifest(config, data, v, methods, stats, verdict, timings), verdict, log)
+        version, final = _publish(
+            config,
+            store,
+            data,
+            staging,
+            lambda v: _manifest(config, data, v, methods, stats, verdict, timings),
+            verdict,
+            log,
+        )
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -297,6 +387,11 @@ def _record(config: RoundConfig, store, run_id: int, log: Callable[[str], None])
             outcome = result.outcome if result else RunOutcome.failed
             record.phase("done")
             with store.session() as session:
-                finish_run(session, run_id=run_id, outcome=outcome, log=record.text,
-                           adapter_version=result.version if result else None)
+                finish_run(
+                    session,
+                    run_id=run_id,
+                    outcome=outcome,
+                    log=record.text,
+                    adapter_version=result.version if result else None,
+                )
     return result

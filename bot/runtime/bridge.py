@@ -1,14 +1,18 @@
 """The async side of generation: the event loop submits requests to the generator (which batches them
 in its own thread) and receives text deltas through a queue; it never blocks on the model."""
+
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TypeAlias
 
 from bot.runtime.generator import Generator
 from bot.runtime.types import GenerationRequest, GenerationResult
+
+_Item: TypeAlias = str | None  # a text delta, or None once the request is done
 
 
 class _Outbox:
@@ -17,9 +21,10 @@ class _Outbox:
     one per token) keeps the event loop from competing with the model for the GIL."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop, self.items, self.lock, self.scheduled = loop, [], threading.Lock(), False
+        self.loop, self.lock, self.scheduled = loop, threading.Lock(), False
+        self.items: list[tuple[asyncio.Queue[_Item], _Item]] = []
 
-    def put(self, queue: asyncio.Queue, item) -> None:
+    def put(self, queue: asyncio.Queue[_Item], item: _Item) -> None:
         with self.lock:
             self.items.append((queue, item))
             if self.scheduled:
@@ -63,7 +68,8 @@ class GenerationBridge:
         frees its batch slot at the next step. Raises `bot.runtime.hf_generator.Busy` when the queue is full."""
         if self._outbox is None:
             self._outbox = _Outbox(asyncio.get_running_loop())
-        outbox, queue, cancel = self._outbox, asyncio.Queue(), threading.Event()
+        queue: asyncio.Queue[_Item] = asyncio.Queue()
+        outbox, cancel = self._outbox, threading.Event()
         future = self.generator.submit(request, lambda text: outbox.put(queue, text), cancel)
         future.add_done_callback(lambda _f: outbox.put(queue, None))
         try:

@@ -1,4 +1,5 @@
 """Token ids to text for one streaming answer."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,19 +16,20 @@ class Detokenizer:
         self.stopped = False
 
     def _held(self, text: str) -> int:
-        return max((k for stop in self.stops for k in range(len(stop) - 1, 0, -1) if text.endswith(stop[:k])),
-                   default=0)
+        return max(
+            (k for stop in self.stops for k in range(len(stop) - 1, 0, -1) if text.endswith(stop[:k])), default=0
+        )
 
     def add(self, token_id: int) -> str:
         self.ids.append(token_id)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         cuts = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if cuts:
-            self.stopped, text = True, text[:min(cuts)]
+            self.stopped, text = True, text[: min(cuts)]
         elif text.endswith("\ufffd"):
             return ""
         else:
-            text = text[:len(text) - self._held(text)]
+            text = text[: len(text) - self._held(text)]
         return self._advance(text)
 
     def finish(self) -> str:
@@ -38,5 +40,5 @@ class Detokenizer:
     def _advance(self, text: str) -> str:
         if not text.startswith(self.sent) or len(text) <= len(self.sent):
             return ""
-        delta, self.sent = text[len(self.sent):], text
+        delta, self.sent = text[len(self.sent) :], text
         return delta

@@ -1,6 +1,7 @@
 """The `Generator` protocol: what the web app's bridge (`bot.runtime.bridge`) and the adapter manager
 drive. `HFGenerator` (`bot.runtime.hf_generator`) runs the model in this process; `ProcessGenerator`
 (`bot.runtime.workers`) runs it in worker processes behind the same protocol."""
+
 from __future__ import annotations
 
 import logging
@@ -9,7 +10,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bot.runtime.types import GenerationRequest, GenerationResult, Message
 
@@ -20,12 +21,15 @@ PROBE_TOKENS = 2  # the probe prompt must prefill and decode (a prefill worker, 
 # each token costs a batch step, which under load takes up to a second on 2 CPU cores
 UNLOAD_POLL_SECONDS = 0.05  # how often an unload waiting for its version's requests to finish looks again
 
+R = TypeVar("R")
+
 
 class Generator(Protocol):
     def load(self) -> None: ...
 
-    def submit(self, request: GenerationRequest, emit: Callable[[str], None],
-               cancel: threading.Event) -> Future: ...
+    def submit(
+        self, request: GenerationRequest, emit: Callable[[str], None], cancel: threading.Event
+    ) -> Future[GenerationResult]: ...
 
     def load_adapter(self, version: str, path: Path) -> None: ...
 
@@ -39,7 +43,7 @@ class Generator(Protocol):
 def model_threads(setting: int = 0) -> int:
     """CPU threads for the model: `setting`, or (0) all cores but one — the event loop, the websockets
     and the database need a core too. On 2 cores: 1 thread, which also skips the thread synchronisation
-    that costs more than it gains on one-row decode steps (bench/serve.py: 16 sessions 96 → 136 tok/s)."""
+    that costs more than it gains on one-row decode steps (measured by bench/serve.py: docs/performance.md)."""
     return setting if setting > 0 else max(1, (os.cpu_count() or 2) - 1)
 
 
@@ -51,11 +55,11 @@ def set_threads(count: int) -> None:
     log.info("model runs on %d CPU thread(s)", count)
 
 
-def result_future(job_future: Future, make: Callable[[tuple[int, str]], GenerationResult]) -> Future:
+def result_future(job_future: Future[tuple[int, str]], make: Callable[[tuple[int, str]], R]) -> Future[R]:
     """A future of the `GenerationResult`, from the scheduler's future of (tokens, finish reason)."""
-    result: Future = Future()
+    result: Future[R] = Future()
 
-    def done(f: Future) -> None:
+    def done(f: Future[tuple[int, str]]) -> None:
         if f.exception() is not None:
             result.set_exception(f.exception())
         else:

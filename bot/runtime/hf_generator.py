@@ -4,6 +4,7 @@
 (continuous batching); each row may use a different adapter version (PEFT `adapter_names`), so a swap
 never touches a request already streaming. Adapter loads run in the scheduler's thread between steps.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,11 +35,19 @@ PACKED_ATTENTION = "supportloop_packed"
 class HFGenerator:
     """A causal LM from a local checkpoint folder, LoRA adapters side by side by version, batched."""
 
-    def __init__(self, model_path: Path, device: str = "auto", max_batch: int = 16, max_queue: int = 64,
-                 prefill_chunk: int = 256, threads: int = 0, lean_forward: bool = True,
-                 pack_threads: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        device: str = "auto",
+        max_batch: int = 16,
+        max_queue: int = 64,
+        prefill_chunk: int = 256,
+        threads: int = 0,
+        lean_forward: bool = True,
+        pack_threads: tuple[int, ...] = (),
+    ) -> None:
         self.model_path, self.device_setting, self.threads = Path(model_path), device, threads
-        self.pack_threads = pack_threads  # every thread count the model runs at (all workers): Linear packing
+        self.pack_threads = pack_threads  # every thread count the model runs at (all workers): Linear prepacking
         # keeps a row's result the same at each (default: this generator's own)
         self.lean_forward = lean_forward  # the lean pass of `bot.runtime.lean_forward` where the model's kind allows
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
@@ -51,9 +60,10 @@ class HFGenerator:
         from bot.runtime.scheduler import Scheduler
 
         self._load_model()
-        self._prepare_packing()
-        self.scheduler = Scheduler(self, max_batch=self.max_batch, max_queue=self.max_queue,
-                                   prefill_chunk=self.prefill_chunk)
+        self._prepare_packed_batches()
+        self.scheduler = Scheduler(
+            self, max_batch=self.max_batch, max_queue=self.max_queue, prefill_chunk=self.prefill_chunk
+        )
         self.scheduler.start()
         if self.device == "cpu":
             self.scheduler.call(partial(set_threads, model_threads(self.threads))).result()
@@ -62,21 +72,21 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from bot.runtime.linear_packing import pack_linears
+        from bot.runtime.prepacked_linear import prepack_linears
 
         self.device = resolve_device(self.device_setting)
         self.dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype)
         self.model = model.to(self.device).eval()
-        packing = pack_linears(self.model, threads=self.pack_threads or (model_threads(self.threads),))
-        log.info("serving %s on %s (%s), %s", self.model_path.name, self.device, self.dtype, packing.describe())
+        prepacking = prepack_linears(self.model, threads=self.pack_threads or (model_threads(self.threads),))
+        log.info("serving %s on %s (%s), %s", self.model_path.name, self.device, self.dtype, prepacking.describe())
         self.context_window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
 
-    def _prepare_packing(self) -> None:
+    def _prepare_packed_batches(self) -> None:
         """Route the model's attention through the packed-batch attention and allocate the KV slots."""
         import torch
         from transformers import AttentionInterface
@@ -90,8 +100,14 @@ class HFGenerator:
         self._no_mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=self.device)  # masks are per sequence
         text = self.model.config.get_text_config()
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        self.cache = PackedCache(text.num_hidden_layers, text.num_key_value_heads, head_dim, self.dtype,
-                                 self.device, slots=self.max_batch + 2)
+        self.cache = PackedCache(
+            text.num_hidden_layers,
+            text.num_key_value_heads,
+            head_dim,
+            self.dtype,
+            self.device,
+            slots=self.max_batch + 2,
+        )
         self.prefixes = PrefixCache()
         self._want_prefix: dict[int, tuple[str, tuple[int, ...]]] = {}
 
@@ -103,15 +119,23 @@ class HFGenerator:
         if self.scheduler is None:
             return {}
         scheduler = self.scheduler
-        return {"queue_depth": scheduler.queue_depth, "batch_size": len(scheduler.rows), "steps": scheduler.steps,
-                "step_rows": scheduler.rows_stepped, "prefill_tokens": scheduler.prefill_tokens,
-                "step_seconds": scheduler.seconds}
+        return {
+            "queue_depth": scheduler.queue_depth,
+            "batch_size": len(scheduler.rows),
+            "steps": scheduler.steps,
+            "step_rows": scheduler.rows_stepped,
+            "prefill_tokens": scheduler.prefill_tokens,
+            "step_seconds": scheduler.seconds,
+        }
 
     # ---- prompts --------------------------------------------------------------------------------
 
     def _template(self, messages: list[dict], generation_prompt: bool = True) -> list[int]:
-        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt,
-                                                       tokenize=True, return_dict=True)["input_ids"])
+        return list(
+            self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
 
     def _system_ids(self, content: str) -> list[int]:
         """The system prompt's tokens as the template renders them (memoized: one per system prompt)."""
@@ -128,32 +152,59 @@ class HFGenerator:
         reserved for the answer; the answer is cut where the window ends)."""
         budget = self.context_window - min(max_new_tokens, self.context_window // 2)
         system = [m for m in messages[:1] if m["role"] == "system"]
-        turns = messages[len(system):]
+        turns = messages[len(system) :]
         while True:
             ids = self._template(system + turns)
             if len(ids) <= budget or len(turns) <= 1:
                 break
             turns = turns[2:] if len(turns) > 2 else turns[-1:]
         prefix = self._system_ids(system[0]["content"]) if system else []
-        shared = len(prefix) if len(ids) <= budget and ids[:len(prefix)] == prefix else 0
+        shared = len(prefix) if len(ids) <= budget and ids[: len(prefix)] == prefix else 0
         return ids[-budget:], shared
 
-    def submit(self, request: GenerationRequest, emit: Callable[[str], None], cancel: threading.Event,
-               prefill_only: bool = False, now: bool = False) -> Future:
+    def submit(
+        self,
+        request: GenerationRequest,
+        emit: Callable[[str], None],
+        cancel: threading.Event,
+        prefill_only: bool = False,
+        now: bool = False,
+    ) -> Future:
         """Generate an answer. With `prefill_only`, stop after the first token: if the answer is not
         finished by then, the future's result is a `KVTransfer` for `resume` (in another process), else
         the `GenerationResult`. With `now`, join the batch at once (`Scheduler.submit_now`)."""
         prompt, prefix_len = self.encode(request.messages, request.max_new_tokens)
         max_new = min(request.max_new_tokens, self.context_window - len(prompt))
-        job = Job(prompt, prefix_len, request.adapter_version, max_new, request.temperature, request.top_p,
-                  tuple(request.stop), emit, cancel, export=prefill_only)
+        job = Job(
+            prompt,
+            prefix_len,
+            request.adapter_version,
+            max_new,
+            request.temperature,
+            request.top_p,
+            tuple(request.stop),
+            emit,
+            cancel,
+            export=prefill_only,
+        )
         return self._run(job, request, now=now)
 
-    def resume(self, request: GenerationRequest, transfer: KVTransfer, emit: Callable[[str], None],
-               cancel: threading.Event) -> Future:
+    def resume(
+        self, request: GenerationRequest, transfer: KVTransfer, emit: Callable[[str], None], cancel: threading.Event
+    ) -> Future:
         """Carry on generating a request another process prefilled (`submit(..., prefill_only=True)`)."""
-        job = Job(transfer.prompt, 0, request.adapter_version, transfer.max_new_tokens, request.temperature,
-                  request.top_p, tuple(request.stop), emit, cancel, resume=transfer)
+        job = Job(
+            transfer.prompt,
+            0,
+            request.adapter_version,
+            transfer.max_new_tokens,
+            request.temperature,
+            request.top_p,
+            tuple(request.stop),
+            emit,
+            cancel,
+            resume=transfer,
+        )
         return self._run(job, request, transfer.sent)
 
     def _run(self, job, request: GenerationRequest, sent: str = "", now: bool = False) -> Future:
@@ -169,8 +220,13 @@ class HFGenerator:
 
         job.emit = collect
         submitted = self.scheduler.submit_now(job) if now else self.scheduler.submit(job)
-        return result_future(submitted, lambda done: job.transfer or GenerationResult(
-            "".join(parts).strip(), request.adapter_version, len(job.prompt), *done))
+        return result_future(
+            submitted,
+            lambda done: (
+                job.transfer
+                or GenerationResult("".join(parts).strip(), request.adapter_version, len(job.prompt), *done)
+            ),
+        )
 
     # ---- the Runner interface used by the scheduler ---------------------------------------------
 
@@ -186,7 +242,7 @@ class HFGenerator:
             return len(job.prompt)
         if not job.prefix_len:
             return 0
-        key = tuple(job.prompt[:job.prefix_len])
+        key = tuple(job.prompt[: job.prefix_len])
         hit = self.prefixes.get(job.version, key)
         if hit is None:
             self._want_prefix[row.seq] = (job.version, key)
@@ -224,9 +280,16 @@ class HFGenerator:
             if self.lean is not None:
                 return lean_forward(self.model, self.lean, ids, positions, last, self.cache, names)
             model = self.peft if self.peft is not None else self.model
-            out = model(input_ids=ids, position_ids=positions, cache=self.cache, attention_mask=self._no_mask,
-                        use_cache=True, logits_to_keep=last, packed_cache=self.cache,
-                        **({"adapter_names": names} if names else {}))
+            out = model(
+                input_ids=ids,
+                position_ids=positions,
+                cache=self.cache,
+                attention_mask=self._no_mask,
+                use_cache=True,
+                logits_to_keep=last,
+                packed_cache=self.cache,
+                **({"adapter_names": names} if names else {}),
+            )
         return out.logits[0]
 
     def _remember_prefixes(self, segments) -> None:
@@ -240,8 +303,14 @@ class HFGenerator:
     def release(self, row) -> None:
         job = row.job
         if row.finish_reason == "transfer":
-            job.transfer = KVTransfer(job.prompt, self.cache.export(row.seq, len(job.prompt)), row.last_token,
-                                  list(row.detokenizer.ids), row.detokenizer.sent, job.max_new_tokens)
+            job.transfer = KVTransfer(
+                job.prompt,
+                self.cache.export(row.seq, len(job.prompt)),
+                row.last_token,
+                list(row.detokenizer.ids),
+                row.detokenizer.sent,
+                job.max_new_tokens,
+            )
         self.cache.release(row.seq)
         self._want_prefix.pop(row.seq, None)
 
@@ -267,7 +336,9 @@ class HFGenerator:
         self.scheduler.call(lambda: self._load_adapter(version, path)).result()
         loaded = time.perf_counter()
         self._probe(version, probe_tokens)
-        log.info("adapter %s loaded in %.2f s, probed in %.2f s", version, loaded - started, time.perf_counter() - loaded)
+        log.info(
+            "adapter %s loaded in %.2f s, probed in %.2f s", version, loaded - started, time.perf_counter() - loaded
+        )
 
     def _load_adapter(self, version: str, path: Path) -> None:
         if version in self.adapters:

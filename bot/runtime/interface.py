@@ -8,6 +8,7 @@
 - the errors a request may end with: `Busy` (queue full), `ModelUnavailable`, `AdapterError`;
 - base-model provisioning for the `model pull` command and for start-up.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,18 +20,41 @@ from bot.runtime.generator import Generator
 from bot.runtime.types import AdapterError, Busy, GenerationRequest, GenerationResult, ModelUnavailable
 
 __all__ = [
-    "AdapterError", "AdapterManager", "Busy", "GenerationBridge", "GenerationRequest", "GenerationResult", "Generator",
-    "ModelUnavailable", "build_generator", "pull_default_model", "resolve_base_model",
+    "AdapterError",
+    "AdapterManager",
+    "Busy",
+    "GenerationBridge",
+    "GenerationRequest",
+    "GenerationResult",
+    "Generator",
+    "ModelUnavailable",
+    "build_generator",
+    "pull_default_model",
+    "resolve_base_model",
 ]
 
 
-def build_generator(model_path: Path, device: str, *, model_process: bool, prefill_process: bool | None,
-                    max_batch: int, max_queue: int, threads: int) -> Generator:
+def build_generator(
+    model_path: Path,
+    device: str,
+    *,
+    model_process: bool,
+    prefill_process: bool | None,
+    max_batch: int,
+    max_queue: int,
+    threads: int,
+) -> Generator:
     """The model in worker processes (`model_process`, the default for serving) or in this process."""
     from bot.runtime.hf_generator import HFGenerator
     from bot.runtime.workers import ProcessGenerator
 
-    options = {"max_batch": max_batch, "max_queue": max_queue, "threads": threads}
     if model_process:
-        return ProcessGenerator(model_path, device, prefill_process=prefill_process, **options)
-    return HFGenerator(model_path, device, **options)
+        return ProcessGenerator(
+            model_path,
+            device,
+            prefill_process=prefill_process,
+            max_batch=max_batch,
+            max_queue=max_queue,
+            threads=threads,
+        )
+    return HFGenerator(model_path, device, max_batch=max_batch, max_queue=max_queue, threads=threads)

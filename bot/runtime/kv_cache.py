@@ -1,6 +1,7 @@
 """KV storage for packed batches: one slot per running sequence in per-layer buffers, written in place;
 the attention function that reads them; and the cache of shared prompt prefixes (the system prompt).
 Model-agnostic apart from the transformers `Cache` interface it implements."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -17,6 +18,7 @@ from bot.runtime.types import Segment
 class StepPlan:
     """Where each packed token goes: decode tokens (one per sequence) are written and attended in one
     batched operation over the contiguous slot range; prompt chunks one segment at a time."""
+
     active: int  # slots in use: [0, active)
     width: int  # longest sequence after this step
     dec_offsets: torch.Tensor  # positions of decode tokens in the packed row
@@ -116,8 +118,16 @@ class PackedCache(Cache):
         if decode:
             visible[as_tensor(1)] = as_tensor(2) + 1
         mask = torch.arange(width, device=self.device)[None, :] < visible[:, None]
-        return StepPlan(active, width, as_tensor(0), as_tensor(1), as_tensor(2), mask[:, None, None, :], prefills,
-                        aligned and bool(decode))
+        return StepPlan(
+            active,
+            width,
+            as_tensor(0),
+            as_tensor(1),
+            as_tensor(2),
+            mask[:, None, None, :],
+            prefills,
+            aligned and bool(decode),
+        )
 
     def rank(self, seq: int) -> int:
         """The slot of `seq` (rows kept in slot order make decode steps gather-free), or past the end."""
@@ -125,14 +135,14 @@ class PackedCache(Cache):
 
     def copy_prefix(self, seq: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         slot = self.slot_of[seq]
-        return [(layer.keys[slot, :, :length].clone(), layer.values[slot, :, :length].clone())
-                for layer in self.layers]
+        return [(layer.keys[slot, :, :length].clone(), layer.values[slot, :, :length].clone()) for layer in self.layers]
 
     def export(self, seq: int, length: int) -> tuple[bytes, tuple[int, ...], str]:
         """The first `length` positions of a sequence's KV as plain bytes (to hand to another process)."""
         slot = self.slot_of[seq]
-        kv = torch.stack([torch.stack((layer.keys[slot, :, :length], layer.values[slot, :, :length]))
-                          for layer in self.layers]).cpu()
+        kv = torch.stack(
+            [torch.stack((layer.keys[slot, :, :length], layer.values[slot, :, :length])) for layer in self.layers]
+        ).cpu()
         return kv.view(torch.uint8).numpy().tobytes(), tuple(kv.shape), str(kv.dtype).removeprefix("torch.")
 
     def seed(self, seq: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -153,8 +163,8 @@ def write_kv(layer: PackedLayer, keys: torch.Tensor, values: torch.Tensor) -> No
         layer.keys[plan.dec_slots, :, plan.dec_positions] = dec_keys
         layer.values[plan.dec_slots, :, plan.dec_positions] = dec_values
     for slot, offset, start, n in plan.prefills:
-        layer.keys[slot, :, start:start + n] = keys[offset:offset + n].transpose(0, 1)
-        layer.values[slot, :, start:start + n] = values[offset:offset + n].transpose(0, 1)
+        layer.keys[slot, :, start : start + n] = keys[offset : offset + n].transpose(0, 1)
+        layer.values[slot, :, start : start + n] = values[offset : offset + n].transpose(0, 1)
 
 
 def _decode_attention(query: torch.Tensor, layer: PackedLayer, plan: StepPlan, scaling: float) -> torch.Tensor:
@@ -162,10 +172,10 @@ def _decode_attention(query: torch.Tensor, layer: PackedLayer, plan: StepPlan, s
     buffers; `query` is (packed tokens, heads, dim). The query heads that share a KV head are stacked
     as rows, so GQA needs no K/V copies. When decode token i is in slot i, nothing is gathered."""
     heads, dim = query.shape[1], query.shape[2]
-    keys, values = layer.keys[:plan.active, :, :plan.width], layer.values[:plan.active, :, :plan.width]
+    keys, values = layer.keys[: plan.active, :, : plan.width], layer.values[: plan.active, :, : plan.width]
     group = heads // keys.shape[1]
     if plan.aligned:
-        q = query[:plan.active]
+        q = query[: plan.active]
     else:
         q = query.new_zeros(plan.active, heads, dim)
         q[plan.dec_slots] = query[plan.dec_offsets]
@@ -195,14 +205,28 @@ def attend(query: torch.Tensor, layer: PackedLayer, scaling: float) -> torch.Ten
         total = start + count
         positions = torch.arange(total, device=query.device)
         mask = positions[None, :] <= (start + torch.arange(count, device=query.device))[:, None]
-        out[offset:offset + count] = F.scaled_dot_product_attention(
-            query[offset:offset + count].transpose(0, 1)[None], layer.keys[slot:slot + 1, :, :total],
-            layer.values[slot:slot + 1, :, :total], attn_mask=mask, scale=scaling, enable_gqa=True)[0].transpose(0, 1)
+        out[offset : offset + count] = F.scaled_dot_product_attention(
+            query[offset : offset + count].transpose(0, 1)[None],
+            layer.keys[slot : slot + 1, :, :total],
+            layer.values[slot : slot + 1, :, :total],
+            attn_mask=mask,
+            scale=scaling,
+            enable_gqa=True,
+        )[0].transpose(0, 1)
     return out
 
 
-def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                     packed_cache: PackedCache | None = None, **kwargs):
+def packed_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    scaling=None,
+    dropout=0.0,
+    packed_cache: PackedCache | None = None,
+    **kwargs,
+):
     """`attend` as a transformers `AttentionInterface` function: `query` is (1, heads, tokens, dim)."""
     out = attend(query[0].transpose(0, 1), packed_cache.layers[module.layer_idx], scaling)
     return out[None].contiguous(), None
@@ -240,5 +264,3 @@ class PrefixCache:
     def drop(self, version: str) -> None:
         for key in [k for k in self.entries if k[0] == version]:
             del self.entries[key]
-
-

@@ -8,6 +8,7 @@ step, which is what a decode step on a CPU is mostly made of besides the Linear 
 stay (tokens, heads, dim), the layout `bot.runtime.kv_cache.attend` works in. Models of other kinds keep the
 transformers forward (`lean_stack` returns None for them).
 """
+
 from __future__ import annotations
 
 import torch
@@ -47,8 +48,9 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def _attention(attn: nn.Module, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], kv,
-               names: list[str] | None) -> torch.Tensor:
+def _attention(
+    attn: nn.Module, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], kv, names: list[str] | None
+) -> torch.Tensor:
     tokens, dim = h.shape[1], attn.head_dim
     q = _rotate(_apply(attn.q_proj, h, names).view(tokens, -1, dim), *rope)
     k = _rotate(_apply(attn.k_proj, h, names).view(tokens, -1, dim), *rope)
@@ -60,8 +62,15 @@ def _mlp(mlp: nn.Module, h: torch.Tensor, names: list[str] | None) -> torch.Tens
     return _apply(mlp.down_proj, mlp.act_fn(_apply(mlp.gate_proj, h, names)) * _apply(mlp.up_proj, h, names), names)
 
 
-def lean_forward(model: nn.Module, stack: nn.Module, ids: torch.Tensor, positions: torch.Tensor,
-                 last: torch.Tensor, cache: PackedCache, names: list[str] | None) -> torch.Tensor:
+def lean_forward(
+    model: nn.Module,
+    stack: nn.Module,
+    ids: torch.Tensor,
+    positions: torch.Tensor,
+    last: torch.Tensor,
+    cache: PackedCache,
+    names: list[str] | None,
+) -> torch.Tensor:
     """Logits (len(last), vocab) of a packed step: `ids` and `positions` are (1, tokens), `last` the
     packed offsets whose next token is wanted; `names` the PEFT adapter name of the rows (or None)."""
     x = stack.embed_tokens(ids)

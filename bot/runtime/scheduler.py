@@ -3,11 +3,12 @@ leave at step boundaries, and each step is ONE forward pass over every active re
 
 The tokens of all requests in a step are packed into a single row: one token for each request that is
 decoding, and a chunk of the prompt for each request that is being prefilled. So a new request rides
-along with the decode step instead of costing a forward pass of its own (on a CPU, a forward pass costs
-about the same for 1 token as for 40: reading the weights dominates). The KV slots and the attention
+along with the decode step instead of costing a forward pass of its own (on a CPU, a forward pass over a
+few tokens costs little more than over one: reading the weights dominates). The KV slots and the attention
 that make this work are in `bot.runtime.kv_cache`. Rows carry their own positions, sampling settings, stop
 strings and adapter version. The model-specific work lives behind `Runner` (`bot.runtime.hf_generator.HFGenerator`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,7 @@ def plan_step(rows: list[Row], chunk: int = PREFILL_CHUNK) -> list[Segment]:
     segments = []
     for row in rows:
         if row.prefilling:
-            segments.append(Segment(row, row.job.prompt[row.fed:row.fed + chunk], row.fed))
+            segments.append(Segment(row, row.job.prompt[row.fed : row.fed + chunk], row.fed))
         else:
             segments.append(Segment(row, [row.last_token], len(row.job.prompt) + row.generated - 1))
     return segments
@@ -67,12 +68,14 @@ class Runner(Protocol):
 
 # ---- the scheduler ----------------------------------------------------------------------------
 
+
 class Scheduler:
     """Runs the batch loop in its own thread. `submit` is thread-safe and never blocks; `call` runs a
     function in the loop's thread between two steps (adapter loads, probes) and returns its future."""
 
-    def __init__(self, runner: Runner, max_batch: int = 16, max_queue: int = 64,
-                 prefill_chunk: int = PREFILL_CHUNK) -> None:
+    def __init__(
+        self, runner: Runner, max_batch: int = 16, max_queue: int = 64, prefill_chunk: int = PREFILL_CHUNK
+    ) -> None:
         self.runner, self.max_batch, self.prefill_chunk = runner, max_batch, prefill_chunk
         self.pending: queue.Queue[Job] = queue.Queue(maxsize=max_queue)
         self.controls: queue.Queue[tuple[Callable, Future]] = queue.Queue()
@@ -209,10 +212,17 @@ class Scheduler:
                 delta = row.detokenizer.add(token)
                 if delta:
                     row.job.emit(delta)
-            row.finish_reason = ("stop" if finished or row.detokenizer.stopped else
-                                 "cancelled" if row.job.cancel.is_set() else
-                                 "length" if row.generated >= row.job.max_new_tokens else
-                                 "transfer" if row.job.export else None)
+            row.finish_reason = (
+                "stop"
+                if finished or row.detokenizer.stopped
+                else "cancelled"
+                if row.job.cancel.is_set()
+                else "length"
+                if row.generated >= row.job.max_new_tokens
+                else "transfer"
+                if row.job.export
+                else None
+            )
 
     def _retire(self) -> None:
         keep = []

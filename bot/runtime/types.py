@@ -2,6 +2,7 @@
 (`GenerationResult`, the errors), and what the scheduler, the KV cache and the worker processes pass
 between them (`Job`, `Row`, `Segment`, `KVTransfer`). Plain data: this module imports none of its
 siblings, so every runtime module can import it and none needs another's types."""
+
 from __future__ import annotations
 
 import threading
@@ -55,6 +56,7 @@ class KVTransfer:
     """A request prefilled in one process and decoded in another (`bot.runtime.workers`): the prompt's KV, the
     first sampled token and the text decoder's state, so the decoding side carries on exactly where
     the prefilling side stopped. Plain data (the KV as bytes), so it pickles across processes."""
+
     prompt: list[int]
     kv: tuple[bytes, tuple[int, ...], str]  # (raw bytes, shape, dtype name) of (layers, 2, heads, tokens, dim)
     token: int
@@ -65,6 +67,7 @@ class KVTransfer:
 
 class TextStream(Protocol):
     """What a `Row` turns its tokens into text with (`bot.runtime.detokenizer.Detokenizer`)."""
+
     ids: list[int]
     sent: str
     stopped: bool
@@ -85,7 +88,7 @@ class Job:
     stops: tuple[str, ...]
     emit: Callable[[str], None]
     cancel: threading.Event
-    future: Future = field(default_factory=Future)
+    future: Future[tuple[int, str]] = field(default_factory=Future)  # (tokens generated, finish reason)
     resume: KVTransfer | None = None  # the prompt was prefilled elsewhere: carry on from there
     export: bool = False  # stop after the first token (finish reason "transfer"); the runner leaves a
     # `KVTransfer` in `transfer` when it releases the row
@@ -111,6 +114,7 @@ class Row:
 @dataclass(frozen=True)
 class Segment:
     """What one request contributes to a packed step: tokens and the position of the first."""
+
     row: Row
     tokens: list[int]
     start: int

@@ -3,8 +3,8 @@ adapters) in child processes and speaks the `Generator` protocol to the server, 
 the batch loop never share a GIL. On CPUs a second worker prefills new requests (see `ProcessGenerator`).
 
 Why: every torch op gives the GIL back and takes it again, and in one process the event loop
-(websockets, JSON, the database) holds it while the batch thread waits. Measured on a 2-core CPU: a
-thread busy 30% of the time on the *other* core slowed a 16-row decode step from 78 to 123 ms.
+(websockets, JSON, the database) holds it while the batch thread waits, which slows every step even
+when the event loop runs on another core (measured: docs/performance.md, "Serving").
 
 Messages over a socket pair per worker as `multiprocessing` connections (pickled tuples):
   server → worker: (HFGenerator options, log level) first; then ("submit", rid, GenerationRequest,
@@ -15,6 +15,7 @@ Messages over a socket pair per worker as `multiprocessing` connections (pickled
                    the `GenerationResult` or, from a prefill, the `KVTransfer` the server relays as "resume"
                    to the decode worker, "error" with the exception) and ("reply", cid, ok, value) for calls.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -47,6 +48,7 @@ def portable(exc: BaseException) -> Exception:
 
 
 # ---- the worker process -----------------------------------------------------------------------
+
 
 def worker_main(fd: int) -> None:
     """The child process (`python -m bot.runtime.workers FD`): load the model, then serve the socket `FD`
@@ -105,8 +107,11 @@ class WorkerLoop:
         cancel = self.cancels[rid] = threading.Event()
         emit = lambda text: self._put(rid, "text", text)  # noqa: E731
         try:
-            future = (self.generator.submit(request, emit, cancel, prefill_only=extra) if kind == "submit" else
-                      self.generator.resume(request, extra, emit, cancel))
+            future = (
+                self.generator.submit(request, emit, cancel, prefill_only=extra)
+                if kind == "submit"
+                else self.generator.resume(request, extra, emit, cancel)
+            )
         except Exception as exc:
             self._finished(rid, None, exc)
             return
@@ -141,6 +146,7 @@ class WorkerLoop:
 
 # ---- the server side --------------------------------------------------------------------------
 
+
 def split_threads(setting: int, prefill: bool) -> tuple[int, int]:
     """CPU threads for the decode and the prefill worker: the model's share of the cores
     (`model_threads`), a third of it (at least one) to prefill. On 2 cores: one each; the prefill
@@ -158,6 +164,7 @@ def thread_counts(setting: int, prefill: bool) -> tuple[int, ...]:
 class _Worker:
     """One model worker process, started as `python -m bot.runtime.workers FD` (not multiprocessing's spawn,
     which would re-run the server's main script), and what it last said about itself."""
+
     role: str  # "decode" or "prefill"
     options: dict
     stats: dict = field(default_factory=dict)
@@ -167,8 +174,11 @@ class _Worker:
 
     def start(self) -> None:
         mine, theirs = socket.socketpair()
-        self.process = subprocess.Popen([sys.executable, "-m", "bot.runtime.workers", str(theirs.fileno())],
-                                        pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bot.runtime.workers", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+        )
         theirs.close()
         self.conn = Connection(mine.detach())
         self.conn.send((self.options, logging.getLogger().getEffectiveLevel()))
@@ -220,12 +230,25 @@ class ProcessGenerator:
     the decode worker's batch. So a customer's first token does not wait for the running batch's step,
     and decode steps carry no prompt tokens. `prefill_process`: None = on where the model runs on a CPU."""
 
-    def __init__(self, model_path: Path, device: str = "auto", max_batch: int = 16, max_queue: int = 64,
-                 prefill_chunk: int = 256, threads: int = 0, prefill_process: bool | None = None) -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        device: str = "auto",
+        max_batch: int = 16,
+        max_queue: int = 64,
+        prefill_chunk: int = 256,
+        threads: int = 0,
+        prefill_process: bool | None = None,
+    ) -> None:
         self.capacity = max_batch + max_queue  # requests in flight before 'busy'; counted here, where
         # they are submitted (a worker's own queue may briefly hold them all before its batch takes some)
-        self.options = {"model_path": Path(model_path), "device": device, "max_batch": max_batch,
-                        "max_queue": self.capacity, "prefill_chunk": prefill_chunk}
+        self.options = {
+            "model_path": Path(model_path),
+            "device": device,
+            "max_batch": max_batch,
+            "max_queue": self.capacity,
+            "prefill_chunk": prefill_chunk,
+        }
         self.threads, self.prefill_process = threads, prefill_process
         self.failure: str | None = None
         self._requests: dict[int, _Request] = {}
@@ -248,8 +271,9 @@ class ProcessGenerator:
         self._decoder.start()
         self._decoder.wait_ready()
         if self.prefill_process or (self.prefill_process is None and self._decoder.device == "cpu"):
-            self._prefiller = _Worker("prefill", {**self.options, "device": self._decoder.device,
-                                                  "threads": prefill_threads})
+            self._prefiller = _Worker(
+                "prefill", {**self.options, "device": self._decoder.device, "threads": prefill_threads}
+            )
             self._prefiller.start()
             try:
                 self._prefiller.wait_ready()
@@ -259,8 +283,9 @@ class ProcessGenerator:
                 self.close()
                 raise
         for worker in self._workers:
-            threading.Thread(target=self._read, args=(worker,), name=f"supportloop-{worker.role}-reader",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._read, args=(worker,), name=f"supportloop-{worker.role}-reader", daemon=True
+            ).start()
 
     def stats(self) -> dict:
         stats = dict(self._decoder.stats) if self._decoder else {}
@@ -292,8 +317,15 @@ class ProcessGenerator:
         """Load (and probe) in every worker at once; refused by one → unloaded from the others. The
         prefill worker's probe stops after its first token, as its requests do (more would ride along
         its long prefill steps for seconds)."""
-        futures = [(worker, self._send_call(worker, "load_adapter", version, Path(path),
-                                            1 if worker is self._prefiller else PROBE_TOKENS)) for worker in self._workers]
+        futures = [
+            (
+                worker,
+                self._send_call(
+                    worker, "load_adapter", version, Path(path), 1 if worker is self._prefiller else PROBE_TOKENS
+                ),
+            )
+            for worker in self._workers
+        ]
         failures = [f.exception() for _, f in futures if f.exception() is not None]
         if failures:
             for worker, future in futures:

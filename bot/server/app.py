@@ -1,5 +1,6 @@
 """The app factory. The lifespan owns the store, the generation bridge and the adapter watcher; tests inject a
 fake generator or a store through `create_app` instead of patching."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,7 +21,7 @@ from bot.server.errors import HANDLED, error_reply
 from bot.server.limits import ClientLimits
 from bot.server.metrics import Metrics
 from bot.server.round_launcher import round_launcher
-from bot.server.routes import chat, console, health, openai_api, rounds, staff, versions, votes
+from bot.server.routes import chat, console, health, openai_api, rounds, staff, versions, votes, widget
 from bot.server.settings import Settings
 from feedback.db import Store, open_store
 from feedback.ingest import VoteWriter
@@ -46,10 +47,15 @@ def _lifespan(settings: Settings, generator: Generator, store: Store | None):
         state.store = store or open_store(settings.db_url)
         state.votes = VoteWriter(state.store)
         state.bridge = GenerationBridge(generator)
-        state.adapters = AdapterManager(state.bridge, state.store, settings.adapters_dir, settings.adapter_poll_seconds,
-                                        settings.max_loaded_adapters,
-                                        on_swap=lambda _v, seconds: state.metrics.swapped(seconds),
-                                        on_canary_rollback=lambda: state.metrics.canary_rollbacks.inc())
+        state.adapters = AdapterManager(
+            state.bridge,
+            state.store,
+            settings.adapters_dir,
+            settings.adapter_poll_seconds,
+            settings.max_loaded_adapters,
+            on_swap=lambda _v, seconds: state.metrics.swapped(seconds),
+            on_canary_rollback=lambda: state.metrics.canary_rollbacks.inc(),
+        )
         state.metrics = Metrics(generator.stats, lambda: state.adapters.active_version)
         state.limits = ClientLimits(settings.rate_limit, settings.max_sessions_per_client)
         state.chat = ChatService(settings, state.store, state.bridge, state.adapters, state.metrics, state.limits)
@@ -64,6 +70,7 @@ def _lifespan(settings: Settings, generator: Generator, store: Store | None):
             await state.votes.close()
             if own_store:
                 state.store.dispose()
+
     return lifespan
 
 
@@ -78,8 +85,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             return await request_validation_exception_handler(request, exc)
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return openai_api.OpenAIError(400, f"Invalid request: {param or 'body'}: {first.get('msg')}.",
-                                  "invalid_request", param).response()
+        return openai_api.OpenAIError(
+            400, f"Invalid request: {param or 'body'}: {first.get('msg')}.", "invalid_request", param
+        ).response()
 
     async def store_error(_request: Request, exc: Exception) -> JSONResponse:
         status, body, headers = error_reply(exc)
@@ -94,21 +102,32 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "Internal error; it has been logged."}, status_code=500)
 
 
-def create_app(settings: Settings | None = None, generator: Generator | None = None,
-               store: Store | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, generator: Generator | None = None, store: Store | None = None
+) -> FastAPI:
     settings = settings or Settings()
     if generator is None:
         path = resolve_base_model(settings.base_model, settings.model_cache)
-        generator = build_generator(path, settings.device, model_process=settings.model_process,
-                                    prefill_process=settings.prefill_process, max_batch=settings.max_batch,
-                                    max_queue=settings.max_queue, threads=settings.threads)
+        generator = build_generator(
+            path,
+            settings.device,
+            model_process=settings.model_process,
+            prefill_process=settings.prefill_process,
+            max_batch=settings.max_batch,
+            max_queue=settings.max_queue,
+            threads=settings.threads,
+        )
     app = FastAPI(title="supportloop", lifespan=_lifespan(settings, generator, store))
     app.state.settings = settings
     app.state.launch_round = round_launcher(settings)
     app.add_middleware(votes.VoteIngest)  # inside CORS: the widget's cross-origin votes get CORS headers
-    app.add_middleware(CORSMiddleware, allow_origins=settings.allowed_origins, allow_methods=["GET", "POST", "PATCH"],
-                       allow_headers=["Authorization", "Content-Type"])
-    for module in (health, chat, votes, staff, rounds, versions, openai_api, console):
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.allowed_origins,
+        allow_methods=["GET", "POST", "PATCH"],
+        allow_headers=["Authorization", "Content-Type"],
+    )
+    for module in (health, widget, chat, votes, staff, rounds, versions, openai_api, console):
         app.include_router(module.router)
     app.mount("/staff/static", StaticFiles(packages=[("bot.server", "console/static")]), name="console-static")
     _install_error_handlers(app)

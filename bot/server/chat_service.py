@@ -1,4 +1,5 @@
 """The chat service shared by the WebSocket and REST routes: validate, record, generate, record."""
+
 from __future__ import annotations
 
 import asyncio
@@ -50,8 +51,15 @@ class Reply:
 
 
 class ChatService:
-    def __init__(self, settings: Settings, store: Store, bridge: GenerationBridge, adapters: AdapterManager,
-                 metrics: Metrics, limits: ClientLimits) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        bridge: GenerationBridge,
+        adapters: AdapterManager,
+        metrics: Metrics,
+        limits: ClientLimits,
+    ) -> None:
         self.settings, self.store, self.bridge, self.adapters = settings, store, bridge, adapters
         self.metrics, self.limits = metrics, limits
 
@@ -65,7 +73,9 @@ class ChatService:
             raise self._refuse(api, "empty_message", "The message is empty.")
         limit = self.settings.max_message_chars
         if len(text) > limit:
-            raise self._refuse(api, "message_too_long", f"The message has {len(text)} characters; the limit is {limit}.")
+            raise self._refuse(
+                api, "message_too_long", f"The message has {len(text)} characters; the limit is {limit}."
+            )
         return text
 
     def admit(self, client: str, api: str) -> None:
@@ -82,7 +92,8 @@ class ChatService:
     def _open(self, session_id: str | None) -> str:
         with self.store.session() as session:
             return repo.get_or_create_conversation(
-                session, conversation_id=session_id, system_prompt=self.settings.system_prompt).id
+                session, conversation_id=session_id, system_prompt=self.settings.system_prompt
+            ).id
 
     async def open_session(self, session_id: str | None) -> str:
         """The id of the session to resume, or of a new one when `session_id` is absent or unknown
@@ -94,11 +105,16 @@ class ChatService:
         the session started."""
         with self.store.session() as session:
             conversation = repo.get_or_create_conversation(
-                session, conversation_id=session_id, system_prompt=self.settings.system_prompt)
+                session, conversation_id=session_id, system_prompt=self.settings.system_prompt
+            )
             message = repo.add_message(session, conversation_id=conversation.id, role=Role.user, text=text)
             history = repo.list_messages(session, conversation_id=conversation.id)
         system = [{"role": "system", "content": conversation.system_prompt}] if conversation.system_prompt else []
-        return system + [{"role": m.role.value, "content": m.text} for m in history], message.id, conversation.created_at
+        return (
+            system + [{"role": m.role.value, "content": m.text} for m in history],
+            message.id,
+            conversation.created_at,
+        )
 
     def _forget(self, message_id: str) -> None:
         with self.store.session() as session:
@@ -107,9 +123,15 @@ class ChatService:
     def _record_reply(self, session_id: str, result: GenerationResult, latency_ms: float) -> str:
         with self.store.session() as session:
             return repo.add_message(
-                session, conversation_id=session_id, role=Role.assistant, text=result.text,
-                adapter_version=result.adapter_version, prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens, latency_ms=latency_ms).id
+                session,
+                conversation_id=session_id,
+                role=Role.assistant,
+                text=result.text,
+                adapter_version=result.adapter_version,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                latency_ms=latency_ms,
+            ).id
 
     async def reply(self, session_id: str, text: str, *, client: str, api: str = "chat") -> AsyncIterator[str | Reply]:
         """Answer a customer message in a session. Yields text deltas, then the stored `Reply`."""
@@ -117,22 +139,40 @@ class ChatService:
         self.admit(client, api)
         started = time.perf_counter()
         messages, user_message_id, session_started = await asyncio.to_thread(self._record_user, session_id, text)
-        request = GenerationRequest(messages, adapter_version=self.adapters.version_for(session_id, session_started),
-                                    max_new_tokens=self.settings.max_new_tokens,
-                                    temperature=self.settings.temperature)
+        request = GenerationRequest(
+            messages,
+            adapter_version=self.adapters.version_for(session_id, session_started),
+            max_new_tokens=self.settings.max_new_tokens,
+            temperature=self.settings.temperature,
+        )
         async with aclosing(self._generate(session_id, user_message_id, request, started, api)) as stream:
             async for item in stream:
                 yield item
 
-    async def complete(self, messages: list[dict], *, client: str, version: str, max_new_tokens: int,
-                       temperature: float, top_p: float, stop: tuple[str, ...]) -> AsyncIterator[str | Reply]:
+    async def complete(
+        self,
+        messages: list[dict],
+        *,
+        client: str,
+        version: str,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        stop: tuple[str, ...],
+    ) -> AsyncIterator[str | Reply]:
         """Answer a whole conversation given by the client (the OpenAI-style API). It is stored as a
         new session so that feedback can refer to the answer."""
         self.admit(client, "openai")
         started = time.perf_counter()
         session_id, user_message_id, context = await asyncio.to_thread(self._record_conversation, messages)
-        request = GenerationRequest(context, adapter_version=version, max_new_tokens=max_new_tokens,
-                                    temperature=temperature, top_p=top_p, stop=stop)
+        request = GenerationRequest(
+            context,
+            adapter_version=version,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+        )
         async with aclosing(self._generate(session_id, user_message_id, request, started, "openai")) as stream:
             async for item in stream:
                 yield item
@@ -142,13 +182,16 @@ class ChatService:
         turns = [m for m in messages if m["role"] != "system"]
         with self.store.session() as session:
             conversation = repo.get_or_create_conversation(session, conversation_id=None, system_prompt=system)
-            stored = [repo.add_message(session, conversation_id=conversation.id, role=Role(m["role"]),
-                                       text=m["content"]) for m in turns]
+            stored = [
+                repo.add_message(session, conversation_id=conversation.id, role=Role(m["role"]), text=m["content"])
+                for m in turns
+            ]
         context = [{"role": "system", "content": system}] if system else []
         return conversation.id, stored[-1].id, context + turns
 
-    async def _generate(self, session_id: str, user_message_id: str, request: GenerationRequest,
-                        started: float, api: str) -> AsyncIterator[str | Reply]:
+    async def _generate(
+        self, session_id: str, user_message_id: str, request: GenerationRequest, started: float, api: str
+    ) -> AsyncIterator[str | Reply]:
         first_at = None
         try:
             async with aclosing(self.bridge.stream(request)) as stream:
@@ -160,14 +203,25 @@ class ChatService:
                     done_at = time.perf_counter()
                     total_ms, ttft_ms = (done_at - started) * 1000, ((first_at or done_at) - started) * 1000
                     message_id = await asyncio.to_thread(self._record_reply, session_id, item, total_ms)
-                    self.metrics.answered(api, item.prompt_tokens, item.completion_tokens, ttft_ms / 1000,
-                                          total_ms / 1000)
-                    yield Reply(session_id, message_id, item.text, item.adapter_version, item.prompt_tokens,
-                                item.completion_tokens, round(ttft_ms, 1), round(total_ms, 1), item.finish_reason)
+                    self.metrics.answered(
+                        api, item.prompt_tokens, item.completion_tokens, ttft_ms / 1000, total_ms / 1000
+                    )
+                    yield Reply(
+                        session_id,
+                        message_id,
+                        item.text,
+                        item.adapter_version,
+                        item.prompt_tokens,
+                        item.completion_tokens,
+                        round(ttft_ms, 1),
+                        round(total_ms, 1),
+                        item.finish_reason,
+                    )
         except Busy as exc:  # raised before any text, when the generation queue is full
             await asyncio.to_thread(self._forget, user_message_id)  # refused, so not kept
-            raise self._refuse(api, "busy", f"The assistant is busy ({exc}); please retry in a few seconds.",
-                               429) from exc
+            raise self._refuse(
+                api, "busy", f"The assistant is busy ({exc}); please retry in a few seconds.", 429
+            ) from exc
         except ModelUnavailable as exc:  # the model's worker stopped; what was accepted stays stored
             log.error("answer to message %s failed: %s", user_message_id, exc)
             raise self._refuse(api, "model_unavailable", UNAVAILABLE, 503) from exc

@@ -3,6 +3,7 @@
 Staff authenticate with `Authorization: Bearer <token>` (scripts, the CLI) or with the staff console's
 login cookie; a cookie-authenticated request that changes state must also carry the login's CSRF token
 in `X-CSRF-Token` and, if the browser sent an `Origin`, come from this server's own origin."""
+
 from __future__ import annotations
 
 import secrets
@@ -67,31 +68,42 @@ def _check_csrf(request: Request, login: StaffLogin) -> None:
     if request.method in SAFE_METHODS:
         return
     if not csrf_passes(request, login, request.headers.get(CSRF_HEADER, "")):
-        raise HTTPException(403, "CSRF check failed: a console request that changes something needs the page's "
-                            f"{CSRF_HEADER} header and must come from this server's own pages; nothing was changed.")
+        raise HTTPException(
+            403,
+            "CSRF check failed: a console request that changes something needs the page's "
+            f"{CSRF_HEADER} header and must come from this server's own pages; nothing was changed.",
+        )
 
 
 def _from_cookie(request: Request, session: Session) -> Staff:
     if LOGIN_COOKIE not in request.cookies:
-        raise HTTPException(401, "A staff token is required: send `Authorization: Bearer <token>`, or log in at "
-                            "/staff/login.", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401,
+            "A staff token is required: send `Authorization: Bearer <token>`, or log in at /staff/login.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     found = console_login(request, session)
     if found is None:
-        raise HTTPException(401, "Your console login has expired or ended; log in again at /staff/login.",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401,
+            "Your console login has expired or ended; log in again at /staff/login.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     _check_csrf(request, found[1])
     return found[0]
 
 
-def require_staff(request: Request, session: SessionDep,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Staff:
+def require_staff(
+    request: Request, session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Staff:
     if credentials is None:
         staff = _from_cookie(request, session)
     else:
         staff = repo.staff_by_token(session, token=credentials.credentials)
         if staff is None:
-            raise HTTPException(401, "The staff token is wrong: no staff account has it.",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401, "The staff token is wrong: no staff account has it.", headers={"WWW-Authenticate": "Bearer"}
+            )
     if staff.disabled:
         raise HTTPException(403, DISABLED)
     return staff

@@ -1,5 +1,6 @@
 """How the store's refusals and outages look to clients: one mapping, used by the app's exception
 handlers and by the vote fast path (`bot.server.routes.votes.VoteIngest`)."""
+
 from __future__ import annotations
 
 import logging

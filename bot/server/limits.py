@@ -1,5 +1,6 @@
 """Abuse limits per client address: a message rate (the `limits` library's moving window) and a cap
 on concurrently open chat connections. Both are named settings with explicit refusal messages."""
+
 from __future__ import annotations
 
 import math
@@ -28,13 +29,17 @@ class ClientLimits:
             return
         reset = self.limiter.get_window_stats(self.rate, client).reset_time
         wait = max(1, math.ceil(reset - time.time()))
-        raise LimitExceeded("rate_limited", f"Too many messages from your address (the limit is {self.rate_text}); "
-                            f"retry in {wait} s.")
+        raise LimitExceeded(
+            "rate_limited", f"Too many messages from your address (the limit is {self.rate_text}); retry in {wait} s."
+        )
 
     def connect(self, client: str) -> None:
         if self.open[client] >= self.max_sessions:
-            raise LimitExceeded("too_many_sessions", f"Too many open chat sessions from your address (the limit "
-                                f"is {self.max_sessions}); close one and retry.")
+            raise LimitExceeded(
+                "too_many_sessions",
+                f"Too many open chat sessions from your address (the limit "
+                f"is {self.max_sessions}); close one and retry.",
+            )
         self.open[client] += 1
 
     def disconnect(self, client: str) -> None:

@@ -1,5 +1,6 @@
 """The chat protocol v1: WebSocket frames and REST bodies as pydantic models. `docs/protocol.md`
 documents it and the widget mirrors it; change both together."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -14,6 +15,7 @@ SUPPORTED_PROTOCOLS = (1,)
 
 
 # client → server frames
+
 
 class HelloFrame(BaseModel):
     type: Literal["hello"]
@@ -34,6 +36,7 @@ ClientFrame = TypeAdapter(Annotated[HelloFrame | UserMessageFrame | CancelFrame,
 
 
 # server → client frames
+
 
 class SessionFrame(BaseModel):
     type: Literal["session"] = "session"
@@ -64,6 +67,7 @@ class ErrorFrame(BaseModel):
 
 
 # REST bodies
+
 
 class ChatRequest(BaseModel):
     session_id: str | None = Field(None, max_length=64)

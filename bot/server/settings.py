@@ -1,5 +1,6 @@
 """Settings from `SUPPORTLOOP_*` environment variables (pydantic-settings). Built by the caller,
 never at import time."""
+
 from __future__ import annotations
 
 import json
@@ -22,44 +23,74 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("var"), description="holds the SQLite database and the adapter registry")
     database_url: str | None = Field(None, description="SQLAlchemy URL; overrides the SQLite file")
-    base_model: Path | None = Field(None, description="a local Hugging Face checkpoint folder; "
-                                    "default: the pulled SmolLM2-135M-Instruct")
-    model_cache: Path = Field(Path("~/.cache/supportloop").expanduser(),
-                              description="where `supportloop model pull` writes the default model")
+    base_model: Path | None = Field(
+        None, description="a local Hugging Face checkpoint folder; default: the pulled SmolLM2-135M-Instruct"
+    )
+    model_cache: Path = Field(
+        Path("~/.cache/supportloop").expanduser(), description="where `supportloop model pull` writes the default model"
+    )
     device: str = Field("auto", description="auto, cpu or cuda")
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_new_tokens: int = Field(128, ge=1, le=4096)
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy (reproducible answers)")
     max_message_chars: int = Field(2000, ge=1, description="longest accepted customer message")
     max_frame_chars: int = Field(16_000, ge=64, description="longest accepted WebSocket frame")
-    rate_limit: str = Field("60/minute", description="messages per client address, in the `limits` "
-                            "notation (e.g. 60/minute, 1000/hour)")
+    rate_limit: str = Field(
+        "60/minute", description="messages per client address, in the `limits` notation (e.g. 60/minute, 1000/hour)"
+    )
     max_sessions_per_client: int = Field(20, ge=1, description="open chat connections per client address")
     max_queue: int = Field(64, ge=0, description="requests waiting for a batch slot before 'busy'")
     max_batch: int = Field(16, ge=1, description="requests generated together in one batch")
-    threads: int = Field(0, ge=0, description="CPU threads for the model; 0 = all cores but one (the event "
-                         "loop, websockets and database keep one); with the prefill worker, a third of them "
-                         "(at least one) prefill")
-    model_process: bool = Field(True, description="run the model and its batch loop in a worker process of "
-                                "their own (no GIL shared with the event loop); false: a thread of the server")
-    prefill_process: bool | None = Field(None, description="with model_process: prefill new requests in a "
-                                         "second worker process, on a core of its own, and hand their KV to the "
-                                         "decoding batch (first tokens do not wait for batch steps); unset: on "
-                                         "where the model runs on a CPU")
-    allowed_origins: list[str] = Field(["*"], description="origins allowed to call the API and open the chat "
-                                       "socket from a browser (JSON list); '*' allows any")
-    pii_scrub: list[str] = Field(["email", "phone", "card", "iban"], description="personal data replaced by "
-                                 "placeholders in training exports (JSON list; [] turns scrubbing off)")
-    golden_set: Path | None = Field(None, description="JSONL of {\"question\", \"answer\"} pairs a new adapter "
-                                    "must not regress on (the evaluation gate); optional")
-    adapter_poll_seconds: float = Field(2.0, gt=0, description="how often the server checks the "
-                                        "store for a newly promoted adapter")
-    max_loaded_adapters: int = Field(4, ge=1, description="adapter versions kept loaded (least recently used go "
-                                     "first; never the active one, a canary or one of the newest candidates)")
-    staff_login_hours: float = Field(12.0, gt=0, description="how long a staff console login lasts before "
-                                     "the console asks for the token again")
-    cookie_secure: bool = Field(True, description="mark the staff console's login cookie Secure (HTTPS only; "
-                                "browsers also keep it on http://localhost); false only on a trusted network")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads for the model; 0 = all cores but one (the event "
+        "loop, websockets and database keep one); with the prefill worker, a third of them "
+        "(at least one) prefill",
+    )
+    model_process: bool = Field(
+        True,
+        description="run the model and its batch loop in a worker process of "
+        "their own (no GIL shared with the event loop); false: a thread of the server",
+    )
+    prefill_process: bool | None = Field(
+        None,
+        description="with model_process: prefill new requests in a "
+        "second worker process, on a core of its own, and hand their KV to the "
+        "decoding batch (first tokens do not wait for batch steps); unset: on "
+        "where the model runs on a CPU",
+    )
+    allowed_origins: list[str] = Field(
+        ["*"],
+        description="origins allowed to call the API and open the chat "
+        "socket from a browser (JSON list); '*' allows any",
+    )
+    pii_scrub: list[str] = Field(
+        ["email", "phone", "card", "iban"],
+        description="personal data replaced by placeholders in training exports (JSON list; [] turns scrubbing off)",
+    )
+    golden_set: Path | None = Field(
+        None,
+        description='JSONL of {"question", "answer"} pairs a new adapter '
+        "must not regress on (the evaluation gate); optional",
+    )
+    adapter_poll_seconds: float = Field(
+        2.0, gt=0, description="how often the server checks the store for a newly promoted adapter"
+    )
+    max_loaded_adapters: int = Field(
+        4,
+        ge=1,
+        description="adapter versions kept loaded (least recently used go "
+        "first; never the active one, a canary or one of the newest candidates)",
+    )
+    staff_login_hours: float = Field(
+        12.0, gt=0, description="how long a staff console login lasts before the console asks for the token again"
+    )
+    cookie_secure: bool = Field(
+        True,
+        description="mark the staff console's login cookie Secure (HTTPS only; "
+        "browsers also keep it on http://localhost); false only on a trusted network",
+    )
 
     def as_env(self) -> dict[str, str]:
         """These settings as `SUPPORTLOOP_*` variables, for a child process (a training round)."""

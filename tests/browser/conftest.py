@@ -1,4 +1,5 @@
 """Fixtures of the browser tests: Debian's Chromium."""
+
 from __future__ import annotations
 
 import pytest

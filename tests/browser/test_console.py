@@ -2,6 +2,7 @@
 review the queue with the keyboard, correct and approve; conflicts, expired logins, CSRF and roles;
 admins see charts, promote, start a canary, train a round on the tiny model and manage the team.
 Screenshots go to $SUPPORTLOOP_ARTIFACTS (default: test-artifacts/)."""
+
 from __future__ import annotations
 
 import re
@@ -81,7 +82,9 @@ def test_an_agent_corrects_a_thumbs_down_answer_and_sees_it_in_the_conversation(
     page = open_console(seeded.tokens["bob"])
     first = _item(page, 0)
     first.wait_for()
-    assert "kind-thumbs_down" in first.get_attribute("class") and first.locator("[data-role=answer]").inner_text() == WRONG
+    assert (
+        "kind-thumbs_down" in first.get_attribute("class") and first.locator("[data-role=answer]").inner_text() == WRONG
+    )
     assert "wrong" in first.inner_text() and "It's 3pm, your site says so." in first.inner_text()
     assert page.locator(".item.kind-handoff").count() == 1 and page.locator(".item.kind-recent").count() == 1
     assert page.locator("nav a", has_text="Adapters").count() == 0  # an agent sees no admin pages
@@ -93,7 +96,8 @@ def test_an_agent_corrects_a_thumbs_down_answer_and_sees_it_in_the_conversation(
     editor.press("Control+Enter")
     _item(page, 0).locator(".notice.ok").wait_for()
     assert _corrections(store, seeded.answers["down"].id) == [
-        ("Check-in is from 3 pm; early check-in on request.", CorrectionStatus.approved, _staff_id(store, "bob"))]
+        ("Check-in is from 3 pm; early check-in on request.", CorrectionStatus.approved, _staff_id(store, "bob"))
+    ]
     assert page.locator("#queue .item.current").get_attribute("data-index") == "1"  # on to the next answer
     _item(page, 0).locator("a", has_text="Open conversation").click()
     corrected = page.locator("[data-role=correction]")
@@ -142,22 +146,27 @@ def test_a_stale_edit_shows_the_conflict_and_overwrites_nothing(open_console, se
     _item(page, 0).wait_for()
     page.keyboard.press("e")
     _item(page, 0).locator("textarea").fill("Bob's slower answer.")
-    answer = httpx.post(f"{bot.url}/api/messages/{seeded.answers['down'].id}/corrections",
-                        headers={"Authorization": f"Bearer {seeded.tokens['ada']}"}, json={"text": "Ada's answer.", "approve": True})
+    answer = httpx.post(
+        f"{bot.url}/api/messages/{seeded.answers['down'].id}/corrections",
+        headers={"Authorization": f"Bearer {seeded.tokens['ada']}"},
+        json={"text": "Ada's answer.", "approve": True},
+    )
     assert answer.status_code == 201
     page.keyboard.press("Control+Enter")
     conflict = _item(page, 0).locator(".notice.conflict")
     conflict.wait_for()
     assert "ada approved a correction of this answer after you opened it; nothing was saved" in conflict.inner_text()
     assert _item(page, 0).locator("textarea").input_value() == "Bob's slower answer."  # the agent's text is kept
-    assert _corrections(store, seeded.answers["down"].id) == [("Ada's answer.", CorrectionStatus.approved,
-                                                               _staff_id(store, "ada"))]
+    assert _corrections(store, seeded.answers["down"].id) == [
+        ("Ada's answer.", CorrectionStatus.approved, _staff_id(store, "ada"))
+    ]
 
 
 def test_agents_cannot_reach_admin_actions_and_forged_requests_change_nothing(open_console, seeded, store, bot):
     page = open_console(seeded.tokens["bob"])
     _item(page, 0).wait_for()
-    refused = page.evaluate("""async () => {
+    refused = page.evaluate(
+        """async () => {
         const csrf = document.querySelector('meta[name=csrf-token]').content;
         const call = (path, init = {}) => fetch(path, {method: "POST", headers: {"Content-Type": "application/json",
             "X-CSRF-Token": csrf, ...(init.headers || {})}, body: JSON.stringify(init.body || {})}).then(r => r.status);
@@ -165,7 +174,8 @@ def test_agents_cannot_reach_admin_actions_and_forged_requests_change_nothing(op
                 staff: await call("/api/staff", {body: {name: "eve"}}),
                 noCsrf: await fetch("/api/messages/%s/corrections", {method: "POST", headers: {"Content-Type":
                     "application/json"}, body: JSON.stringify({text: "forged", approve: true})}).then(r => r.status)};
-    }""" % seeded.answers["down"].id)  # noqa: UP031 (JavaScript braces)
+    }""".replace("%s", str(seeded.answers["down"].id))
+    )
     assert refused == {"rollback": 403, "train": 403, "staff": 403, "noCsrf": 403}
     assert _corrections(store, seeded.answers["down"].id) == []
     page.goto(f"{bot.url}/staff/adapters")
@@ -196,21 +206,39 @@ def _register(store, tmp_path, version: str, losses: list[float], rejected: bool
     folder = tmp_path / "registry" / version
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text("{}")
-    gate = {"passed": not rejected, "checks": [{"name": "held-out corrections", "passed": not rejected, "detail": "0.61 ≥ 0.40"}]}
+    gate = {
+        "passed": not rejected,
+        "checks": [{"name": "held-out corrections", "passed": not rejected, "detail": "0.61 ≥ 0.40"}],
+    }
     with store.session() as s:
-        repo.register_adapter(s, version=version, path=str(folder), base_model="tiny", parent=parent, dataset_hash="h",
-                              metrics={"gate": gate, "losses": {"sft": losses}, "train_loss_final": losses[-1], "examples": 24},
-                              datasets={"sft": {"hash": "h", "examples": 24}}, activate=False, rejected=rejected)
+        repo.register_adapter(
+            s,
+            version=version,
+            path=str(folder),
+            base_model="tiny",
+            parent=parent,
+            dataset_hash="h",
+            metrics={"gate": gate, "losses": {"sft": losses}, "train_loss_final": losses[-1], "examples": 24},
+            datasets={"sft": {"hash": "h", "examples": 24}},
+            activate=False,
+            rejected=rejected,
+        )
 
 
 def test_admins_see_charts_with_data_promote_and_run_a_canary(open_console, seeded, store, tmp_path, fake):
     _register(store, tmp_path, "v1-a", [2.5, 2.1, 1.7, 1.4, 1.2])
     _register(store, tmp_path, "v2-b", [2.0, 1.5, 1.1], parent="v1-a")
-    seed_votes(store, {"base": ["up", "down", "down"], "v1-a": ["up", "up", "down"], "v2-b": ["up", "up", "up", "down"]})
+    seed_votes(
+        store, {"base": ["up", "down", "down"], "v1-a": ["up", "up", "down"], "v2-b": ["up", "up", "up", "down"]}
+    )
     page = open_console(seeded.tokens["ada"], "/staff/adapters")
     page.locator("#versions").wait_for()
     rate = page.locator("#rate-chart svg.chart")
-    assert sorted(rate.locator("g[data-series]").evaluate_all("gs => gs.map(g => g.dataset.series)")) == ["base", "v1-a", "v2-b"]
+    assert sorted(rate.locator("g[data-series]").evaluate_all("gs => gs.map(g => g.dataset.series)")) == [
+        "base",
+        "v1-a",
+        "v2-b",
+    ]
     assert rate.locator("g[data-series='v2-b'] circle").count() == 6 and rate.locator("polyline").count() == 3
     loss = page.locator("[data-loss-chart='v1-a'] polyline")
     assert len(loss.get_attribute("points").split()) == 5
@@ -282,8 +310,13 @@ def test_model_text_is_shown_as_text(open_console, seeded, store):
     with store.session() as s:
         conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt="")
         repo.add_message(s, conversation_id=conversation.id, role=Role.user, text="<b>hi</b>")
-        evil = repo.add_message(s, conversation_id=conversation.id, role=Role.assistant, adapter_version="base",
-                                text='<img src=x onerror="window.pwned=1">**bold**')
+        evil = repo.add_message(
+            s,
+            conversation_id=conversation.id,
+            role=Role.assistant,
+            adapter_version="base",
+            text='<img src=x onerror="window.pwned=1">**bold**',
+        )
     page = open_console(seeded.tokens["bob"])
     page.locator(f".item[data-message='{evil.id}'] [data-role=answer]").wait_for()
     assert page.locator(f".item[data-message='{evil.id}'] [data-role=answer]").inner_text() == evil.text

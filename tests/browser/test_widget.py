@@ -1,6 +1,7 @@
 """The widget in real Chromium (Debian's package, driven by Python playwright through
 `executable_path`; never a browser download): a host page on another origin embeds the one script tag,
 with hostile CSS of its own. Screenshots go to $SUPPORTLOOP_ARTIFACTS (default: test-artifacts/)."""
+
 from __future__ import annotations
 
 import threading
@@ -18,7 +19,9 @@ from tests.support.fakes import FakeGenerator
 from tests.support.services import LiveServer, free_port
 
 pytestmark = needs_chromium
-HOSTILE_CSS = "* { color: rgb(255, 0, 0) !important; font-family: serif !important; } button { display: none !important; }"
+HOSTILE_CSS = (
+    "* { color: rgb(255, 0, 0) !important; font-family: serif !important; } button { display: none !important; }"
+)
 
 
 def _host_page(bot_url: str, script_url: str) -> bytes:
@@ -108,7 +111,9 @@ def test_a_customer_on_another_origin_asks_and_sees_the_streamed_answer(page, fa
     answer = _answers(page).first
     assert answer.locator("li").all_text_contents() == ["bring your ID", "see https://example.com/help for more"]
     link = answer.locator("a")
-    assert link.get_attribute("href") == "https://example.com/help" and link.get_attribute("rel") == "noopener noreferrer"
+    assert (
+        link.get_attribute("href") == "https://example.com/help" and link.get_attribute("rel") == "noopener noreferrer"
+    )
     assert page.locator("support-chat .msg.user").text_content() == "When is check-in?"
     assert events.json_value() == ["open", "message", "message"]
     assert page.errors == []
@@ -144,7 +149,8 @@ def test_model_html_stays_inert_text(page, fake):
 def test_the_host_pages_css_does_not_restyle_the_widget(page):
     _open(page)
     style = page.locator("support-chat textarea.input").evaluate(
-        "e => { const s = getComputedStyle(e); return [s.color, s.fontFamily]; }")
+        "e => { const s = getComputedStyle(e); return [s.color, s.fontFamily]; }"
+    )
     assert style[0] != "rgb(255, 0, 0)" and style[1] != "serif"
     assert page.locator("support-chat form button").is_visible()  # the host hides every <button> of its own
     assert not page.locator("#own").is_visible()
@@ -182,7 +188,9 @@ def test_the_widget_reconnects_after_a_server_restart_and_keeps_the_transcript(b
 
     with store.session() as s:  # both questions went to the same session
         assert [m.text for m in repo.list_messages(s, conversation_id=session) if m.role.value == "user"] == [
-            "first question", "asked while offline"]
+            "first question",
+            "asked while offline",
+        ]
 
 
 def test_an_unreachable_server_shows_offline_without_flooding_the_console(browser):
@@ -257,7 +265,9 @@ def test_theming_strings_and_keyboard(browser, bot):
     page.keyboard.press("Enter")  # the launcher, from the keyboard
     panel = page.locator("support-chat .panel")
     panel.wait_for()
-    assert page.locator("support-chat header").evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(10, 120, 60)"
+    assert (
+        page.locator("support-chat header").evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(10, 120, 60)"
+    )
     assert panel.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(24, 27, 34)"  # dark mode
     assert page.locator("support-chat form button").text_content() == "Envoyer"
     assert page.evaluate("() => document.activeElement.shadowRoot.activeElement.className") == "input"

@@ -1,4 +1,5 @@
 """Training exports: formats, PII scrubbing, `since`, the CLI, and TRL's trainers accepting them."""
+
 from __future__ import annotations
 
 import json
@@ -7,14 +8,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.cli.main import main
+from bot.cli import main
 from feedback import repo
 from feedback.export import dpo_records, export, kto_records, records, sft_records
 from feedback.models import Role, StaffRole, Thumb
 from feedback.pii import Scrubber
 
-SECRET = ("Mail me at jane.doe+test@example.co.uk or call +44 20 7946 0958; card 4111 1111 1111 1111, "
-          "IBAN GB82 WEST 1234 5698 7654 32")
+SECRET = (
+    "Mail me at jane.doe+test@example.co.uk or call +44 20 7946 0958; card 4111 1111 1111 1111, "
+    "IBAN GB82 WEST 1234 5698 7654 32"
+)
 LEAKS = ("jane.doe", "7946", "4111", "GB82")
 
 
@@ -51,8 +54,11 @@ def _completions(rows, key="completion") -> list[str]:
 def test_sft_has_approved_corrections_and_thumbed_up_answers(filled):
     with filled.session() as s:
         rows = sft_records(s)
-    assert _completions(rows) == ["From 3:30pm to 9pm.", "Yes, an outdoor pool, open 8am-8pm.",
-                                  "Yes, free parking on site."]
+    assert _completions(rows) == [
+        "From 3:30pm to 9pm.",
+        "Yes, an outdoor pool, open 8am-8pm.",
+        "Yes, free parking on site.",
+    ]
     assert rows[0]["prompt"][0] == {"role": "system", "content": "Be brief."}
     assert rows[0]["prompt"][1]["role"] == "user" and rows[0]["prompt"][1]["content"].startswith("When is check-in?")
 
@@ -62,16 +68,23 @@ def test_dpo_pairs_the_correction_with_the_original_answer(filled):
         rows = dpo_records(s)
     assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [
         ("From 3:30pm to 9pm.", "At noon."),
-        ("Yes, an outdoor pool, open 8am-8pm.", "No pool. Email [EMAIL] for details.")]
+        ("Yes, an outdoor pool, open 8am-8pm.", "No pool. Email [EMAIL] for details."),
+    ]
 
 
 def test_kto_labels_thumbs_and_adds_corrections_as_desirable(filled):
     with filled.session() as s:
         rows = kto_records(s)
     labelled = sorted((r["completion"][0]["content"], r["label"]) for r in rows)
-    assert labelled == sorted([("Yes, free parking on site.", True), ("No pool. Email [EMAIL] for details.", False),
-                               ("Maybe.", False), ("From 3:30pm to 9pm.", True),
-                               ("Yes, an outdoor pool, open 8am-8pm.", True)])
+    assert labelled == sorted(
+        [
+            ("Yes, free parking on site.", True),
+            ("No pool. Email [EMAIL] for details.", False),
+            ("Maybe.", False),
+            ("From 3:30pm to 9pm.", True),
+            ("Yes, an outdoor pool, open 8am-8pm.", True),
+        ]
+    )
 
 
 def test_no_personal_data_in_any_export(filled, tmp_path):
@@ -122,13 +135,30 @@ def _trainer(kind: str, model_path, dataset, work):
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    common = dict(output_dir=str(work), max_steps=2, per_device_train_batch_size=2, report_to="none",
-                  save_strategy="no", use_cpu=True, bf16=False, logging_steps=1, gradient_checkpointing=False)
-    config_cls, trainer_cls = {"sft": (trl.SFTConfig, trl.SFTTrainer), "dpo": (trl.DPOConfig, trl.DPOTrainer),
-                               "kto": (trl.KTOConfig, trl.KTOTrainer)}[kind]
+    common = dict(
+        output_dir=str(work),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        logging_steps=1,
+        gradient_checkpointing=False,
+    )
+    config_cls, trainer_cls = {
+        "sft": (trl.SFTConfig, trl.SFTTrainer),
+        "dpo": (trl.DPOConfig, trl.DPOTrainer),
+        "kto": (trl.KTOConfig, trl.KTOTrainer),
+    }[kind]
     extra = {"per_device_train_batch_size": 4} if kind == "kto" else {}
-    return trainer_cls(model=model, args=config_cls(**{**common, **extra}), train_dataset=dataset,
-                       processing_class=tokenizer, peft_config=LoraConfig(r=4, target_modules="all-linear"))
+    return trainer_cls(
+        model=model,
+        args=config_cls(**{**common, **extra}),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, target_modules="all-linear"),
+    )
 
 
 @pytest.mark.parametrize("fmt", ["sft", "dpo", "kto"])

@@ -1,4 +1,5 @@
 """Alembic migrations on a real SQLite file and the real local PostgreSQL."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -46,16 +47,32 @@ def _legacy_rows(engine) -> None:
     """What supportloop 0.1 stored: tables made by create_all (revision 0001's schema, no alembic_version)."""
     now = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     with engine.begin() as c:
-        c.execute(sa.text("INSERT INTO conversation (id, system_prompt, created_at) VALUES ('c1', 'Be brief.', :t)"),
-                  {"t": now})
+        c.execute(
+            sa.text("INSERT INTO conversation (id, system_prompt, created_at) VALUES ('c1', 'Be brief.', :t)"),
+            {"t": now},
+        )
         for seq, (mid, role) in enumerate([("m1", "user"), ("m2", "assistant")]):
-            c.execute(sa.text("INSERT INTO message (id, conversation_id, seq, role, text, created_at) "
-                              "VALUES (:id, 'c1', :seq, :role, :text, :t)"),
-                      {"id": mid, "seq": seq, "role": role, "text": f"text {mid}", "t": now})
-        c.execute(sa.text("INSERT INTO feedback (thumb, reason, comment, message_id, created_at) "
-                          "VALUES ('down', 'nonsense', 'old', 'm2', :t)"), {"t": now})
-        c.execute(sa.text("INSERT INTO feedback (thumb, reason, comment, message_id, created_at) "
-                          "VALUES ('down', 'wrong', 'newer', 'm2', :t)"), {"t": now})
+            c.execute(
+                sa.text(
+                    "INSERT INTO message (id, conversation_id, seq, role, text, created_at) "
+                    "VALUES (:id, 'c1', :seq, :role, :text, :t)"
+                ),
+                {"id": mid, "seq": seq, "role": role, "text": f"text {mid}", "t": now},
+            )
+        c.execute(
+            sa.text(
+                "INSERT INTO feedback (thumb, reason, comment, message_id, created_at) "
+                "VALUES ('down', 'nonsense', 'old', 'm2', :t)"
+            ),
+            {"t": now},
+        )
+        c.execute(
+            sa.text(
+                "INSERT INTO feedback (thumb, reason, comment, message_id, created_at) "
+                "VALUES ('down', 'wrong', 'newer', 'm2', :t)"
+            ),
+            {"t": now},
+        )
 
 
 def test_a_database_made_before_migrations_is_upgraded_keeping_its_data(any_db_url):

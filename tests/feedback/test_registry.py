@@ -1,5 +1,6 @@
 """The adapter registry on disk: version numbers never reused, interrupted rounds cleaned up, manifests
 read defensively, published folders loadable with a plain `PeftModel.from_pretrained`."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """Round bookkeeping in the store (SQLite and PostgreSQL): the round lock, what is new since the
 previous round, and a round's datasets and gate sets (supersession, regression set)."""
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,9 @@ def _answer(store, question: str, answer: str, system: str = "Be brief.") -> str
     with store.session() as s:
         conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt=system)
         repo.add_message(s, conversation_id=conversation.id, role=Role.user, text=question)
-        return repo.add_message(s, conversation_id=conversation.id, role=Role.assistant, text=answer,
-                                adapter_version="base").id
+        return repo.add_message(
+            s, conversation_id=conversation.id, role=Role.assistant, text=answer, adapter_version="base"
+        ).id
 
 
 def _correct(store, message_id: str, text: str) -> None:
@@ -91,8 +93,16 @@ def _finish_round(store, version: str) -> None:
         run = rounds.start_run(s, config={})
         rounds.update_run(s, run_id=run.id, snapshot_at=utcnow())
         rounds.finish_run(s, run_id=run.id, outcome=RunOutcome.published, log="", adapter_version=version)
-        repo.register_adapter(s, version=version, path=f"/a/{version}", base_model="m", parent=None,
-                              dataset_hash=None, metrics={}, activate=True)
+        repo.register_adapter(
+            s,
+            version=version,
+            path=f"/a/{version}",
+            base_model="m",
+            parent=None,
+            dataset_hash=None,
+            metrics={},
+            activate=True,
+        )
 
 
 def test_a_newer_correction_of_the_same_question_supersedes_the_older(any_store):
@@ -106,8 +116,11 @@ def test_a_newer_correction_of_the_same_question_supersedes_the_older(any_store)
     _finish_round(any_store, "v1")
     first = snapshot(any_store)
     assert first.previous is not None and first.parent == "v1" and first.new == []
-    assert sorted(i.reference for i in first.regression) == ["Check-in is at 2pm.", "No, parking costs £5 a day.",
-                                                             "Yes, free wifi everywhere."]
+    assert sorted(i.reference for i in first.regression) == [
+        "Check-in is at 2pm.",
+        "No, parking costs £5 a day.",
+        "Yes, free wifi everywhere.",
+    ]
     again = _answer(any_store, "when is  check-in?", "At 2pm.")  # the same question, asked again
     _correct(any_store, again, "Check-in is from 3pm.")
     data = snapshot(any_store)

@@ -1,6 +1,7 @@
 """A canary on the real SmolLM2 served over a real port: half of the new sessions get a LoRA adapter
 (random weights, made for this base model), each keeps its version, and once its answers are thumbed
 down far more often than the active version's, the server rolls it back by itself."""
+
 from __future__ import annotations
 
 import json
@@ -27,15 +28,18 @@ def _random_adapter(base, folder) -> None:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     model.save_pretrained(folder)
     (folder / "manifest.json").write_text(json.dumps({"base_model": {"id": base_model_id(base)}}))
 
 
 def _ask(url: str, session_id: str | None = None) -> dict:
-    reply = httpx.post(f"{url}/api/chat", json={"message": "Can I park my car at the hotel?", "session_id": session_id},
-                       timeout=120)
+    reply = httpx.post(
+        f"{url}/api/chat", json={"message": "Can I park my car at the hotel?", "session_id": session_id}, timeout=120
+    )
     assert reply.status_code == 200 and reply.json()["reply"], reply.text
     return reply.json()
 
@@ -43,19 +47,34 @@ def _ask(url: str, session_id: str | None = None) -> dict:
 def test_a_worse_canary_on_the_real_model_is_rolled_back(tmp_path):
     cache = Settings().model_cache
     base = pull_default_model(cache, progress=False)
-    settings = Settings(data_dir=tmp_path / "data", model_cache=cache, adapter_poll_seconds=0.3, max_new_tokens=6,
-                        rate_limit="10000/minute")
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        model_cache=cache,
+        adapter_poll_seconds=0.3,
+        max_new_tokens=6,
+        rate_limit="10000/minute",
+    )
     _random_adapter(base, settings.adapters_dir / "v1")
     store = open_store(settings.db_url)
     with store.session() as s:
-        repo.register_adapter(s, version="v1", path=str(settings.adapters_dir / "v1"), base_model=base_model_id(base),
-                              parent=None, dataset_hash=None, metrics={}, activate=False)
+        repo.register_adapter(
+            s,
+            version="v1",
+            path=str(settings.adapters_dir / "v1"),
+            base_model=base_model_id(base),
+            parent=None,
+            dataset_hash=None,
+            metrics={},
+            activate=False,
+        )
         _, token = repo.create_staff(s, name="ada", role=StaffRole.admin)
     store.dispose()
     admin = {"Authorization": f"Bearer {token}"}
     with LiveServer(create_app(settings)) as server:
         wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, timeout=300, interval=0.5)
-        started = httpx.post(f"{server.url}/api/admin/adapters/v1/canary", json={"percent": 50}, headers=admin, timeout=120)
+        started = httpx.post(
+            f"{server.url}/api/admin/adapters/v1/canary", json={"percent": 50}, headers=admin, timeout=120
+        )
         assert started.status_code == 200, started.text
         answers: dict[str, list[dict]] = {"v1": [], "base": []}
         while min(len(a) for a in answers.values()) < 20:  # new sessions until each side can be judged
@@ -68,8 +87,9 @@ def test_a_worse_canary_on_the_real_model_is_rolled_back(tmp_path):
             for answer in answers[version][:20]:
                 vote = httpx.post(f"{server.url}/api/messages/{answer['message_id']}/feedback", json={"thumb": thumb})
                 assert vote.status_code == 200, vote.text
-        wait_until(lambda: httpx.get(f"{server.url}/api/admin/adapters", headers=admin).json()["canary"] is None,
-                   timeout=30)
+        wait_until(
+            lambda: httpx.get(f"{server.url}/api/admin/adapters", headers=admin).json()["canary"] is None, timeout=30
+        )
         assert _ask(server.url)["adapter_version"] == "base"
         assert "supportloop_canary_rollbacks_total 1.0" in httpx.get(server.url + "/metrics").text
     store = open_store(settings.db_url)

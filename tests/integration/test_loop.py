@@ -1,6 +1,7 @@
 """The whole loop on the real SmolLM2-135M-Instruct: a customer asks over a real websocket on a real
 port, staff approve a correction, `supportloop train` runs, the server swaps to the new adapter without
 a restart, and the same question now gets an answer measurably closer to the correction."""
+
 from __future__ import annotations
 
 import json
@@ -62,25 +63,31 @@ def test_correction_is_learned_and_served_after_swap(tmp_path):
         assert before["adapter_version"] == "base" and before["text"]
 
         token = _cli(env, "staff", "add", "alice").stdout.strip().splitlines()[-1]
-        approved = httpx.post(f"{server.url}/api/messages/{before['message_id']}/corrections",
-                              json={"text": correction, "approve": True},
-                              headers={"Authorization": f"Bearer {token}"})
+        approved = httpx.post(
+            f"{server.url}/api/messages/{before['message_id']}/corrections",
+            json={"text": correction, "approve": True},
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert approved.status_code == 201, approved.text
 
         trained = _cli(env, "train", "--quiet")
         version = trained.stdout.split("new adapter ")[1].split()[0]
         print(trained.stdout)
-        wait_until(lambda: httpx.get(server.url + "/readyz").json()["adapter_version"] == version,
-                   timeout=120, interval=0.5)
+        wait_until(
+            lambda: httpx.get(server.url + "/readyz").json()["adapter_version"] == version, timeout=120, interval=0.5
+        )
         after = _ask(ws_url, question)
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-        streamed = client.chat.completions.create(model="supportloop", stream=True,
-                                                  messages=[{"role": "user", "content": question}])
+        streamed = client.chat.completions.create(
+            model="supportloop", stream=True, messages=[{"role": "user", "content": question}]
+        )
         via_openai = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
 
     score_before, score_after = overlap_f1(before["text"], correction), overlap_f1(after["text"], correction)
-    print(f"\ncorrection: {correction!r}\nbefore ({before['adapter_version']}, overlap {score_before:.2f}): "
-          f"{before['text']!r}\nafter  ({after['adapter_version']}, overlap {score_after:.2f}): {after['text']!r}")
+    print(
+        f"\ncorrection: {correction!r}\nbefore ({before['adapter_version']}, overlap {score_before:.2f}): "
+        f"{before['text']!r}\nafter  ({after['adapter_version']}, overlap {score_after:.2f}): {after['text']!r}"
+    )
     assert after["adapter_version"] == version
     print(f"openai client, streamed: {via_openai!r}")
     assert overlap_f1(via_openai, correction) >= score_before + 0.3  # the same model, via the OpenAI API

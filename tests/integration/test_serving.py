@@ -3,6 +3,7 @@ alone, in a batch, and prefilled by one generator and finished by another. The t
 this (its greedy answers are all newlines); SmolLM2's are real text, and on CPUs that compute the Linear
 layers in bf16 its top two logits are often within one rounding step, so any batch-dependent rounding
 (a lone row, the batch's attention width) shows up as a different answer."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,12 @@ def requests() -> list[GenerationRequest]:
         pytest.skip(f"the DSTC9 FAQ data is not at {FAQ}")
     rows = [json.loads(line) for line in FAQ.open()]
     system = {"role": "system", "content": Settings().system_prompt}
-    return [GenerationRequest([system, {"role": "user", "content": f"{r['entity_name'].title()}: {r['question']}"}],
-                              max_new_tokens=32) for r in rows[::len(rows) // 8][:8]]
+    return [
+        GenerationRequest(
+            [system, {"role": "user", "content": f"{r['entity_name'].title()}: {r['question']}"}], max_new_tokens=32
+        )
+        for r in rows[:: len(rows) // 8][:8]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +56,13 @@ def test_answers_are_the_same_alone_batched_and_handed_over(requests, generators
     assert all(len(text) > 10 for text in alone)  # real answers, not empty ones
     batched = _texts([first.submit(r, lambda _t: None, threading.Event()) for r in requests])
     assert batched == alone
-    handoffs = [first.submit(r, lambda _t: None, threading.Event(), prefill_only=True).result(timeout=300)
-                for r in requests]
-    resumed = _texts([second.resume(r, pickle.loads(pickle.dumps(h)), lambda _t: None, threading.Event())
-                      for r, h in zip(requests, handoffs)])
+    handoffs = [
+        first.submit(r, lambda _t: None, threading.Event(), prefill_only=True).result(timeout=300) for r in requests
+    ]
+    resumed = _texts(
+        [
+            second.resume(r, pickle.loads(pickle.dumps(h)), lambda _t: None, threading.Event())
+            for r, h in zip(requests, handoffs)
+        ]
+    )
     assert resumed == alone

@@ -1,4 +1,5 @@
 """Paths and small helpers every test folder uses."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 FAQ = ROOT.parent / "shared" / "data" / "dstc9-faq" / "faq_qa.jsonl"
 ARTIFACTS = Path(os.environ.get("SUPPORTLOOP_ARTIFACTS", ROOT / "test-artifacts"))  # screenshots
 CHROMIUM = shutil.which("chromium")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="NO CHROMIUM: the browser tests (widget, staff console) did not run; install "
-                                    "Debian's chromium package (`make test` does when run as root)")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="NO CHROMIUM: the browser tests (widget, staff console) did not run; install "
+    "Debian's chromium package (`make test` does when run as root)",
+)
 PG_ADMIN_URL = os.environ.get("SUPPORTLOOP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

@@ -1,5 +1,6 @@
 """Store contents for the staff console's tests: staff with their tokens, and conversations whose
 answers land in the review queue in a known order (real customer questions from the DSTC9 FAQ)."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,13 @@ def seed_console(store) -> Seeded:
             seeded.tokens[name] = repo.create_staff(s, name=name, role=role)[1]
         (q2, a2), (q3, a3) = faq_pairs(3)[1:]
         seeded.answers["down"] = _exchange(s, "When can I check in?", WRONG, "base")
-        repo.set_feedback(s, message_id=seeded.answers["down"].id, thumb=Thumb.down, reason=Reason.wrong,
-                          comment="It's 3pm, your site says so.")
+        repo.set_feedback(
+            s,
+            message_id=seeded.answers["down"].id,
+            thumb=Thumb.down,
+            reason=Reason.wrong,
+            comment="It's 3pm, your site says so.",
+        )
         seeded.answers["handoff"] = _exchange(s, q2, a2, "base")
         repo.request_handoff(s, conversation_id=seeded.answers["handoff"].conversation_id, note="I want a person")
         seeded.answers["recent"] = _exchange(s, q3, a3, "base")
@@ -44,7 +50,9 @@ def seed_console(store) -> Seeded:
 def _exchange(s, question: str, answer: str, version: str) -> Message:
     conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt="Be brief.")
     repo.add_message(s, conversation_id=conversation.id, role=Role.user, text=question)
-    return repo.add_message(s, conversation_id=conversation.id, role=Role.assistant, text=answer, adapter_version=version)
+    return repo.add_message(
+        s, conversation_id=conversation.id, role=Role.assistant, text=answer, adapter_version=version
+    )
 
 
 def seed_votes(store, versions: dict[str, list[str]], hours: int = 6) -> None:

@@ -1,6 +1,7 @@
 """A fake generator with a reply queue (the idea of simonw/llm's MockModel.enqueue), injected through
 `create_app(generator=...)`. It follows the `Generator` protocol: requests run one at a time in its
 own worker thread; `max_pending` bounds the queue like the real scheduler."""
+
 from __future__ import annotations
 
 import threading
@@ -52,7 +53,7 @@ class FakeGenerator:
             if request.adapter_version != "base" and request.adapter_version not in self.adapters:
                 raise AdapterError(f"adapter {request.adapter_version!r} is not loaded")
             text = self.replies.popleft() if self.replies else self.default_reply
-            pieces, reason = text.split(" ")[:request.max_new_tokens], "stop"
+            pieces, reason = text.split(" ")[: request.max_new_tokens], "stop"
             if len(text.split(" ")) > request.max_new_tokens:
                 text, reason = " ".join(pieces), "length"
             for i, piece in enumerate(pieces):
@@ -61,9 +62,13 @@ class FakeGenerator:
                     reason = "cancelled"
                     break
                 emit(piece if i == 0 else " " + piece)
-            return GenerationResult(text=text, adapter_version=request.adapter_version,
-                                    prompt_tokens=sum(len(m["content"].split()) for m in request.messages),
-                                    completion_tokens=len(pieces), finish_reason=reason)
+            return GenerationResult(
+                text=text,
+                adapter_version=request.adapter_version,
+                prompt_tokens=sum(len(m["content"].split()) for m in request.messages),
+                completion_tokens=len(pieces),
+                finish_reason=reason,
+            )
         finally:
             with self._lock:
                 self.pending -= 1

@@ -1,5 +1,6 @@
 """Real services for the tests (and the benchmarks, through `bench/live.py`): a fresh PostgreSQL
 database, Debian's Chromium, a free local port, uvicorn on a real port in a thread. No pytest here."""
+
 from __future__ import annotations
 
 import shutil
@@ -34,8 +35,10 @@ def drop_database(url: str, admin_url: str) -> None:
 
 def launch_chromium(playwright):
     """Debian's chromium driven by Python playwright through `executable_path` (never a browser download)."""
-    return playwright.chromium.launch(executable_path=shutil.which("chromium"), args=[
-        "--no-sandbox", "--disable-background-networking", "--disable-component-update"])
+    return playwright.chromium.launch(
+        executable_path=shutil.which("chromium"),
+        args=["--no-sandbox", "--disable-background-networking", "--disable-component-update"],
+    )
 
 
 def free_port() -> int:

@@ -1,4 +1,5 @@
 """The fact score the gate and bench/learn.py use: numbers, content words and yes/no polarity."""
+
 import pytest
 
 from trainer.facts import fact_score, facts, mean_fact_score

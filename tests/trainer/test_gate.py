@@ -1,5 +1,6 @@
 """The evaluation gate on the tiny model: it accepts a candidate that learned the new corrections and
 kept the old ones, and rejects damaged candidates with the reason; unreadable adapters are reported."""
+
 from __future__ import annotations
 
 import random
@@ -20,23 +21,43 @@ def _item(question: str, answer: str) -> Item:
     return Item([{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}], answer)
 
 
-OLD = [_item("When is check-in?", "Check-in is from 3:30pm to 9:00pm."), _item("Is parking free?", "No, parking costs extra."),
-       _item("Do you have wifi?", "Yes, free wifi is available in all rooms.")]
-NEW = [_item("Are pets allowed?", "No, pets are not allowed."),
-       _item("Is breakfast included?", "Yes, breakfast is included in the price.")]
+OLD = [
+    _item("When is check-in?", "Check-in is from 3:30pm to 9:00pm."),
+    _item("Is parking free?", "No, parking costs extra."),
+    _item("Do you have wifi?", "Yes, free wifi is available in all rooms."),
+]
+NEW = [
+    _item("Are pets allowed?", "No, pets are not allowed."),
+    _item("Is breakfast included?", "Yes, breakfast is included in the price."),
+]
 
 
 def _train(tiny_model, folder, items, settings=LEARNS):
     records = [{"prompt": i.prompt, "completion": [{"role": "assistant", "content": i.reference}]} for i in items]
-    train_sft(records, base_model=tiny_model, out_dir=folder, device="cpu", lora=LORA, sft=settings,
-              log=lambda _l: None, progress=False)
+    train_sft(
+        records,
+        base_model=tiny_model,
+        out_dir=folder,
+        device="cpu",
+        lora=LORA,
+        sft=settings,
+        log=lambda _l: None,
+        progress=False,
+    )
     return folder
 
 
 def _gate(tiny_model, candidate, active, new=NEW, settings=None):
-    return evaluate(base_model=tiny_model, device="cpu", candidate=candidate, active=("v1", active),
-                    inputs=GateInputs(new, OLD), settings=settings or GateSettings(max_new_tokens=24),
-                    system_prompt=SYSTEM, log=lambda _l: None)
+    return evaluate(
+        base_model=tiny_model,
+        device="cpu",
+        candidate=candidate,
+        active=("v1", active),
+        inputs=GateInputs(new, OLD),
+        settings=settings or GateSettings(max_new_tokens=24),
+        system_prompt=SYSTEM,
+        log=lambda _l: None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +75,14 @@ def test_a_candidate_that_learned_the_new_corrections_and_kept_the_old_passes(ti
     assert verdict.passed, verdict.describe()
     assert verdict.metrics["new"]["candidate"] >= 0.8 and verdict.metrics["regression"]["items"] == 3
     assert verdict.metrics["regression"]["candidate"] >= verdict.metrics["regression"]["active"] - 0.02
-    assert {c.name for c in verdict.checks} == {"learned", "no regression (regression)", "perplexity",
-                                                "no empty answers", "no repetition loops", "no runaway answers"}
+    assert {c.name for c in verdict.checks} == {
+        "learned",
+        "no regression (regression)",
+        "perplexity",
+        "no empty answers",
+        "no repetition loops",
+        "no runaway answers",
+    }
     assert verdict.to_dict()["compared_with"] == "v1"
 
 
@@ -69,8 +96,9 @@ def test_a_candidate_trained_on_random_token_corrections_is_rejected(tiny_model,
 
 
 def test_a_candidate_trained_at_a_diverging_learning_rate_is_rejected(tiny_model, active, tmp_path):
-    diverging = SFTSettings(epochs=1, min_steps=150, min_steps_per_epoch=1, learning_rate=5.0, batch_size=5,
-                            max_length=128)
+    diverging = SFTSettings(
+        epochs=1, min_steps=150, min_steps_per_epoch=1, learning_rate=5.0, batch_size=5, max_length=128
+    )
     verdict = _gate(tiny_model, _train(tiny_model, tmp_path / "diverged", OLD + NEW, diverging), active)
     assert not verdict.passed and {"learned", "no regression (regression)"} <= _failed(verdict), verdict.describe()
 
@@ -80,9 +108,16 @@ def test_an_unreadable_active_adapter_is_reported_and_the_base_model_compared_in
     broken.mkdir()
     (broken / "adapter_config.json").write_text("{not json")
     logs: list[str] = []
-    verdict = evaluate(base_model=tiny_model, device="cpu", candidate=active, active=("v0", broken),
-                       inputs=GateInputs(NEW, OLD), settings=GateSettings(max_new_tokens=24), system_prompt=SYSTEM,
-                       log=logs.append)
+    verdict = evaluate(
+        base_model=tiny_model,
+        device="cpu",
+        candidate=active,
+        active=("v0", broken),
+        inputs=GateInputs(NEW, OLD),
+        settings=GateSettings(max_new_tokens=24),
+        system_prompt=SYSTEM,
+        log=logs.append,
+    )
     assert verdict.compared_with.startswith("base (active v0 unreadable")
     assert any("could not load adapter active" in line for line in logs)
     assert verdict.metrics["regression"]["candidate"] > verdict.metrics["regression"]["active"]  # vs base
@@ -98,6 +133,10 @@ def test_repetition_loops_are_detected_in_answers():
     from trainer.evaluate import Answer
     from trainer.gate import _degenerate
 
-    texts = ["You can choose either home or ourdoordoordoordoordoordoor", "the the the the the",
-             "Check-in is from 3:30pm to 9:00pm.", "Call 555-0100, or 555-0101 after 6pm."]
+    texts = [
+        "You can choose either home or ourdoordoordoordoordoordoor",
+        "the the the the the",
+        "Check-in is from 3:30pm to 9:00pm.",
+        "Call 555-0100, or 555-0101 after 6pm.",
+    ]
     assert _degenerate([Answer(t, True) for t in texts]) == 2

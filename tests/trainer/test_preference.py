@@ -1,4 +1,5 @@
 """DPO and KTO rounds on the tiny model: each logs a loss per step and moves the LoRA weights."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,21 +15,36 @@ def _say(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
-DPO = [{"prompt": PROMPT, "chosen": _say("From 3:30pm to 9:00pm."), "rejected": _say("At noon.")},
-       {"prompt": [{"role": "user", "content": "Is parking free?"}], "chosen": _say("No, it costs extra."),
-        "rejected": _say("Yes.")}]
-KTO = [{"prompt": PROMPT, "completion": _say("From 3:30pm to 9:00pm."), "label": True},
-       {"prompt": PROMPT, "completion": _say("At noon."), "label": False},
-       {"prompt": [{"role": "user", "content": "Pets?"}], "completion": _say("Maybe."), "label": False},
-       {"prompt": [{"role": "user", "content": "Pool?"}], "completion": _say("No pool."), "label": False}]
+DPO = [
+    {"prompt": PROMPT, "chosen": _say("From 3:30pm to 9:00pm."), "rejected": _say("At noon.")},
+    {
+        "prompt": [{"role": "user", "content": "Is parking free?"}],
+        "chosen": _say("No, it costs extra."),
+        "rejected": _say("Yes."),
+    },
+]
+KTO = [
+    {"prompt": PROMPT, "completion": _say("From 3:30pm to 9:00pm."), "label": True},
+    {"prompt": PROMPT, "completion": _say("At noon."), "label": False},
+    {"prompt": [{"role": "user", "content": "Pets?"}], "completion": _say("Maybe."), "label": False},
+    {"prompt": [{"role": "user", "content": "Pool?"}], "completion": _say("No pool."), "label": False},
+]
 FAST = PreferenceSettings(epochs=1, min_steps=3, learning_rate=1e-2, batch_size=2, max_length=128)
 
 
 @pytest.mark.parametrize("train, records", [(train_dpo, DPO), (train_kto, KTO)], ids=["dpo", "kto"])
 def test_each_method_logs_a_loss_and_changes_the_lora_weights(train, records, tiny_model, tmp_path):
     logs: list[str] = []
-    stats = train(records, base_model=tiny_model, out_dir=tmp_path / "adapter", device="cpu",
-                  lora=LoraSettings(r=4, alpha=8), settings=FAST, log=logs.append, progress=False)
+    stats = train(
+        records,
+        base_model=tiny_model,
+        out_dir=tmp_path / "adapter",
+        device="cpu",
+        lora=LoraSettings(r=4, alpha=8),
+        settings=FAST,
+        log=logs.append,
+        progress=False,
+    )
     assert stats.steps == 3 and len(stats.losses) == 3 and all(loss == loss for loss in stats.losses)
     assert [line for line in logs if line.startswith("step ")][0].startswith("step 1/3 loss")
     weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")

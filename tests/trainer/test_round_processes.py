@@ -1,6 +1,7 @@
 """Rounds as operators run them, on the tiny model: `supportloop train` killed with SIGKILL leaves
 nothing visible and the next round succeeds; the lock refuses a concurrent round; `--if-needed`;
 `supportloop schedule`; the admin API starts a round in its own process and reports it."""
+
 from __future__ import annotations
 
 import json
@@ -29,23 +30,33 @@ TINY_ROUND = ["--quiet", "--rank", "16", "--lr", "1e-2", "--epochs", "1", "--min
 
 @pytest.fixture
 def env(tiny_model, tmp_path) -> dict:
-    return {**os.environ, "SUPPORTLOOP_DATA_DIR": str(tmp_path / "data"), "SUPPORTLOOP_BASE_MODEL": str(tiny_model),
-            "SUPPORTLOOP_SYSTEM_PROMPT": "Be brief."}
+    return {
+        **os.environ,
+        "SUPPORTLOOP_DATA_DIR": str(tmp_path / "data"),
+        "SUPPORTLOOP_BASE_MODEL": str(tiny_model),
+        "SUPPORTLOOP_SYSTEM_PROMPT": "Be brief.",
+    }
 
 
 def _store(env: dict):
     return open_store(f"sqlite:///{Path(env['SUPPORTLOOP_DATA_DIR']) / 'supportloop.db'}")
 
 
-def _seed(store, pairs=(("When is check-in?", "Check-in is from 3:30pm to 9:00pm."),
-                        ("Is parking free?", "No, parking costs extra."))) -> None:
+def _seed(
+    store,
+    pairs=(
+        ("When is check-in?", "Check-in is from 3:30pm to 9:00pm."),
+        ("Is parking free?", "No, parking costs extra."),
+    ),
+) -> None:
     with store.session() as s:
         staff = repo.create_staff(s, name=f"agent{len(repo.list_staff(s))}")[0]
         for question, answer in pairs:
             conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt="Be brief.")
             repo.add_message(s, conversation_id=conversation.id, role=Role.user, text=question)
-            message = repo.add_message(s, conversation_id=conversation.id, role=Role.assistant, text="I don't know.",
-                                       adapter_version="base")
+            message = repo.add_message(
+                s, conversation_id=conversation.id, role=Role.assistant, text="I don't know.", adapter_version="base"
+            )
             repo.add_correction(s, message_id=message.id, actor=staff, text=answer, approve=True)
 
 
@@ -67,8 +78,12 @@ def _training(store, run_id: int) -> bool:
 def test_a_killed_round_leaves_nothing_visible_and_the_lock_refuses_a_second_meanwhile(env):
     store = _store(env)
     _seed(store)
-    long = subprocess.Popen([CLI, "train", *TINY_ROUND, "--min-steps", "100000"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    long = subprocess.Popen(
+        [CLI, "train", *TINY_ROUND, "--min-steps", "100000"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: _training(store, 1), timeout=120, interval=0.2)
         busy = _train(env)
@@ -85,7 +100,11 @@ def test_a_killed_round_leaves_nothing_visible_and_the_lock_refuses_a_second_mea
     assert "cleaned up after an interrupted round: removed .staging-sft-" in done.stdout
     version = done.stdout.split("new adapter ")[1].split()[0]
     assert registry_entries(adapters) == [version]  # the killed round's staging folder is gone
-    assert [r.outcome for r in _runs(store)] == ["abandoned", "skipped", "published" if done.returncode == 0 else "rejected"]
+    assert [r.outcome for r in _runs(store)] == [
+        "abandoned",
+        "skipped",
+        "published" if done.returncode == 0 else "rejected",
+    ]
     store.dispose()
 
 
@@ -93,7 +112,9 @@ def test_if_needed_trains_only_on_enough_new_feedback(env):
     store = _store(env)
     _seed(store)
     first = _train(env, "--if-needed", "--min-new-feedback", "2")
-    assert first.returncode in (0, 4) and "new adapter v1-" in first.stdout, first.stdout + first.stderr  # (4: the gate refused)
+    assert first.returncode in (0, 4) and "new adapter v1-" in first.stdout, (
+        first.stdout + first.stderr
+    )  # (4: the gate refused)
     _seed(store, (("Are pets allowed?", "No, pets are not allowed."),))
     again = _train(env, "--if-needed", "--min-new-feedback", "2")
     assert again.returncode == 0 and "not needed: 1 new votes and approved corrections" in again.stdout
@@ -104,8 +125,13 @@ def test_if_needed_trains_only_on_enough_new_feedback(env):
 
 def test_schedule_runs_train_if_needed_on_its_interval(env):
     store = _store(env)
-    schedule = subprocess.Popen([CLI, "schedule", "--every", "2s", "--min-new-feedback", "5", "--", "--quiet"],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    schedule = subprocess.Popen(
+        [CLI, "schedule", "--every", "2s", "--min-new-feedback", "5", "--", "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_until(lambda: len(_runs(store)) >= 2, timeout=120, interval=0.2)
     finally:
@@ -124,8 +150,13 @@ def test_bad_schedule_interval_is_refused(env):
 
 @pytest.fixture
 def admin_client(tiny_model, tmp_path, any_db_url):
-    settings = Settings(data_dir=tmp_path / "data", database_url=any_db_url, base_model=tiny_model,
-                        system_prompt="Be brief.", adapter_poll_seconds=0.2)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=any_db_url,
+        base_model=tiny_model,
+        system_prompt="Be brief.",
+        adapter_poll_seconds=0.2,
+    )
     store = open_store(settings.db_url)
     headers = {}
     with store.session() as s:
@@ -147,8 +178,9 @@ def test_the_admin_api_starts_a_round_in_its_own_process_and_reports_it(admin_cl
     url = started.json()["url"]
     wait_until(lambda: client.get(url, headers=headers["ada"]).json()["outcome"] != "queued", timeout=60)
     again = client.post("/api/admin/train", json={}, headers=headers["ada"])
-    finished = wait_until(lambda: (r := client.get(url, headers=headers["ada"]).json())["finished_at"] and r,
-                          timeout=600, interval=0.5)
+    finished = wait_until(
+        lambda: (r := client.get(url, headers=headers["ada"]).json())["finished_at"] and r, timeout=600, interval=0.5
+    )
     assert finished["outcome"] in ("published", "rejected"), finished["log"]
     assert finished["gate"] is not None and (finished["outcome"] == "published") == finished["gate"]["passed"]
     assert finished["adapter_version"].startswith("v1-") and finished["progress"] == {"phase": "done"}
@@ -180,8 +212,9 @@ def _full_disk() -> None:
 def test_a_round_that_cannot_write_its_adapter_leaves_no_partial_adapter(pg_env):
     store = open_store(pg_env["SUPPORTLOOP_DATABASE_URL"])  # the store is not on the "full" disk
     _seed(store)
-    full = subprocess.run([CLI, "train", *TINY_ROUND], env=pg_env, capture_output=True, text=True, timeout=600,
-                          preexec_fn=_full_disk)
+    full = subprocess.run(
+        [CLI, "train", *TINY_ROUND], env=pg_env, capture_output=True, text=True, timeout=600, preexec_fn=_full_disk
+    )
     assert full.returncode != 0 and "File too large" in full.stdout + full.stderr
     adapters = Path(pg_env["SUPPORTLOOP_DATA_DIR"]) / "adapters"
     assert registry_entries(adapters) == []  # the staging folder was removed, nothing published

@@ -1,4 +1,5 @@
 """The trainer on a tiny random-weight model: datasets, a training step, publishing, adapter round trip."""
+
 from __future__ import annotations
 
 import json
@@ -20,14 +21,19 @@ from trainer.round import run_round
 from trainer.sft import plan_steps, train_sft
 
 RECORDS = [
-    {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "When is check-in?"}],
-     "completion": [{"role": "assistant", "content": "Check-in is from 3:30pm to 9:00pm."}]},
-    {"prompt": [{"role": "user", "content": "Is parking free?"}],
-     "completion": [{"role": "assistant", "content": "No, parking costs extra."}]},
+    {
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "When is check-in?"}],
+        "completion": [{"role": "assistant", "content": "Check-in is from 3:30pm to 9:00pm."}],
+    },
+    {
+        "prompt": [{"role": "user", "content": "Is parking free?"}],
+        "completion": [{"role": "assistant", "content": "No, parking costs extra."}],
+    },
 ]
 FAST = SFTSettings(epochs=1, min_steps=3, learning_rate=1e-2, batch_size=2, max_length=128)
-LEARNS = SFTSettings(epochs=1, min_steps=150, min_steps_per_epoch=1, learning_rate=1e-2, batch_size=4,
-                     max_length=128)  # the tiny model memorizes
+LEARNS = SFTSettings(
+    epochs=1, min_steps=150, min_steps_per_epoch=1, learning_rate=1e-2, batch_size=4, max_length=128
+)  # the tiny model memorizes
 
 
 def test_plan_steps_has_a_floor():
@@ -49,8 +55,16 @@ def test_precision_on_cpu_is_fp32_whatever_trl_defaults_to():
 
 def test_training_step_changes_lora_weights_and_logs_loss(tiny_model, tmp_path):
     logs: list[str] = []
-    stats = train_sft(RECORDS, base_model=tiny_model, out_dir=tmp_path / "adapter", device="cpu",
-                      lora=LoraSettings(r=4, alpha=8), sft=FAST, log=logs.append, progress=False)
+    stats = train_sft(
+        RECORDS,
+        base_model=tiny_model,
+        out_dir=tmp_path / "adapter",
+        device="cpu",
+        lora=LoraSettings(r=4, alpha=8),
+        sft=FAST,
+        log=logs.append,
+        progress=False,
+    )
     assert stats.steps == 3 and len(stats.losses) == 3 and all(loss > 0 for loss in stats.losses)
     assert stats.precision == "fp32" and logs[0].startswith("step 1/3 loss")
     weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
@@ -64,16 +78,25 @@ def _correct(store, question: str, answer: str, correction: str) -> None:
     with store.session() as s:
         conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt="Be brief.")
         repo.add_message(s, conversation_id=conversation.id, role=Role.user, text=question)
-        message = repo.add_message(s, conversation_id=conversation.id, role=Role.assistant, text=answer,
-                                   adapter_version="base")
+        message = repo.add_message(
+            s, conversation_id=conversation.id, role=Role.assistant, text=answer, adapter_version="base"
+        )
         staff = repo.staff_by_token(s, token="x") or repo.create_staff(s, name=f"s-{message.id[:6]}")[0]
         repo.add_correction(s, message_id=message.id, actor=staff, text=correction, approve=True)
 
 
 def _config(store, tiny_model, tmp_path) -> RoundConfig:
-    return RoundConfig(database_url=store.url, adapters_dir=tmp_path / "adapters", base_model=tiny_model,
-                       device="cpu", progress=False, lora=LoraSettings(r=16, alpha=32), sft=LEARNS,
-                       system_prompt="Be brief.", gate=GateSettings(max_new_tokens=24))
+    return RoundConfig(
+        database_url=store.url,
+        adapters_dir=tmp_path / "adapters",
+        base_model=tiny_model,
+        device="cpu",
+        progress=False,
+        lora=LoraSettings(r=16, alpha=32),
+        sft=LEARNS,
+        system_prompt="Be brief.",
+        gate=GateSettings(max_new_tokens=24),
+    )
 
 
 def test_round_without_corrections_is_skipped_and_recorded(store, tiny_model, tmp_path):
@@ -81,6 +104,7 @@ def test_round_without_corrections_is_skipped_and_recorded(store, tiny_model, tm
     assert result.outcome == RunOutcome.skipped and result.version is None
     assert result.message.startswith("nothing to train: no approved corrections")
     from sqlmodel import select
+
     with store.session() as s:
         runs = list(s.exec(select(TrainingRun)))
     assert [r.outcome for r in runs] == ["skipped"] and runs[0].finished_at is not None
@@ -106,10 +130,15 @@ def test_round_publishes_registers_and_serves(store, tiny_model, tmp_path):
         assert active.version == second.version and active.status == AdapterStatus.active
         assert json.loads(active.metrics_json)["gate"]["passed"]
         run = s.get(TrainingRun, second.run_id)
-        assert run.outcome == "published" and run.snapshot_at is not None and json.loads(run.progress_json)["phase"] == "done"
+        assert (
+            run.outcome == "published"
+            and run.snapshot_at is not None
+            and json.loads(run.progress_json)["phase"] == "done"
+        )
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
     plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(second.path))
     assert plain.peft_config["default"].r == 16  # a registry folder is a plain PEFT adapter folder
 
@@ -117,8 +146,9 @@ def test_round_publishes_registers_and_serves(store, tiny_model, tmp_path):
     generator.load()
     try:
         generator.load_adapter(second.version, second.path)
-        request = GenerationRequest([{"role": "user", "content": "When is check-in?"}],
-                                    adapter_version=second.version, max_new_tokens=5)
+        request = GenerationRequest(
+            [{"role": "user", "content": "When is check-in?"}], adapter_version=second.version, max_new_tokens=5
+        )
         result = generator.submit(request, lambda _t: None, threading.Event()).result(timeout=60)
     finally:
         generator.close()
@@ -150,9 +180,11 @@ def test_a_round_can_stack_sft_dpo_and_kto_on_one_adapter(store, tiny_model, tmp
         answers = [m for m in repo.list_corrections(s)]
         for correction, thumb in zip(answers, (Thumb.down, Thumb.up)):
             repo.set_feedback(s, message_id=correction.message_id, thumb=thumb)
-    config = replace(_config(store, tiny_model, tmp_path), methods="sft,dpo,kto",
-                     preference=PreferenceSettings(epochs=1, min_steps=2, learning_rate=1e-2, batch_size=2,
-                                                   max_length=128))
+    config = replace(
+        _config(store, tiny_model, tmp_path),
+        methods="sft,dpo,kto",
+        preference=PreferenceSettings(epochs=1, min_steps=2, learning_rate=1e-2, batch_size=2, max_length=128),
+    )
     logs: list[str] = []
     summary = run_round(config, log=logs.append)
     assert list(summary.stats) == ["sft", "dpo", "kto"]
@@ -165,6 +197,7 @@ def test_a_round_can_stack_sft_dpo_and_kto_on_one_adapter(store, tiny_model, tmp
     from sqlmodel import select
 
     from feedback.models import Adapter
+
     with store.session() as s:  # (published or, after DPO and KTO at this rate on the tiny model, rejected)
         row = s.exec(select(Adapter).where(Adapter.version == summary.version)).one()
         assert json.loads(row.datasets_json)["dpo"]["hash"].startswith("sha256:")

@@ -1,0 +1,1 @@
+"""The staff console's templates and static files (package data)."""

@@ -1,4 +1,5 @@
 """Chat: `POST /api/chat`, `GET /api/sessions/{id}` and the WebSocket `/ws/chat` (protocol v1)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -42,8 +43,12 @@ async def chat(body: ChatRequest, chat: ChatDep, request: Request) -> ChatRespon
         async with aclosing(chat.reply(session_id, body.message, client=client_address(request), api="rest")) as reply:
             async for item in reply:
                 if isinstance(item, Reply):
-                    return ChatResponse(session_id=session_id, message_id=item.message_id,
-                                        reply=item.text, adapter_version=item.adapter_version)
+                    return ChatResponse(
+                        session_id=session_id,
+                        message_id=item.message_id,
+                        reply=item.text,
+                        adapter_version=item.adapter_version,
+                    )
     except ChatError as exc:
         raise HTTPException(exc.status, exc.message) from exc
     raise HTTPException(503, "The model produced no answer; try again.")
@@ -53,17 +58,30 @@ async def chat(body: ChatRequest, chat: ChatDep, request: Request) -> ChatRespon
 def transcript(session_id: str, session: SessionDep) -> Transcript:
     conversation = repo.get_conversation(session, conversation_id=session_id)
     votes = repo.feedback_by_message(session, conversation_id=session_id)
-    messages = [TranscriptMessage(
-        id=m.id, role=m.role.value, text=m.text, adapter_version=m.adapter_version, created_at=m.created_at,
-        feedback=FeedbackState.model_validate(votes[m.id]) if m.id in votes else None) for m in repo.list_messages(session, conversation_id=session_id)]
+    messages = [
+        TranscriptMessage(
+            id=m.id,
+            role=m.role.value,
+            text=m.text,
+            adapter_version=m.adapter_version,
+            created_at=m.created_at,
+            feedback=FeedbackState.model_validate(votes[m.id]) if m.id in votes else None,
+        )
+        for m in repo.list_messages(session, conversation_id=session_id)
+    ]
     return Transcript(session_id=session_id, created_at=conversation.created_at, messages=messages)
 
 
 def _frame_for(item: str | Reply) -> TokenFrame | DoneFrame:
     if isinstance(item, Reply):
-        return DoneFrame(message_id=item.message_id, adapter_version=item.adapter_version,
-                         prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens,
-                         ttft_ms=item.ttft_ms, total_ms=item.total_ms)
+        return DoneFrame(
+            message_id=item.message_id,
+            adapter_version=item.adapter_version,
+            prompt_tokens=item.prompt_tokens,
+            completion_tokens=item.completion_tokens,
+            ttft_ms=item.ttft_ms,
+            total_ms=item.total_ms,
+        )
     return TokenFrame(text=item)
 
 
@@ -103,8 +121,11 @@ class _Connection:
         if self.session_id is not None:
             return await self.error("already_started", "hello must come before the first message.")
         if frame.protocol not in SUPPORTED_PROTOCOLS:
-            return await self.error("unsupported_protocol", f"Protocol {frame.protocol} is not supported; "
-                                    f"this server speaks {', '.join(map(str, SUPPORTED_PROTOCOLS))}.")
+            return await self.error(
+                "unsupported_protocol",
+                f"Protocol {frame.protocol} is not supported; "
+                f"this server speaks {', '.join(map(str, SUPPORTED_PROTOCOLS))}.",
+            )
         await self._announce(frame.session_id)
 
     async def _announce(self, wanted: str | None) -> None:
@@ -168,8 +189,9 @@ async def _refuse_socket(ws: WebSocket, code: str, message: str) -> None:
 async def chat_socket(ws: WebSocket) -> None:
     await ws.accept()
     if not _origin_allowed(ws):
-        return await _refuse_socket(ws, "origin_not_allowed", "This site may not embed the chat "
-                                    "(add it to SUPPORTLOOP_ALLOWED_ORIGINS).")
+        return await _refuse_socket(
+            ws, "origin_not_allowed", "This site may not embed the chat (add it to SUPPORTLOOP_ALLOWED_ORIGINS)."
+        )
     limits, client = ws.app.state.limits, client_address(ws)
     try:
         limits.connect(client)

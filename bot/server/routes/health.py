@@ -1,12 +1,9 @@
-"""Liveness, readiness, the chat widget's script and the demo page."""
+"""Probes for operators: liveness (`/healthz`), readiness (`/readyz`) and Prometheus metrics (`/metrics`)."""
+
 from __future__ import annotations
 
-import hashlib
-from functools import cache
-from importlib import resources
-
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 router = APIRouter()
@@ -30,26 +27,3 @@ def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics")
 def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-
-@cache
-def _widget() -> tuple[bytes, str]:
-    body = resources.files("widget").joinpath("widget.js").read_bytes()
-    return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-
-
-@router.get("/widget.js")
-def widget(request: Request) -> Response:
-    """The embeddable widget: cached for an hour by browsers and CDNs, revalidated by its ETag (CORS
-    for the allowed origins comes from the app's middleware)."""
-    body, etag = _widget()
-    headers = {"ETag": etag, "Cache-Control": "public, max-age=3600, stale-while-revalidate=86400"}
-    if etag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    return Response(body, media_type="text/javascript; charset=utf-8", headers=headers)
-
-
-@router.get("/", response_class=HTMLResponse)
-def index() -> str:
-    """The demo page: a plain site embedding the widget the way a customer's site would."""
-    return resources.files("widget").joinpath("index.html").read_text(encoding="utf-8")

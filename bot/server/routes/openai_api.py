@@ -3,6 +3,7 @@
 Any OpenAI client works unchanged. `model` picks a version: `supportloop` (the active one), `base`,
 or the active adapter's version. Answers are stored like chat answers, and every response carries
 supportloop's ids (`supportloop.message_id`) so that feedback can be attached to it."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ ALIAS = "supportloop"
 class OpenAIError(Exception):
     """Rendered in OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, code: str, param: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self, status: int, message: str, code: str, param: str | None = None, kind: str = "invalid_request_error"
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
 
@@ -85,8 +87,12 @@ def _version(name: str, active: str) -> str:
         return active
     if name in (BASE_VERSION, active):
         return name
-    raise OpenAIError(404, f"The model `{name}` does not exist or is not being served; GET /v1/models lists "
-                      "the models you can use.", "model_not_found", "model")
+    raise OpenAIError(
+        404,
+        f"The model `{name}` does not exist or is not being served; GET /v1/models lists the models you can use.",
+        "model_not_found",
+        "model",
+    )
 
 
 def _check(body: CompletionRequest, chat: ChatService) -> list[dict]:
@@ -95,8 +101,12 @@ def _check(body: CompletionRequest, chat: ChatService) -> list[dict]:
         raise OpenAIError(400, "The last message must come from the user.", "invalid_messages", "messages")
     for m in messages:
         if len(m["content"]) > chat.settings.max_message_chars:
-            raise OpenAIError(400, f"A message has {len(m['content'])} characters; the limit is "
-                              f"{chat.settings.max_message_chars}.", "message_too_long", "messages")
+            raise OpenAIError(
+                400,
+                f"A message has {len(m['content'])} characters; the limit is {chat.settings.max_message_chars}.",
+                "message_too_long",
+                "messages",
+            )
     try:  # the same rules as every other chat message (and the same refusal metrics)
         chat.check_text(messages[-1]["content"], "openai")
     except ChatError as exc:
@@ -108,10 +118,14 @@ def _stream_for(body: CompletionRequest, chat: ChatService, version: str, client
     settings = chat.settings
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     return chat.complete(
-        _check(body, chat), client=client, version=version,
+        _check(body, chat),
+        client=client,
+        version=version,
         max_new_tokens=body.max_completion_tokens or body.max_tokens or settings.max_new_tokens,
         temperature=settings.temperature if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p, stop=stop)
+        top_p=1.0 if body.top_p is None else body.top_p,
+        stop=stop,
+    )
 
 
 def _ids(reply: Reply) -> dict:
@@ -119,8 +133,11 @@ def _ids(reply: Reply) -> dict:
 
 
 def _usage(reply: Reply) -> dict:
-    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
-            "total_tokens": reply.prompt_tokens + reply.completion_tokens}
+    return {
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }
 
 
 def _finish(reply: Reply) -> str:
@@ -133,8 +150,12 @@ async def _first(stream: AsyncIterator[str | Reply]) -> str | Reply:
         return await anext(stream)
     except ChatError as exc:
         await stream.aclose()
-        raise OpenAIError(400 if exc.status == 422 else exc.status, exc.message, exc.code,
-                          kind="rate_limit_error" if exc.status == 429 else "invalid_request_error") from exc
+        raise OpenAIError(
+            400 if exc.status == 422 else exc.status,
+            exc.message,
+            exc.code,
+            kind="rate_limit_error" if exc.status == 429 else "invalid_request_error",
+        ) from exc
 
 
 async def _prepend(first: str | Reply, rest: AsyncIterator[str | Reply]) -> AsyncIterator[str | Reply]:
@@ -150,19 +171,31 @@ async def chat_completions(body: CompletionRequest, chat: ChatDep, request: Requ
     first = await _first(stream)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_sse(_prepend(first, stream), version, include_usage),
-                                 media_type="text/event-stream")
+        return StreamingResponse(_sse(_prepend(first, stream), version, include_usage), media_type="text/event-stream")
     async with aclosing(_prepend(first, stream)) as items:
         reply = [item async for item in items][-1]
-    return {"id": f"chatcmpl-{reply.message_id}", "object": "chat.completion", "created": int(time.time()),
-            "model": version, "choices": [{"index": 0, "finish_reason": _finish(reply),
-                                           "message": {"role": "assistant", "content": reply.text}}],
-            "usage": _usage(reply), "supportloop": _ids(reply)}
+    return {
+        "id": f"chatcmpl-{reply.message_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": version,
+        "choices": [
+            {"index": 0, "finish_reason": _finish(reply), "message": {"role": "assistant", "content": reply.text}}
+        ],
+        "usage": _usage(reply),
+        "supportloop": _ids(reply),
+    }
 
 
 def _chunk(stream_id: str, model: str, choices: list, **extra) -> str:
-    body = {"id": stream_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": choices, **extra}
+    body = {
+        "id": stream_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        **extra,
+    }
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 

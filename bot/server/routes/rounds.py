@@ -1,6 +1,7 @@
 """The admin API for training rounds: `POST /api/admin/train` starts one (in its own process),
 `GET /api/admin/train/{run_id}` reports its progress, log and outcome (with the gate's verdict),
 `GET /api/admin/train` lists the newest rounds."""
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,9 @@ def start_training(body: TrainRequest, request: Request, session: SessionDep, ad
 
 
 @router.get("/train", response_model=list[TrainStatus])
-def training_runs(session: SessionDep, _admin: AdminDep, limit: Annotated[int, Query(ge=1, le=50)] = 10,
-                  log: bool = False) -> list[TrainStatus]:
+def training_runs(
+    session: SessionDep, _admin: AdminDep, limit: Annotated[int, Query(ge=1, le=50)] = 10, log: bool = False
+) -> list[TrainStatus]:
     """The newest rounds first (their logs only with `log=true`)."""
     return [_status(session, run, log) for run in rounds.recent_runs(session, limit=limit)]
 
@@ -70,6 +72,13 @@ def _status(session, run: TrainingRun, log: bool = True) -> TrainStatus:
     if run.adapter_version:
         adapter = session.exec(select(Adapter).where(Adapter.version == run.adapter_version)).first()
         gate = json.loads(adapter.metrics_json).get("gate") if adapter else None
-    return TrainStatus(run_id=run.id, outcome=run.outcome, started_at=run.started_at, finished_at=run.finished_at,
-                       progress=json.loads(run.progress_json or "{}"), adapter_version=run.adapter_version,
-                       gate=gate, log=run.log.splitlines() if log else [])
+    return TrainStatus(
+        run_id=run.id,
+        outcome=run.outcome,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        progress=json.loads(run.progress_json or "{}"),
+        adapter_version=run.adapter_version,
+        gate=gate,
+        log=run.log.splitlines() if log else [],
+    )

@@ -1,5 +1,6 @@
 """The staff API (bearer token): corrections and the review queue for agents; staff accounts and the
 audit trail for admins. Every state change is recorded with who and when (`feedback.repo`)."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,12 @@ class CorrectionRequest(BaseModel):
     text: Text
     approve: bool = False
     reject: bool = Field(False, description="rejected: the answer leaves the review queue and is not trained on")
-    based_on: int | None = Field(None, ge=0, description="the newest correction of this answer the editor saw (0: "
-                                 "none); if another was added since, nothing is saved (409)")
+    based_on: int | None = Field(
+        None,
+        ge=0,
+        description="the newest correction of this answer the editor saw (0: "
+        "none); if another was added since, nothing is saved (409)",
+    )
 
 
 class CorrectionEdit(BaseModel):
@@ -81,12 +86,15 @@ class QueueEntry(BaseModel):
 
     @classmethod
     def of(cls, item: QueueItem) -> QueueEntry:
-        return cls(kind=item.kind, session_id=item.message.conversation_id,
-                   message=QueueMessage.model_validate(item.message),
-                   context=[QueueMessage.model_validate(m) for m in item.context],
-                   feedback=FeedbackState.model_validate(item.feedback) if item.feedback else None,
-                   handoff=HandoffResponse.model_validate(item.handoff) if item.handoff else None,
-                   corrections=[CorrectionOut.model_validate(c) for c in item.corrections])
+        return cls(
+            kind=item.kind,
+            session_id=item.message.conversation_id,
+            message=QueueMessage.model_validate(item.message),
+            context=[QueueMessage.model_validate(m) for m in item.context],
+            feedback=FeedbackState.model_validate(item.feedback) if item.feedback else None,
+            handoff=HandoffResponse.model_validate(item.handoff) if item.handoff else None,
+            corrections=[CorrectionOut.model_validate(c) for c in item.corrections],
+        )
 
 
 class QueueOut(BaseModel):
@@ -105,9 +113,11 @@ class ConversationMessage(QueueMessage):
     @classmethod
     def of(cls, message, found: ConversationReview) -> ConversationMessage:
         vote = found.feedback.get(message.id)
-        return cls(**QueueMessage.model_validate(message).model_dump(),
-                   feedback=FeedbackState.model_validate(vote) if vote else None,
-                   corrections=[CorrectionOut.model_validate(c) for c in found.corrections.get(message.id, [])])
+        return cls(
+            **QueueMessage.model_validate(message).model_dump(),
+            feedback=FeedbackState.model_validate(vote) if vote else None,
+            corrections=[CorrectionOut.model_validate(c) for c in found.corrections.get(message.id, [])],
+        )
 
 
 class ConversationOut(BaseModel):
@@ -152,17 +162,41 @@ class ActionOut(BaseModel):
 
 # agents ---------------------------------------------------------------------------------------
 
+
 @router.get("/review", response_model=QueueOut)
-def queue(session: SessionDep, _staff: StaffDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
-          offset: Annotated[int, Query(ge=0)] = 0, reason: Reason | None = None, version: str | None = None,
-          since: datetime | None = None, until: datetime | None = None,
-          q: Annotated[str | None, Query(max_length=200)] = None, include_reviewed: bool = False) -> QueueOut:
+def queue(
+    session: SessionDep,
+    _staff: StaffDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    reason: Reason | None = None,
+    version: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    include_reviewed: bool = False,
+) -> QueueOut:
     """Answers to review: thumbs down first, then handoff requests, then recent answers."""
-    page = review_queue(session, limit=limit, offset=offset, reason=reason, version=version, since=since,
-                        until=until, search=q, include_reviewed=include_reviewed)
+    page = review_queue(
+        session,
+        limit=limit,
+        offset=offset,
+        reason=reason,
+        version=version,
+        since=since,
+        until=until,
+        search=q,
+        include_reviewed=include_reviewed,
+    )
     names = staff_names(session, [c for i in page.items for c in i.corrections])
-    return QueueOut(total=page.total, limit=limit, offset=offset, items=[QueueEntry.of(i) for i in page.items],
-                    versions=answer_versions(session), names=names)
+    return QueueOut(
+        total=page.total,
+        limit=limit,
+        offset=offset,
+        items=[QueueEntry.of(i) for i in page.items],
+        versions=answer_versions(session),
+        names=names,
+    )
 
 
 @router.get("/conversations/{conversation_id}", response_model=ConversationOut)
@@ -170,41 +204,71 @@ def conversation(conversation_id: str, session: SessionDep, _staff: StaffDep) ->
     """A whole conversation for staff: votes, corrections (approved ones replace the answer in training) and
     handoff requests."""
     found = conversation_review(session, conversation_id=conversation_id)
-    return ConversationOut(id=conversation_id, messages=[ConversationMessage.of(m, found) for m in found.messages],
-                           names=found.names, handoffs=[HandoffResponse.model_validate(h) for h in found.handoffs])
+    return ConversationOut(
+        id=conversation_id,
+        messages=[ConversationMessage.of(m, found) for m in found.messages],
+        names=found.names,
+        handoffs=[HandoffResponse.model_validate(h) for h in found.handoffs],
+    )
 
 
 @router.post("/messages/{message_id}/corrections", response_model=CorrectionOut, status_code=201)
 def correct(message_id: str, body: CorrectionRequest, session: SessionDep, staff: StaffDep) -> CorrectionOut:
-    return CorrectionOut.model_validate(repo.add_correction(session, message_id=message_id, actor=staff, text=body.text,
-                                                            approve=body.approve, reject=body.reject,
-                                                            based_on=body.based_on))
+    return CorrectionOut.model_validate(
+        repo.add_correction(
+            session,
+            message_id=message_id,
+            actor=staff,
+            text=body.text,
+            approve=body.approve,
+            reject=body.reject,
+            based_on=body.based_on,
+        )
+    )
 
 
 @router.get("/corrections", response_model=list[CorrectionOut])
-def corrections(session: SessionDep, _staff: StaffDep, status: CorrectionStatus | None = None,
-                message_id: str | None = None) -> list[CorrectionOut]:
+def corrections(
+    session: SessionDep, _staff: StaffDep, status: CorrectionStatus | None = None, message_id: str | None = None
+) -> list[CorrectionOut]:
     found = repo.list_corrections(session, status=status, message_id=message_id)
     return [CorrectionOut.model_validate(c) for c in found]
 
 
 @router.patch("/corrections/{correction_id}", response_model=CorrectionOut)
 def edit(correction_id: int, body: CorrectionEdit, session: SessionDep, staff: StaffDep) -> CorrectionOut:
-    return CorrectionOut.model_validate(repo.edit_correction(session, correction_id=correction_id, actor=staff,
-                                                             text=body.text, revision=body.revision,
-                                                             approve=body.approve))
+    return CorrectionOut.model_validate(
+        repo.edit_correction(
+            session,
+            correction_id=correction_id,
+            actor=staff,
+            text=body.text,
+            revision=body.revision,
+            approve=body.approve,
+        )
+    )
 
 
 @router.post("/corrections/{correction_id}/approve", response_model=CorrectionOut)
-def approve(correction_id: int, session: SessionDep, staff: StaffDep, body: ReviewRequest | None = None) -> CorrectionOut:
-    return CorrectionOut.model_validate(repo.review_correction(
-        session, correction_id=correction_id, actor=staff, approve=True, revision=body.revision if body else None))
+def approve(
+    correction_id: int, session: SessionDep, staff: StaffDep, body: ReviewRequest | None = None
+) -> CorrectionOut:
+    return CorrectionOut.model_validate(
+        repo.review_correction(
+            session, correction_id=correction_id, actor=staff, approve=True, revision=body.revision if body else None
+        )
+    )
 
 
 @router.post("/corrections/{correction_id}/reject", response_model=CorrectionOut)
-def reject(correction_id: int, session: SessionDep, staff: StaffDep, body: ReviewRequest | None = None) -> CorrectionOut:
-    return CorrectionOut.model_validate(repo.review_correction(
-        session, correction_id=correction_id, actor=staff, approve=False, revision=body.revision if body else None))
+def reject(
+    correction_id: int, session: SessionDep, staff: StaffDep, body: ReviewRequest | None = None
+) -> CorrectionOut:
+    return CorrectionOut.model_validate(
+        repo.review_correction(
+            session, correction_id=correction_id, actor=staff, approve=False, revision=body.revision if body else None
+        )
+    )
 
 
 @router.get("/handoffs", response_model=list[HandoffResponse])
@@ -220,6 +284,7 @@ def close(handoff_id: int, session: SessionDep, staff: StaffDep) -> HandoffRespo
 
 # admins ---------------------------------------------------------------------------------------
 
+
 @router.get("/staff", response_model=list[StaffOut])
 def staff_list(session: SessionDep, _admin: AdminDep) -> list[StaffOut]:
     return [StaffOut.model_validate(s) for s in repo.list_staff(session)]
@@ -233,13 +298,26 @@ def staff_create(body: StaffCreate, session: SessionDep, admin: AdminDep) -> Sta
 
 @router.patch("/staff/{staff_id}", response_model=StaffOut)
 def staff_update(staff_id: int, body: StaffUpdate, session: SessionDep, admin: AdminDep) -> StaffOut:
-    return StaffOut.model_validate(repo.update_staff(session, staff_id=staff_id, actor=admin, role=body.role,
-                                                     disabled=body.disabled))
+    return StaffOut.model_validate(
+        repo.update_staff(session, staff_id=staff_id, actor=admin, role=body.role, disabled=body.disabled)
+    )
 
 
 @router.get("/audit", response_model=list[ActionOut])
-def audit(session: SessionDep, _admin: AdminDep, limit: Annotated[int, Query(ge=1, le=500)] = 100,
-          offset: Annotated[int, Query(ge=0)] = 0) -> list[ActionOut]:
-    return [ActionOut(id=a.id, staff_id=a.staff_id, action=a.action, target=a.target,
-                      detail=json.loads(a.detail_json), created_at=a.created_at)
-            for a in repo.list_actions(session, limit=limit, offset=offset)]
+def audit(
+    session: SessionDep,
+    _admin: AdminDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[ActionOut]:
+    return [
+        ActionOut(
+            id=a.id,
+            staff_id=a.staff_id,
+            action=a.action,
+            target=a.target,
+            detail=json.loads(a.detail_json),
+            created_at=a.created_at,
+        )
+        for a in repo.list_actions(session, limit=limit, offset=offset)
+    ]

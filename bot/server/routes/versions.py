@@ -5,6 +5,7 @@ its verdict; `POST .../{version}/promote` and `POST .../rollback` change the act
 `POST .../canary/stop` ends it; `GET .../votes` counts thumbs per version over time. This server loads and validates the version before the store changes
 (refused → 422 with the reason, nothing changes) and serves it at once; other servers on the same store
 follow it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -47,16 +48,22 @@ class CanaryBody(BaseModel):
 
 @router.get("")
 def list_adapters(request: Request, session: SessionDep, _admin: AdminDep) -> dict:
-    return {"active": versions.active_version(session), "serving": request.app.state.adapters.active_version,
-            "canary": _canary_report(session), "versions": versions.versions(session)}
+    return {
+        "active": versions.active_version(session),
+        "serving": request.app.state.adapters.active_version,
+        "canary": _canary_report(session),
+        "versions": versions.versions(session),
+    }
 
 
 def _canary_report(session) -> dict | None:
     running = repo.running_canary(session)
     if running is None:
         return None
-    return canary.describe(running) | {"verdict": asdict(canary.evaluate(session, running)),
-                                       "rule": {"alpha": canary.ALPHA, "min_votes": canary.MIN_VOTES}}
+    return canary.describe(running) | {
+        "verdict": asdict(canary.evaluate(session, running)),
+        "rule": {"alpha": canary.ALPHA, "min_votes": canary.MIN_VOTES},
+    }
 
 
 @router.get("/votes")
@@ -77,9 +84,14 @@ async def start_canary(version: str, body: CanaryBody, request: Request, admin: 
     store: Store = request.app.state.store
     path = await asyncio.to_thread(_canary_path, store, version, body)
     manager = request.app.state.adapters
-    started = await _refusable(version, manager.change(
-        lambda: _apply(store, admin, canary.start, version, body.percent, force=body.force),
-        version, manager.local_path(version, path)))
+    started = await _refusable(
+        version,
+        manager.change(
+            lambda: _apply(store, admin, canary.start, version, body.percent, force=body.force),
+            version,
+            manager.local_path(version, path),
+        ),
+    )
     return canary.describe(started)
 
 
@@ -123,11 +135,15 @@ def _apply(store: Store, admin: Staff, change: Callable[..., AdapterActivation],
         return change(session, *args, actor=admin, **kwargs)
 
 
-async def _switch(request: Request, version: str, path: str | None, commit: Callable[[], AdapterActivation]) -> Activation:
+async def _switch(
+    request: Request, version: str, path: str | None, commit: Callable[[], AdapterActivation]
+) -> Activation:
     manager = request.app.state.adapters
     activation = await _refusable(version, manager.change(commit, version, manager.local_path(version, path)))
-    return Activation(**activation.model_dump(include={"version", "previous", "action", "actor", "forced", "created_at"}),
-                      serving=manager.active_version)
+    return Activation(
+        **activation.model_dump(include={"version", "previous", "action", "actor", "forced", "created_at"}),
+        serving=manager.active_version,
+    )
 
 
 async def _refusable(version: str, change: Awaitable[T]) -> T:

@@ -3,10 +3,10 @@ ids are unguessable and only reach the customer who was served).
 
 Votes are the hottest write path (every thumb from every widget). They are group-committed
 (`feedback.ingest`), and `VoteIngest` answers them before FastAPI's routing, which otherwise costs
-about half of each request's CPU on a 2-core machine (800 vs 1,600 votes/s measured by
-`bench/feedback.py`). The FastAPI route below documents the same endpoint in OpenAPI and shares
+about half of each request's CPU on a 2-core machine (`bench/votes.py`; numbers in docs/performance.md). The FastAPI route below documents the same endpoint in OpenAPI and shares
 `store_vote`, so both paths validate, store and answer identically.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +27,9 @@ MAX_VOTE_BYTES = 1 << 20  # a vote's comment is at most 2,000 characters; larger
 async def store_vote(app, message_id: str, body: FeedbackRequest) -> FeedbackResponse:
     """Store the vote (group commit); the reply comes once it is committed."""
     stored = await app.state.votes.submit(repo.Vote(message_id, body.thumb, body.reason, body.comment))
-    return FeedbackResponse(message_id=stored.message_id, thumb=stored.thumb, reason=stored.reason,
-                            comment=stored.comment)
+    return FeedbackResponse(
+        message_id=stored.message_id, thumb=stored.thumb, reason=stored.reason, comment=stored.comment
+    )
 
 
 @router.post("/messages/{message_id}/feedback", response_model=FeedbackResponse)

@@ -1,4 +1,5 @@
 """Base-model provisioning: resolution rules and idempotent pulls."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """The HF generator on the tiny model: continuous batching, UTF-8-safe streaming, stop strings,
 cancellation, the bounded queue, context truncation, per-row adapters and adapter validation."""
+
 from __future__ import annotations
 
 import json
@@ -20,16 +21,26 @@ from tests.support.common import wait_until
 from trainer.config import LoraSettings, SFTSettings
 from trainer.sft import train_sft
 
-RECORDS = [{"prompt": [{"role": "user", "content": "When is check-in?"}],
-            "completion": [{"role": "assistant", "content": "From 3:30pm."}]}]
-QUESTIONS = ["When is check-in?", "Is parking free at the hotel?", "hello",
-             "Do you allow pets in the rooms, and is there an extra fee for a dog?", "Breakfast?",
-             "Can I book a taxi to the train station tomorrow morning at seven?"]
+RECORDS = [
+    {
+        "prompt": [{"role": "user", "content": "When is check-in?"}],
+        "completion": [{"role": "assistant", "content": "From 3:30pm."}],
+    }
+]
+QUESTIONS = [
+    "When is check-in?",
+    "Is parking free at the hotel?",
+    "hello",
+    "Do you allow pets in the rooms, and is there an extra fee for a dog?",
+    "Breakfast?",
+    "Can I book a taxi to the train station tomorrow morning at seven?",
+]
 
 
 def _request(text: str, version: str = "base", **kwargs) -> GenerationRequest:
-    return GenerationRequest([{"role": "user", "content": text}], adapter_version=version,
-                             **{"max_new_tokens": 12, **kwargs})
+    return GenerationRequest(
+        [{"role": "user", "content": text}], adapter_version=version, **{"max_new_tokens": 12, **kwargs}
+    )
 
 
 def run(generator, request: GenerationRequest, cancel: threading.Event | None = None):
@@ -49,9 +60,16 @@ def generator(tiny_model):
 @pytest.fixture(scope="module")
 def adapter(tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("adapter")
-    train_sft(RECORDS, base_model=tiny_model, out_dir=folder, device="cpu", lora=LoraSettings(r=4, alpha=8),
-              sft=SFTSettings(epochs=1, min_steps=2, batch_size=1, learning_rate=1e-2), log=lambda _l: None,
-              progress=False)
+    train_sft(
+        RECORDS,
+        base_model=tiny_model,
+        out_dir=folder,
+        device="cpu",
+        lora=LoraSettings(r=4, alpha=8),
+        sft=SFTSettings(epochs=1, min_steps=2, batch_size=1, learning_rate=1e-2),
+        log=lambda _l: None,
+        progress=False,
+    )
     return folder
 
 
@@ -80,8 +98,9 @@ def test_decoder_cuts_at_stop_string_and_never_leaks_its_start(tiny_model):
 
 def test_long_history_is_truncated_oldest_first_keeping_system(generator):
     system = {"role": "system", "content": "SYSTEM-PROMPT"}
-    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "words " * 20}
-             for i in range(40)]
+    turns = [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "words " * 20} for i in range(40)
+    ]
     turns.append({"role": "user", "content": "last question"})
     ids, shared = generator.encode([system] + turns, max_new_tokens=64)
     assert "SYSTEM-PROMPT" in generator.tokenizer.decode(ids[:shared])  # still the shared, cacheable prefix
@@ -151,14 +170,14 @@ def test_prefill_in_one_generator_and_decode_in_another_gives_the_same_answers(t
 def test_a_handoff_carries_the_prompts_kv(tiny_model, generator):
     from transformers import AutoModelForCausalLM
 
-    from bot.runtime.linear_packing import pack_linears
+    from bot.runtime.prepacked_linear import prepack_linears
 
     request = GenerationRequest([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Parking?"}])
     handoff = generator.submit(request, lambda _t: None, threading.Event(), prefill_only=True).result(timeout=60)
     prompt = generator.encode(request.messages, request.max_new_tokens)[0]
     assert handoff.prompt == prompt and handoff.max_new_tokens == request.max_new_tokens
     reference = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
-    pack_linears(reference)  # the same Linear kernels as the generator's, in transformers' own forward
+    prepack_linears(reference)  # the same Linear kernels as the generator's, in transformers' own forward
     with torch.inference_mode():
         expected = reference(input_ids=torch.tensor([prompt]), use_cache=True).past_key_values
     kv = kv_from_bytes(*handoff.kv, "cpu")

@@ -1,6 +1,7 @@
 """The model in its own process (`bot.runtime.workers.ProcessGenerator`), on the tiny model, with and without the
 prefill worker: the same answers as in-process, streaming, cancellation across the pipes, 'busy', adapters
 refused with their reason, and a worker that dies fails the requests in flight and says so in /readyz."""
+
 from __future__ import annotations
 
 import os
@@ -72,9 +73,16 @@ def test_more_requests_than_batch_and_queue_answer_busy(worker):
 
 def test_adapters_load_and_a_broken_one_is_refused_with_its_reason(worker, tiny_model, tmp_path):
     good = tmp_path / "good"
-    train_sft(RECORDS, base_model=tiny_model, out_dir=good, device="cpu", lora=LoraSettings(r=4, alpha=8),
-              sft=SFTSettings(epochs=1, min_steps=2, batch_size=1, learning_rate=1e-2), log=lambda _l: None,
-              progress=False)
+    train_sft(
+        RECORDS,
+        base_model=tiny_model,
+        out_dir=good,
+        device="cpu",
+        lora=LoraSettings(r=4, alpha=8),
+        sft=SFTSettings(epochs=1, min_steps=2, batch_size=1, learning_rate=1e-2),
+        log=lambda _l: None,
+        progress=False,
+    )
     worker.load_adapter("v1", good)
     assert run(worker, _request("When is check-in?", version="v1"))[0].adapter_version == "v1"
     with pytest.raises(AdapterError, match="v2.*failed to load"):

@@ -1,4 +1,5 @@
 """Fixtures of the web app's tests: a ready app on the fake generator, staff tokens."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -16,12 +17,14 @@ from tests.support.common import wait_until
 def serve(settings, any_store, fake):
     """`serve(**update)`: a ready app on `any_store` and the fake generator, with `settings` changed by
     `update` (and a message rate no test reaches)."""
+
     @contextmanager
     def serve(**update):
         changed = settings.model_copy(update={"rate_limit": "1000/minute", **update})
         with TestClient(create_app(changed, generator=fake, store=any_store)) as client:
             wait_until(lambda: client.get("/readyz").status_code == 200)
             yield client
+
     return serve
 
 

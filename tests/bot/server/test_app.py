@@ -1,4 +1,5 @@
 """The server with a fake generator injected through the app factory: protocol, feedback, errors, swaps."""
+
 from __future__ import annotations
 
 import json
@@ -42,15 +43,24 @@ def test_websocket_frame_sequence(client, fake):
     assert [f["type"] for f in frames] == ["session", "token", "token", "token", "token", "done"]
     assert "".join(f["text"] for f in frames if f["type"] == "token") == "Check-in is from 3pm."
     done = frames[-1]
-    assert set(done) == {"type", "message_id", "adapter_version", "prompt_tokens", "completion_tokens",
-                         "ttft_ms", "total_ms"}
+    assert set(done) == {
+        "type",
+        "message_id",
+        "adapter_version",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_ms",
+        "total_ms",
+    }
     assert done["adapter_version"] == "base" and done["completion_tokens"] == 4
     assert 0 <= done["ttft_ms"] <= done["total_ms"]
     transcript = client.app.state.store
     with transcript.session() as s:
         messages = repo.list_messages(s, conversation_id=frames[0]["session_id"])
     assert [(m.role.value, m.text, m.adapter_version) for m in messages] == [
-        ("user", "When is check-in?", None), ("assistant", "Check-in is from 3pm.", "base")]
+        ("user", "When is check-in?", None),
+        ("assistant", "Check-in is from 3pm.", "base"),
+    ]
     assert messages[1].id == done["message_id"]
 
 
@@ -68,16 +78,19 @@ def test_hello_resumes_session_with_context(client, fake):
     assert context[0][0] == "system"
 
 
-@pytest.mark.parametrize("raw, code", [
-    ("not json", "bad_frame"),
-    ("x" * 20_000, "frame_too_large"),
-    (json.dumps({"type": "hello", "protocol": 99}), "unsupported_protocol"),
-    (json.dumps({"type": "cancel"}), "nothing_to_cancel"),
-    (json.dumps({"type": "teleport"}), "bad_frame"),
-    (json.dumps({"type": "user_message"}), "bad_frame"),
-    (json.dumps({"type": "user_message", "text": "   "}), "empty_message"),
-    (json.dumps({"type": "user_message", "text": "x" * 201}), "message_too_long"),
-])
+@pytest.mark.parametrize(
+    "raw, code",
+    [
+        ("not json", "bad_frame"),
+        ("x" * 20_000, "frame_too_large"),
+        (json.dumps({"type": "hello", "protocol": 99}), "unsupported_protocol"),
+        (json.dumps({"type": "cancel"}), "nothing_to_cancel"),
+        (json.dumps({"type": "teleport"}), "bad_frame"),
+        (json.dumps({"type": "user_message"}), "bad_frame"),
+        (json.dumps({"type": "user_message", "text": "   "}), "empty_message"),
+        (json.dumps({"type": "user_message", "text": "x" * 201}), "message_too_long"),
+    ],
+)
 def test_bad_frames_get_error_and_connection_stays_usable(client, raw, code):
     with client.websocket_connect("/ws/chat") as ws:
         ws.send_text(raw)
@@ -99,13 +112,16 @@ def test_rest_chat_and_feedback(client, fake):
     assert reply["reply"] == "Yes, pets are welcome." and reply["adapter_version"] == "base"
     follow = client.post("/api/chat", json={"session_id": reply["session_id"], "message": "Thanks"}).json()
     assert follow["session_id"] == reply["session_id"]
-    vote = client.post(f"/api/messages/{reply['message_id']}/feedback",
-                       json={"thumb": "down", "reason": "wrong", "comment": "No pets."})
+    vote = client.post(
+        f"/api/messages/{reply['message_id']}/feedback",
+        json={"thumb": "down", "reason": "wrong", "comment": "No pets."},
+    )
     assert vote.status_code == 200 and vote.json()["thumb"] == "down"
 
 
-@pytest.mark.parametrize("body, status", [
-    ({"message": ""}, 422), ({"message": "y" * 201}, 422), ({}, 422), ({"message": 5}, 422)])
+@pytest.mark.parametrize(
+    "body, status", [({"message": ""}, 422), ({"message": "y" * 201}, 422), ({}, 422), ({"message": 5}, 422)]
+)
 def test_rest_chat_rejects_bad_input(client, body, status):
     response = client.post("/api/chat", json=body)
     assert response.status_code == status and response.json()["detail"]
@@ -116,8 +132,10 @@ def test_feedback_errors(client):
     assert missing.status_code == 404 and "nope" in missing.json()["detail"]
     message_id = client.post("/api/chat", json={"message": "hi"}).json()["message_id"]
     assert client.post(f"/api/messages/{message_id}/feedback", json={"thumb": "sideways"}).status_code == 422
-    assert client.post(f"/api/messages/{message_id}/feedback",
-                       json={"thumb": "down", "reason": "boring"}).status_code == 422
+    assert (
+        client.post(f"/api/messages/{message_id}/feedback", json={"thumb": "down", "reason": "boring"}).status_code
+        == 422
+    )
 
 
 def test_corrections_need_a_valid_staff_token(client, store):
@@ -146,8 +164,16 @@ def _publish(store, folder, version: str, valid: bool = True) -> None:
     if valid:
         (path / "adapter_config.json").write_text("{}")
     with store.session() as s:
-        repo.register_adapter(s, version=version, path=str(path), base_model="tiny", parent=None,
-                              dataset_hash=None, metrics={}, activate=True)
+        repo.register_adapter(
+            s,
+            version=version,
+            path=str(path),
+            base_model="tiny",
+            parent=None,
+            dataset_hash=None,
+            metrics={},
+            activate=True,
+        )
 
 
 def test_server_swaps_to_newly_active_adapter(settings, store, fake):
@@ -168,8 +194,12 @@ def test_refused_adapter_keeps_old_version_serving(client, settings, store, capl
     manager = client.app.state.adapters
     wait_until(lambda: "v1-broken" in manager.refused)
     assert "adapter_config.json" in manager.refused["v1-broken"]
-    assert any(r.levelname == "ERROR" and "refused adapter v1-broken, still serving base" in r.getMessage()
-               and "adapter_config.json" in r.getMessage() for r in caplog.records)  # the reason is logged
+    assert any(
+        r.levelname == "ERROR"
+        and "refused adapter v1-broken, still serving base" in r.getMessage()
+        and "adapter_config.json" in r.getMessage()
+        for r in caplog.records
+    )  # the reason is logged
     assert client.post("/api/chat", json={"message": "hi"}).json()["adapter_version"] == "base"
 
 
@@ -332,11 +362,13 @@ def test_allowed_origins_for_browsers(tmp_path, store):
 
     strict = Settings(data_dir=tmp_path, adapter_poll_seconds=0.1, allowed_origins=["https://shop.example"])
     with TestClient(create_app(strict, generator=FakeGenerator(), store=store)) as client:
-        preflight = client.options("/api/chat", headers={"Origin": "https://shop.example",
-                                                         "Access-Control-Request-Method": "POST"})
+        preflight = client.options(
+            "/api/chat", headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"}
+        )
         assert preflight.headers["access-control-allow-origin"] == "https://shop.example"
-        other = client.options("/api/chat", headers={"Origin": "https://evil.example",
-                                                     "Access-Control-Request-Method": "POST"})
+        other = client.options(
+            "/api/chat", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+        )
         assert "access-control-allow-origin" not in other.headers
         with client.websocket_connect("/ws/chat", headers={"Origin": "https://evil.example"}) as ws:
             assert ws.receive_json()["code"] == "origin_not_allowed"
@@ -371,8 +403,11 @@ def test_exact_frames_over_a_real_websocket(settings, store):
             ws.send("{oops")
             error = json.loads(ws.recv(timeout=10))
     assert session == {"type": "session", "session_id": session["session_id"], "protocol": 1, "resumed": False}
-    assert frames[:3] == [{"type": "token", "text": "Breakfast"}, {"type": "token", "text": " is"},
-                          {"type": "token", "text": " 7-10am."}]
+    assert frames[:3] == [
+        {"type": "token", "text": "Breakfast"},
+        {"type": "token", "text": " is"},
+        {"type": "token", "text": " 7-10am."},
+    ]
     assert frames[3]["type"] == "done" and frames[3]["adapter_version"] == "base"
     assert error["type"] == "error" and error["code"] == "bad_frame"
 

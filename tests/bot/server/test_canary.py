@@ -1,6 +1,7 @@
 """Canaries: the statistical rule that rolls one back, the store's rules for starting and ending one,
 how sessions are routed to it through the real app (SQLite file and PostgreSQL), the LRU of loaded
 adapters that never drops the active version or a canary, and changes serialized across processes."""
+
 from __future__ import annotations
 
 import threading
@@ -25,8 +26,9 @@ def _fisher_greater(a: int, n1: int, c: int, n2: int) -> float:
     return sum(comb(n1, k) * comb(n2, downs - k) for k in range(a, min(n1, downs) + 1)) / comb(total, downs)
 
 
-@pytest.mark.parametrize("canary_down, active_down, worse", [(9, 3, True), (8, 3, False), (12, 3, True),
-                                                             (5, 5, False), (3, 12, False)])
+@pytest.mark.parametrize(
+    "canary_down, active_down, worse", [(9, 3, True), (8, 3, False), (12, 3, True), (5, 5, False), (3, 12, False)]
+)
 def test_the_rule_is_a_one_sided_fisher_test_at_five_percent(canary_down, active_down, worse):
     verdict = canary.judge(canary_down, 20, active_down, 20)
     assert verdict.worse is worse
@@ -61,9 +63,13 @@ def _store_with(any_store, tmp_path, *versions_: str, rejected: tuple[str, ...] 
 def test_the_store_refuses_bad_canaries_and_ends_one_that_is_promoted(any_store, tmp_path):
     _store_with(any_store, tmp_path, "v1", "v2", "v-gated", rejected=("v-gated",))
     with any_store.session() as s:
-        for version, percent, error, reason in [("v1", 150, repo.Invalid, "at most 100"), ("v1", 0, repo.Invalid, "above 0"),
-                                                ("nope", 10, repo.NotFound, "unknown"), ("base", 10, repo.Conflict, "already the active"),
-                                                ("v-gated", 10, repo.Conflict, "rejected by the evaluation gate")]:
+        for version, percent, error, reason in [
+            ("v1", 150, repo.Invalid, "at most 100"),
+            ("v1", 0, repo.Invalid, "above 0"),
+            ("nope", 10, repo.NotFound, "unknown"),
+            ("base", 10, repo.Conflict, "already the active"),
+            ("v-gated", 10, repo.Conflict, "rejected by the evaluation gate"),
+        ]:
             with pytest.raises(error, match=reason):
                 canary.start(s, version, percent, actor="cli")
             s.rollback()
@@ -89,8 +95,9 @@ def _answers(store, counts: dict[str, tuple[int, int]]) -> None:
         conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt="")
         for version, (down, up) in counts.items():
             for thumb in [Thumb.down] * down + [Thumb.up] * up:
-                message = repo.add_message(s, conversation_id=conversation.id, role=Role.assistant, text="a",
-                                           adapter_version=version)
+                message = repo.add_message(
+                    s, conversation_id=conversation.id, role=Role.assistant, text="a", adapter_version=version
+                )
                 repo.set_feedback(s, message_id=message.id, thumb=thumb)
 
 
@@ -109,7 +116,13 @@ def test_a_canary_significantly_worse_than_the_active_version_is_rolled_back(any
         ended = canary.auto_rollback(s)
         assert (ended.outcome, ended.ended_by) == ("rolled back", "auto-rollback")
         assert canary.describe(ended)["detail"] | {"p_value": None} == {
-            "worse": True, "p_value": None, "canary_down": 10, "canary_votes": 22, "active_down": 3, "active_votes": 20}
+            "worse": True,
+            "p_value": None,
+            "canary_down": 10,
+            "canary_votes": 22,
+            "active_down": 3,
+            "active_votes": 20,
+        }
         assert canary.auto_rollback(s) is None and versions.active_version(s) == "v1"
 
 
@@ -148,6 +161,7 @@ def test_concurrent_promotions_are_serialized(any_store, tmp_path):
 
 # through the app --------------------------------------------------------------------------------
 
+
 def _ask(client, session_id: str | None = None) -> tuple[str, str]:
     reply = client.post("/api/chat", json={"message": "hi", "session_id": session_id}).json()
     return reply["session_id"], reply["adapter_version"]
@@ -171,27 +185,40 @@ def test_a_canary_answers_its_share_of_new_sessions_and_each_keeps_its_version(s
         client.post("/api/admin/adapters/v1/canary", json={"percent": 100}, headers=admin["ada"])
         assert _ask(client)[1] == "v1"
         promoted = client.post("/api/admin/adapters/v1/promote", headers=admin["ada"]).json()
-        assert promoted["serving"] == "v1" and client.get("/api/admin/adapters", headers=admin["ada"]).json()["canary"] is None
+        assert (
+            promoted["serving"] == "v1"
+            and client.get("/api/admin/adapters", headers=admin["ada"]).json()["canary"] is None
+        )
     with any_store.session() as s:
         assert [c.outcome for c in s.exec(select(Canary).order_by(Canary.id))] == ["stopped", "promoted"]
         assert [a.action for a in repo.list_actions(s)][::-1] == [
-            "adapter.canary", "adapter.canary_stop", "adapter.canary", "adapter.promote"]
+            "adapter.canary",
+            "adapter.canary_stop",
+            "adapter.canary",
+            "adapter.promote",
+        ]
 
 
 def test_bad_canary_requests_change_nothing(serve, admin, any_store, settings, fake):
     _register(any_store, settings.adapters_dir, "v1")
     _register(any_store, settings.adapters_dir, "v-broken", valid=False)
     with serve() as client:
-        cases = [("v1", {"percent": 150}, 422, "less than or equal to 100"), ("v1", {"percent": 0}, 422, "greater than 0"),
-                 ("v1", {}, 422, "Field required"), ("nope", {"percent": 5}, 404, "unknown adapter version"),
-                 ("base", {"percent": 5}, 409, "already the active version"),
-                 ("v-broken", {"percent": 5}, 422, "adapter_config.json")]
+        cases = [
+            ("v1", {"percent": 150}, 422, "less than or equal to 100"),
+            ("v1", {"percent": 0}, 422, "greater than 0"),
+            ("v1", {}, 422, "Field required"),
+            ("nope", {"percent": 5}, 404, "unknown adapter version"),
+            ("base", {"percent": 5}, 409, "already the active version"),
+            ("v-broken", {"percent": 5}, 422, "adapter_config.json"),
+        ]
         for version, body, status, reason in cases:
             reply = client.post(f"/api/admin/adapters/{version}/canary", json=body, headers=admin["ada"])
             assert reply.status_code == status and reason in reply.text, (version, body, reply.text)
         stop = client.post("/api/admin/adapters/canary/stop", headers=admin["ada"])
         assert stop.status_code == 409 and "no canary is running" in stop.json()["detail"]
-        assert client.post("/api/admin/adapters/v1/canary", json={"percent": 5}, headers=admin["bob"]).status_code == 403
+        assert (
+            client.post("/api/admin/adapters/v1/canary", json={"percent": 5}, headers=admin["bob"]).status_code == 403
+        )
         assert client.get("/api/admin/adapters", headers=admin["ada"]).json()["canary"] is None
     with any_store.session() as s:
         assert s.exec(select(Canary)).all() == [] and "v-broken" not in fake.adapters
@@ -210,8 +237,9 @@ def test_the_server_rolls_back_a_worse_canary_by_itself(serve, admin, any_store,
         assert s.exec(select(Canary)).one().outcome == "rolled back"
 
 
-def test_loaded_adapters_are_capped_least_recently_used_first_never_the_active_or_canary(serve, admin, any_store,
-                                                                                         settings, fake):
+def test_loaded_adapters_are_capped_least_recently_used_first_never_the_active_or_canary(
+    serve, admin, any_store, settings, fake
+):
     for version in ("v1", "v2", "v3", "v4"):
         _register(any_store, settings.adapters_dir, version)
     with serve(max_loaded_adapters=3) as client:  # room for the newest candidate, preloaded

@@ -1,6 +1,7 @@
 """The staff console's server side through the app (SQLite file and real PostgreSQL): login with a token
 into an http-only cookie, logout, expiry, CSRF and origin checks on state-changing requests, roles on
 pages and APIs, stale corrections, and the data the console's pages read."""
+
 from __future__ import annotations
 
 import threading
@@ -47,7 +48,10 @@ def test_a_token_logs_in_to_an_http_only_secure_cookie_and_logout_ends_it(consol
     assert "samesite=lax" in cookie.lower() and seeded.tokens["bob"] not in cookie  # a login token, not the staff token
     page = client.get("/staff")
     assert page.status_code == 200 and "bob" in page.text and 'data-role="agent"' in page.text
-    assert page.headers["cache-control"] == "no-store" and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert (
+        page.headers["cache-control"] == "no-store"
+        and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    )
     assert client.get("/api/review").json()["total"] == 3  # the APIs take the cookie
     with any_store.session() as s:
         assert len(s.exec(select(StaffLogin)).all()) == 1 and s.exec(select(StaffLogin)).one().token_hash not in cookie
@@ -104,16 +108,23 @@ def test_state_changes_with_the_cookie_need_the_csrf_token_and_the_same_origin(c
     body = {"text": "From 3pm.", "approve": True}
     missing = client.post(f"/api/messages/{message}/corrections", json=body)
     assert missing.status_code == 403 and "CSRF" in missing.json()["detail"]
-    assert client.post(f"/api/messages/{message}/corrections", json=body, headers={CSRF_HEADER: "x" + csrf}).status_code == 403
-    other_site = client.post(f"/api/messages/{message}/corrections", json=body,
-                             headers={CSRF_HEADER: csrf, "Origin": "https://evil.example"})
+    assert (
+        client.post(f"/api/messages/{message}/corrections", json=body, headers={CSRF_HEADER: "x" + csrf}).status_code
+        == 403
+    )
+    other_site = client.post(
+        f"/api/messages/{message}/corrections", json=body, headers={CSRF_HEADER: csrf, "Origin": "https://evil.example"}
+    )
     assert other_site.status_code == 403
     with any_store.session() as s:
         assert repo.list_corrections(s) == []  # nothing was changed by the refused requests
-    ok = client.post(f"/api/messages/{message}/corrections", json=body,
-                     headers={CSRF_HEADER: csrf, "Origin": "https://testserver"})
+    ok = client.post(
+        f"/api/messages/{message}/corrections", json=body, headers={CSRF_HEADER: csrf, "Origin": "https://testserver"}
+    )
     assert ok.status_code == 201 and ok.json()["status"] == "approved"
-    forged_login = client.post("/staff/login", data={"token": seeded.tokens["ada"]}, headers={"Origin": "https://evil.example"})
+    forged_login = client.post(
+        "/staff/login", data={"token": seeded.tokens["ada"]}, headers={"Origin": "https://evil.example"}
+    )
     assert forged_login.status_code == 403 and "another site" in forged_login.text
 
 
@@ -124,8 +135,14 @@ def test_agents_do_not_see_admin_pages_and_the_admin_api_refuses_them(console):
     assert 'href="/staff/adapters"' not in queue and 'href="/staff/team"' not in queue
     assert client.get("/staff/adapters").status_code == 403 and client.get("/staff/team").status_code == 403
     headers = {CSRF_HEADER: csrf_of(client)}
-    for method, path in (("POST", "/api/admin/adapters/rollback"), ("POST", "/api/admin/train"), ("GET", "/api/staff"),
-                         ("POST", "/api/staff"), ("GET", "/api/admin/adapters/votes"), ("GET", "/api/admin/train")):
+    for method, path in (
+        ("POST", "/api/admin/adapters/rollback"),
+        ("POST", "/api/admin/train"),
+        ("GET", "/api/staff"),
+        ("POST", "/api/staff"),
+        ("GET", "/api/admin/adapters/votes"),
+        ("GET", "/api/admin/train"),
+    ):
         refused = client.request(method, path, headers=headers, json={"name": "eve"})
         assert refused.status_code == 403 and refused.json()["detail"] == "This needs an admin account.", path
     login(client, seeded.tokens["ada"])
@@ -138,24 +155,40 @@ def test_a_correction_on_an_answer_someone_else_corrected_meanwhile_is_a_conflic
     message = seeded.answers["down"].id
     ada = {"Authorization": f"Bearer {seeded.tokens['ada']}"}
     bob = {"Authorization": f"Bearer {seeded.tokens['bob']}"}
-    first = client.post(f"/api/messages/{message}/corrections", headers=ada, json={"text": "From 3pm.", "approve": True,
-                                                                                   "based_on": 0})
+    first = client.post(
+        f"/api/messages/{message}/corrections", headers=ada, json={"text": "From 3pm.", "approve": True, "based_on": 0}
+    )
     assert first.status_code == 201
-    stale = client.post(f"/api/messages/{message}/corrections", headers=bob, json={"text": "From 2pm.", "approve": True,
-                                                                                   "based_on": 0})
+    stale = client.post(
+        f"/api/messages/{message}/corrections", headers=bob, json={"text": "From 2pm.", "approve": True, "based_on": 0}
+    )
     assert stale.status_code == 409
-    assert stale.json()["detail"].startswith("ada approved a correction of this answer after you opened it; nothing was saved")
-    based = client.post(f"/api/messages/{message}/corrections", headers=bob, json={"text": "From 2pm.", "based_on": first.json()["id"]})
+    assert stale.json()["detail"].startswith(
+        "ada approved a correction of this answer after you opened it; nothing was saved"
+    )
+    based = client.post(
+        f"/api/messages/{message}/corrections", headers=bob, json={"text": "From 2pm.", "based_on": first.json()["id"]}
+    )
     assert based.status_code == 201 and based.json()["status"] == "draft"
-    approve_edit = client.patch(f"/api/corrections/{based.json()['id']}", headers=ada,
-                                json={"text": "From 3 pm.", "revision": 1, "approve": True})
+    approve_edit = client.patch(
+        f"/api/corrections/{based.json()['id']}",
+        headers=ada,
+        json={"text": "From 3 pm.", "revision": 1, "approve": True},
+    )
     assert approve_edit.status_code == 200 and approve_edit.json()["status"] == "approved"
-    late = client.patch(f"/api/corrections/{based.json()['id']}", headers=bob, json={"text": "From 1pm.", "revision": 1})
+    late = client.patch(
+        f"/api/corrections/{based.json()['id']}", headers=bob, json={"text": "From 1pm.", "revision": 1}
+    )
     assert late.status_code == 409 and "already approved by ada" in late.json()["detail"]
-    unknown = client.post(f"/api/messages/{seeded.answers['recent'].id}/corrections", headers=bob,
-                          json={"text": "x", "based_on": first.json()["id"]})
+    unknown = client.post(
+        f"/api/messages/{seeded.answers['recent'].id}/corrections",
+        headers=bob,
+        json={"text": "x", "based_on": first.json()["id"]},
+    )
     assert unknown.status_code == 409 and "has no correction" in unknown.json()["detail"]
-    both = client.post(f"/api/messages/{message}/corrections", headers=bob, json={"text": "x", "approve": True, "reject": True})
+    both = client.post(
+        f"/api/messages/{message}/corrections", headers=bob, json={"text": "x", "approve": True, "reject": True}
+    )
     assert both.status_code == 422
     with any_store.session() as s:
         texts = [(c.text, c.status) for c in repo.list_corrections(s, message_id=message)]
@@ -170,8 +203,13 @@ def test_two_agents_racing_on_one_answer_save_one_correction(console, any_store)
 
     def correct(token: str) -> None:
         start.wait()
-        results.append(client.post(f"/api/messages/{message}/corrections", headers={"Authorization": f"Bearer {token}"},
-                                   json={"text": f"by {token[-4:]}", "approve": True, "based_on": 0}).status_code)
+        results.append(
+            client.post(
+                f"/api/messages/{message}/corrections",
+                headers={"Authorization": f"Bearer {token}"},
+                json={"text": f"by {token[-4:]}", "approve": True, "based_on": 0},
+            ).status_code
+        )
 
     threads = [threading.Thread(target=correct, args=(t,)) for t in tokens]
     for thread in threads:
@@ -187,8 +225,11 @@ def test_reject_takes_an_answer_off_the_queue_without_training_on_it(console, an
     client, seeded = console
     bob = {"Authorization": f"Bearer {seeded.tokens['bob']}"}
     message = seeded.answers["handoff"]
-    rejected = client.post(f"/api/messages/{message.id}/corrections", headers=bob,
-                           json={"text": message.text, "reject": True, "based_on": 0})
+    rejected = client.post(
+        f"/api/messages/{message.id}/corrections",
+        headers=bob,
+        json={"text": message.text, "reject": True, "based_on": 0},
+    )
     assert rejected.status_code == 201 and rejected.json()["status"] == "rejected"
     queue = client.get("/api/review", headers=bob).json()
     assert [i["message"]["id"] for i in queue["items"]] == [seeded.answers["down"].id, seeded.answers["recent"].id]
@@ -209,7 +250,8 @@ def test_the_conversation_shows_corrections_with_who_approved_them(console):
     answer = convo["messages"][1]
     assert answer["text"] == WRONG and answer["feedback"]["reason"] == "wrong"
     assert [(c["text"], c["status"], convo["names"][str(c["reviewed_by"])]) for c in answer["corrections"]] == [
-        ("From 3pm.", "approved", "ada")]
+        ("From 3pm.", "approved", "ada")
+    ]
     assert client.get("/api/conversations/nope", headers=ada).status_code == 404
 
 
@@ -217,8 +259,11 @@ def test_the_review_queue_filters_by_day(console):
     client, seeded = console
     bob = {"Authorization": f"Bearer {seeded.tokens['bob']}"}
     today = utcnow().date()
-    inside = client.get("/api/review", headers=bob, params={"since": f"{today}T00:00:00Z",
-                                                             "until": f"{today + timedelta(days=1)}T00:00:00Z"})
+    inside = client.get(
+        "/api/review",
+        headers=bob,
+        params={"since": f"{today}T00:00:00Z", "until": f"{today + timedelta(days=1)}T00:00:00Z"},
+    )
     assert inside.json()["total"] == 3
     assert client.get("/api/review", headers=bob, params={"until": f"{today}T00:00:00Z"}).json()["total"] == 0
     assert client.get("/api/review", headers=bob, params={"until": "yesterday"}).status_code == 422
@@ -245,7 +290,9 @@ def test_plain_http_to_another_host_refuses_to_log_in_with_a_reason(settings, st
         refused = login(client, seeded.tokens["bob"])
         assert refused.status_code == 400 and "must be served over HTTPS" in refused.text
         assert LOGIN_COOKIE not in refused.headers.get("set-cookie", "")
-    with TestClient(create_app(settings.model_copy(update={"cookie_secure": False}), generator=fake, store=store)) as client:
+    with TestClient(
+        create_app(settings.model_copy(update={"cookie_secure": False}), generator=fake, store=store)
+    ) as client:
         allowed = login(client, seeded.tokens["bob"])
         assert allowed.status_code == 303 and "Secure" not in allowed.headers["set-cookie"]
 
@@ -260,7 +307,9 @@ def test_login_never_redirects_to_another_site(console):
 def test_the_console_assets_are_served(console):
     client, _ = console
     script = client.get("/staff/static/console.js")
-    assert script.status_code == 200 and "javascript" in script.headers["content-type"] and "X-CSRF-Token" in script.text
+    assert (
+        script.status_code == 200 and "javascript" in script.headers["content-type"] and "X-CSRF-Token" in script.text
+    )
     assert "innerHTML" not in script.text  # every text goes in as text
     assert client.get("/staff/static/console.css").status_code == 200
     assert client.get("/staff/login").headers["x-frame-options"] == "DENY"

@@ -1,5 +1,6 @@
 """Property-based fuzzing of WebSocket frames: anything that is not a valid frame gets an error frame,
 the connection stays open, and the server keeps answering."""
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,18 @@ from bot.server.protocol import ClientFrame
 from tests.support.common import wait_until
 from tests.support.fakes import FakeGenerator
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                    max_leaves=12)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 TYPES = st.sampled_from(["hello", "user_message", "cancel", "token", "done", "", "USER_MESSAGE"]) | st.text(max_size=12)
 FRAMES = st.one_of(
     st.text(max_size=200),
     JSON.map(json.dumps),
-    st.fixed_dictionaries({"type": TYPES}, optional={"text": JSON, "session_id": JSON, "protocol": JSON}).map(json.dumps),
+    st.fixed_dictionaries({"type": TYPES}, optional={"text": JSON, "session_id": JSON, "protocol": JSON}).map(
+        json.dumps
+    ),
 )
 
 

@@ -1,4 +1,5 @@
 """The OpenAI-compatible API, driven by the official `openai` client over a real port."""
+
 from __future__ import annotations
 
 import httpx
@@ -24,8 +25,13 @@ def test_non_streaming_completion(served):
     client, fake, server = served
     fake.enqueue("Check-in is from 3pm.")
     response = client.chat.completions.create(
-        model="supportloop", max_tokens=40, temperature=0.3, top_p=0.9, stop=["\n\n"],
-        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Check-in?"}])
+        model="supportloop",
+        max_tokens=40,
+        temperature=0.3,
+        top_p=0.9,
+        stop=["\n\n"],
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Check-in?"}],
+    )
     choice = response.choices[0]
     assert choice.message.content == "Check-in is from 3pm." and choice.finish_reason == "stop"
     assert response.model == "base" and response.usage.completion_tokens == 4
@@ -43,8 +49,12 @@ def test_non_streaming_completion(served):
 def test_streaming_completion(served):
     client, fake, _ = served
     fake.enqueue("Yes, pets are welcome here.")
-    stream = client.chat.completions.create(model="base", stream=True, stream_options={"include_usage": True},
-                                            messages=[{"role": "user", "content": "Pets?"}])
+    stream = client.chat.completions.create(
+        model="base",
+        stream=True,
+        stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "Pets?"}],
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Yes, pets are welcome here."
@@ -58,8 +68,9 @@ def test_streaming_completion(served):
 def test_length_finish_reason(served):
     client, fake, _ = served
     fake.enqueue("one two three four five")
-    response = client.chat.completions.create(model="supportloop", max_tokens=2,
-                                              messages=[{"role": "user", "content": "count"}])
+    response = client.chat.completions.create(
+        model="supportloop", max_tokens=2, messages=[{"role": "user", "content": "count"}]
+    )
     assert response.choices[0].finish_reason == "length" and response.choices[0].message.content == "one two"
 
 
@@ -72,15 +83,18 @@ def test_models_list_and_unknown_model(served):
     assert "gpt-4" in raised.value.body["message"]
 
 
-@pytest.mark.parametrize("kwargs, param", [
-    ({"messages": []}, "messages"),
-    ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
-    ({"messages": [{"role": "user", "content": "hi"}], "temperature": 5}, "temperature"),
-    ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages"),
-    ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
-    ({"messages": [{"role": "user", "content": "x" * 201}]}, "messages"),
-    ({"messages": [{"role": "user", "content": "   "}]}, "messages"),
-])
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
+        ({"messages": [{"role": "user", "content": "hi"}], "temperature": 5}, "temperature"),
+        ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
+        ({"messages": [{"role": "user", "content": "x" * 201}]}, "messages"),
+        ({"messages": [{"role": "user", "content": "   "}]}, "messages"),
+    ],
+)
 def test_bad_requests_get_openai_shaped_400(served, kwargs, param):
     client, _, _ = served
     with pytest.raises(openai.BadRequestError) as raised:

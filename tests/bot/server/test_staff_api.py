@@ -1,5 +1,6 @@
 """The staff API and customers' feedback over HTTP, on a real SQLite file and the real PostgreSQL:
 roles, the review queue, correction conflicts, the audit trail, bad input, concurrency, outages."""
+
 from __future__ import annotations
 
 import socket
@@ -43,8 +44,9 @@ def _answer(store: Store, question: str, answer: str, version: str = "base") -> 
     with store.session() as s:
         conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt="Be brief.")
         repo.add_message(s, conversation_id=conversation.id, role=Role.user, text=question)
-        return repo.add_message(s, conversation_id=conversation.id, role=Role.assistant, text=answer,
-                                adapter_version=version).id
+        return repo.add_message(
+            s, conversation_id=conversation.id, role=Role.assistant, text=answer, adapter_version=version
+        ).id
 
 
 def test_roles_are_enforced(client, people):
@@ -52,8 +54,12 @@ def test_roles_are_enforced(client, people):
     assert created.status_code == 201 and created.json()["token"].startswith("slt_")
     listed = client.get("/api/staff", headers=people["ada"]).json()
     assert [s["name"] for s in listed] == ["ada", "bob", "cy", "dee"] and all("token" not in s for s in listed)
-    for method, url in (("GET", "/api/staff"), ("POST", "/api/staff"), ("PATCH", f"/api/staff/{people['cy_id']}"),
-                        ("GET", "/api/audit")):
+    for method, url in (
+        ("GET", "/api/staff"),
+        ("POST", "/api/staff"),
+        ("PATCH", f"/api/staff/{people['cy_id']}"),
+        ("GET", "/api/audit"),
+    ):
         refused = client.request(method, url, json={"name": "eve"}, headers=people["bob"])
         assert refused.status_code == 403 and "admin" in refused.json()["detail"], url
     assert client.get("/api/review").status_code == 401
@@ -71,16 +77,25 @@ def test_roles_are_enforced(client, people):
 
 def test_review_queue_orders_filters_and_pages(client, people, any_store):
     ids = {}
-    for key, version in (("old_down", "base"), ("handoff", "base"), ("recent", "v1-x"), ("new_down", "v1-x"),
-                         ("reviewed", "base")):
+    for key, version in (
+        ("old_down", "base"),
+        ("handoff", "base"),
+        ("recent", "v1-x"),
+        ("new_down", "v1-x"),
+        ("reviewed", "base"),
+    ):
         ids[key] = _answer(any_store, f"question {key}", f"answer {key}", version)
     for key, reason in (("old_down", "wrong"), ("new_down", "outdated"), ("reviewed", "wrong")):
-        assert client.post(f"/api/messages/{ids[key]}/feedback", json={"thumb": "down", "reason": reason}).status_code == 200
+        assert (
+            client.post(f"/api/messages/{ids[key]}/feedback", json={"thumb": "down", "reason": reason}).status_code
+            == 200
+        )
     with any_store.session() as s:
         session_id = repo.get_message(s, message_id=ids["handoff"]).conversation_id
     assert client.post(f"/api/sessions/{session_id}/handoff", json={"note": "human please"}).status_code == 201
-    client.post(f"/api/messages/{ids['reviewed']}/corrections", json={"text": "fixed", "approve": True},
-                headers=people["bob"])
+    client.post(
+        f"/api/messages/{ids['reviewed']}/corrections", json={"text": "fixed", "approve": True}, headers=people["bob"]
+    )
 
     def keys(**params) -> list[str]:
         page = client.get("/api/review", params=params, headers=people["bob"]).json()
@@ -101,7 +116,9 @@ def test_review_queue_orders_filters_and_pages(client, people, any_store):
 
 def test_corrections_edit_approve_and_stale_edits(client, people):
     message_id = _answer(client.app.state.store, "When is breakfast?", "Never.")
-    draft = client.post(f"/api/messages/{message_id}/corrections", json={"text": "7-10am."}, headers=people["bob"]).json()
+    draft = client.post(
+        f"/api/messages/{message_id}/corrections", json={"text": "7-10am."}, headers=people["bob"]
+    ).json()
     assert draft["status"] == "draft" and draft["revision"] == 1
     url = f"/api/corrections/{draft['id']}"
     edited = client.patch(url, json={"text": "7-10:30am.", "revision": 1}, headers=people["cy"])
@@ -119,8 +136,10 @@ def test_corrections_edit_approve_and_stale_edits(client, people):
     assert [c["text"] for c in listed] == ["7-10:30am."]
     audit = client.get("/api/audit", headers=people["ada"]).json()
     assert [(a["action"], a["staff_id"]) for a in reversed(audit)] == [
-        ("correction.create", people["bob_id"]), ("correction.edit", people["cy_id"]),
-        ("correction.approve", people["bob_id"])]
+        ("correction.create", people["bob_id"]),
+        ("correction.edit", people["cy_id"]),
+        ("correction.approve", people["bob_id"]),
+    ]
     assert all(a["created_at"] for a in audit)
 
 
@@ -165,11 +184,17 @@ def test_handoffs_are_listed_and_closed_once(client, people, any_store):
 def test_concurrent_voters_lose_nothing(settings, any_store):
     answers = [_answer(any_store, f"q{i}", f"a{i}") for i in range(40)]
     with LiveServer(create_app(settings, generator=FakeGenerator(), store=any_store)) as server:
+
         def vote(i: int) -> int:
             with httpx.Client(base_url=server.url) as http:
-                codes = [http.post(f"/api/messages/{answers[(i + k) % 40]}/feedback",
-                                   json={"thumb": "up" if k % 2 else "down"}).status_code for k in range(40)]
+                codes = [
+                    http.post(
+                        f"/api/messages/{answers[(i + k) % 40]}/feedback", json={"thumb": "up" if k % 2 else "down"}
+                    ).status_code
+                    for k in range(40)
+                ]
             return max(codes)
+
         with ThreadPoolExecutor(16) as pool:
             assert set(pool.map(vote, range(16))) == {200}
     with any_store.session() as s:

@@ -1,6 +1,7 @@
 """Adapter versions through the admin API, on a real SQLite file and the real PostgreSQL: list with live
 stats, promote (validated before the store changes), rollback, `base` as a version, the history of who
 did what, and bad input that changes nothing."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,8 +31,17 @@ def _register(store, folder, version: str, *, valid: bool = True, rejected: bool
     if valid:
         (path / "adapter_config.json").write_text("{}")
     with store.session() as s:
-        repo.register_adapter(s, version=version, path=str(path), base_model="tiny", parent=None, dataset_hash=None,
-                              metrics={"gate": {"passed": not rejected}}, activate=False, rejected=rejected)
+        repo.register_adapter(
+            s,
+            version=version,
+            path=str(path),
+            base_model="tiny",
+            parent=None,
+            dataset_hash=None,
+            metrics={"gate": {"passed": not rejected}},
+            activate=False,
+            rejected=rejected,
+        )
 
 
 def _state(client, headers) -> tuple[str, str]:
@@ -49,8 +59,15 @@ def test_promote_and_rollback_swap_at_once_and_keep_the_history(serve, admin, an
 def _promote_and_roll_back(client, admin, any_store, fake) -> None:
     promoted = client.post("/api/admin/adapters/v1/promote", headers=admin["ada"])
     assert promoted.status_code == 200, promoted.text
-    assert promoted.json() | {"created_at": None} == {"version": "v1", "previous": "base", "action": "promote",
-                                                      "actor": "ada", "forced": False, "created_at": None, "serving": "v1"}
+    assert promoted.json() | {"created_at": None} == {
+        "version": "v1",
+        "previous": "base",
+        "action": "promote",
+        "actor": "ada",
+        "forced": False,
+        "created_at": None,
+        "serving": "v1",
+    }
     assert client.post("/api/chat", json={"message": "hi"}).json()["adapter_version"] == "v1"  # no poll needed
     client.post("/api/admin/adapters/v2/promote", headers=admin["ada"])
     assert _state(client, admin["ada"]) == ("v2", "v2")
@@ -62,10 +79,16 @@ def _promote_and_roll_back(client, admin, any_store, fake) -> None:
     to_base = client.post("/api/admin/adapters/base/promote", headers=admin["ada"]).json()
     assert to_base["serving"] == "base" and list(fake.adapters) == ["v1"]  # kept loaded: within the cap
     with any_store.session() as s:
-        history = [(a.version, a.previous, a.action) for a in s.exec(select(AdapterActivation).order_by(AdapterActivation.id))]
+        history = [
+            (a.version, a.previous, a.action) for a in s.exec(select(AdapterActivation).order_by(AdapterActivation.id))
+        ]
         audit = [a.action for a in repo.list_actions(s)]
-    assert history == [("v1", "base", "promote"), ("v2", "v1", "promote"), ("v1", "v2", "rollback"),
-                       ("base", "v1", "promote")]
+    assert history == [
+        ("v1", "base", "promote"),
+        ("v2", "v1", "promote"),
+        ("v1", "v2", "rollback"),
+        ("base", "v1", "promote"),
+    ]
     assert audit.count("adapter.promote") == 3 and audit.count("adapter.rollback") == 1
     metrics = client.get("/metrics").text
     assert "supportloop_adapter_swaps_total 4.0" in metrics and "supportloop_adapter_swap_seconds_count 4.0" in metrics
@@ -76,8 +99,9 @@ def test_the_list_shows_metrics_and_live_stats_per_version(client, admin, any_st
     with any_store.session() as s:
         conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt="")
         for version, thumb in (("v1", Thumb.up), ("v1", Thumb.up), ("v1", Thumb.down), ("base", None)):
-            message = repo.add_message(s, conversation_id=conversation.id, role=Role.assistant, text="a",
-                                       adapter_version=version)
+            message = repo.add_message(
+                s, conversation_id=conversation.id, role=Role.assistant, text="a", adapter_version=version
+            )
             if thumb is not None:
                 repo.set_feedback(s, message_id=message.id, thumb=thumb)
     listed = {v["version"]: v for v in client.get("/api/admin/adapters", headers=admin["ada"]).json()["versions"]}
@@ -90,11 +114,13 @@ def test_bad_requests_change_nothing(client, admin, any_store, settings, fake):
     _register(any_store, settings.adapters_dir, "v1")
     _register(any_store, settings.adapters_dir, "v-gated", rejected=True)
     _register(any_store, settings.adapters_dir, "v-broken", valid=False)
-    cases = [("/api/admin/adapters/nope/promote", 404, "unknown adapter version"),
-             ("/api/admin/adapters/base/promote", 409, "already the active version"),
-             ("/api/admin/adapters/v-gated/promote", 409, "rejected by the evaluation gate"),
-             ("/api/admin/adapters/v-broken/promote", 422, "adapter_config.json"),
-             ("/api/admin/adapters/rollback", 409, "no previous version")]
+    cases = [
+        ("/api/admin/adapters/nope/promote", 404, "unknown adapter version"),
+        ("/api/admin/adapters/base/promote", 409, "already the active version"),
+        ("/api/admin/adapters/v-gated/promote", 409, "rejected by the evaluation gate"),
+        ("/api/admin/adapters/v-broken/promote", 422, "adapter_config.json"),
+        ("/api/admin/adapters/rollback", 409, "no previous version"),
+    ]
     for url, status, reason in cases:
         reply = client.post(url, headers=admin["ada"])
         assert reply.status_code == status and reason in reply.json()["detail"], (url, reply.text)
@@ -120,8 +146,16 @@ def test_a_published_round_is_recorded_so_it_can_be_rolled_back(client, admin, a
     path.mkdir(parents=True)
     (path / "adapter_config.json").write_text("{}")
     with any_store.session() as s:
-        repo.register_adapter(s, version="v1", path=str(path), base_model="tiny", parent=None, dataset_hash=None,
-                              metrics={}, activate=True)
+        repo.register_adapter(
+            s,
+            version="v1",
+            path=str(path),
+            base_model="tiny",
+            parent=None,
+            dataset_hash=None,
+            metrics={},
+            activate=True,
+        )
     wait_until(lambda: _state(client, admin["ada"]) == ("v1", "v1"))  # the poll picks it up
     back = client.post("/api/admin/adapters/rollback", headers=admin["ada"]).json()
     assert (back["version"], back["previous"], back["serving"]) == ("base", "v1", "base")
@@ -142,8 +176,10 @@ def test_replicas_on_postgresql_follow_a_promotion_through_notify(settings, tmp_
         with stores[0].session() as s:
             _, token = repo.create_staff(s, name="ada", role=StaffRole.admin)
         headers = {"Authorization": f"Bearer {token}"}
-        with TestClient(create_app(slow, generator=FakeGenerator(), store=stores[0])) as one, \
-                TestClient(create_app(slow, generator=FakeGenerator(), store=stores[1])) as other:
+        with (
+            TestClient(create_app(slow, generator=FakeGenerator(), store=stores[0])) as one,
+            TestClient(create_app(slow, generator=FakeGenerator(), store=stores[1])) as other,
+        ):
             for client in (one, other):
                 wait_until(lambda c=client: c.get("/readyz").status_code == 200)
             assert one.post("/api/admin/adapters/v1/promote", headers=headers).json()["serving"] == "v1"
@@ -178,13 +214,16 @@ def test_an_answer_keeps_the_version_it_started_on_across_a_promotion(client, ad
         assert done["adapter_version"] == "v2"
         session_id = frames[0]["session_id"]
     transcript = client.get(f"/api/sessions/{session_id}").json()
-    assert [(m["role"], m["adapter_version"]) for m in transcript["messages"] if m["role"] == "assistant"] == \
-        [("assistant", "v1"), ("assistant", "v2")]
+    assert [(m["role"], m["adapter_version"]) for m in transcript["messages"] if m["role"] == "assistant"] == [
+        ("assistant", "v1"),
+        ("assistant", "v2"),
+    ]
 
 
 def test_the_watcher_stops_when_cancelled_as_a_change_notification_arrives(any_store, settings):
     """A server's shutdown cancels the watcher; a NOTIFY landing in the same loop turn must not swallow
     that cancel (Python 3.11's `asyncio.wait_for` did, and shutdown then waited forever)."""
+
     async def cancel_while_notified() -> bool:
         manager = AdapterManager(GenerationBridge(FakeGenerator()), any_store, settings.adapters_dir, poll_seconds=0.05)
         watcher = asyncio.create_task(manager.run())

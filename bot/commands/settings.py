@@ -1,4 +1,5 @@
 """The CLI's settings: `SUPPORTLOOP_*` variables, read when a command runs (never at import)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -2,6 +2,7 @@
 the store directly (for operators with database access). Servers on the store follow the change at their
 next poll (at once on PostgreSQL) and validate the version then; one that refuses it keeps serving its
 version and logs why."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         for row in rows:
             rate = row["live"]["thumbs_up_rate"]
             status = row["status"] if row["canary_percent"] is None else f"canary {row['canary_percent']:g}%"
-            print(f"{row['version']:<28} {status:<12} {row['live']['messages']:>8} "
-                  f"{'-' if rate is None else f'{rate:.0%}':>10}  {row['activated_at'] or '-'}")
+            print(
+                f"{row['version']:<28} {status:<12} {row['live']['messages']:>8} "
+                f"{'-' if rate is None else f'{rate:.0%}':>10}  {row['activated_at'] or '-'}"
+            )
         return 0
 
     return _run(show)
@@ -61,9 +64,11 @@ def cmd_canary(args: argparse.Namespace) -> int:
 
     def start(session) -> int:
         started = canary.start(session, args.version, args.percent, actor="cli", force=args.force)
-        print(f"canary: {started.version} answers {started.percent:g} % of the sessions started from now on "
-              f"(since {started.started_at:%Y-%m-%d %H:%M:%S} UTC); rolled back automatically if its thumbs-down "
-              f"rate is significantly worse (Fisher exact, one-sided, p < {canary.ALPHA}, ≥ {canary.MIN_VOTES} votes each)")
+        print(
+            f"canary: {started.version} answers {started.percent:g} % of the sessions started from now on "
+            f"(since {started.started_at:%Y-%m-%d %H:%M:%S} UTC); rolled back automatically if its thumbs-down "
+            f"rate is significantly worse (Fisher exact, one-sided, p < {canary.ALPHA}, ≥ {canary.MIN_VOTES} votes each)"
+        )
         return 0
 
     return _run(start)
@@ -73,7 +78,9 @@ def cmd_stop_canary(_args: argparse.Namespace) -> int:
     from feedback import canary
 
     def stop(session) -> int:
-        print(f"canary of {canary.stop(session, actor='cli').version} stopped; its sessions go back to the active version")
+        print(
+            f"canary of {canary.stop(session, actor='cli').version} stopped; its sessions go back to the active version"
+        )
         return 0
 
     return _run(stop)
@@ -81,14 +88,17 @@ def cmd_stop_canary(_args: argparse.Namespace) -> int:
 
 def _report(activation) -> int:
     forced = " (forced past the gate)" if activation.forced else ""
-    print(f"{activation.action}: {activation.version} is now active{forced}, was {activation.previous}; "
-          "servers switch at their next poll")
+    print(
+        f"{activation.action}: {activation.version} is now active{forced}, was {activation.previous}; "
+        "servers switch at their next poll"
+    )
     return 0
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    adapters = commands.add_parser("adapters", help="list, promote, roll back and canary adapter versions").add_subparsers(
-        dest="adapters_command", required=True, metavar="ACTION")
+    adapters = commands.add_parser(
+        "adapters", help="list, promote, roll back and canary adapter versions"
+    ).add_subparsers(dest="adapters_command", required=True, metavar="ACTION")
     listing = adapters.add_parser("list", help="versions with status and live stats (base included)")
     listing.add_argument("--json", action="store_true", help="everything, with manifest metrics, as JSON")
     listing.set_defaults(func=cmd_list)

@@ -1,4 +1,5 @@
 """`supportloop staff add`, `db upgrade` and `export`: the feedback store from the command line."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,7 @@ import sys
 from datetime import UTC
 from pathlib import Path
 
-from bot.cli.settings import load_settings
+from bot.commands.settings import load_settings
 from feedback.methods import METHODS
 
 
@@ -59,8 +60,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = open_store(settings.db_url)
     try:
         with store.session() as session:
-            report = export(session, args.format, args.out, since=args.since,
-                            scrubber=Scrubber(settings.pii_scrub))
+            report = export(session, args.format, args.out, since=args.since, scrubber=Scrubber(settings.pii_scrub))
     finally:
         store.dispose()
     print(f"exported {report.describe()}")
@@ -73,35 +73,49 @@ def _since(value: str):
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO date or time (e.g. 2026-11-01 or "
-                                         "2026-11-01T12:00:00+00:00)") from None
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an ISO date or time (e.g. 2026-11-01 or 2026-11-01T12:00:00+00:00)"
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     staff = commands.add_parser("staff", help="manage staff accounts").add_subparsers(
-        dest="staff_command", required=True, metavar="ACTION")
-    add = staff.add_parser("add", help="add a staff member and print their token once",
-                           description="Add a staff member; prints a new bearer token once (only its hash is stored).")
+        dest="staff_command", required=True, metavar="ACTION"
+    )
+    add = staff.add_parser(
+        "add",
+        help="add a staff member and print their token once",
+        description="Add a staff member; prints a new bearer token once (only its hash is stored).",
+    )
     add.add_argument("name", help="unique staff name")
     add.add_argument("--role", choices=["agent", "admin"], default="agent", help="role (default agent)")
     add.set_defaults(func=cmd_staff_add)
 
     db = commands.add_parser("db", help="manage the feedback store's schema").add_subparsers(
-        dest="db_command", required=True, metavar="ACTION")
-    upgrade = db.add_parser("upgrade", help="apply schema migrations (the server also does at start-up)",
-                            description="Migrate SUPPORTLOOP_DATABASE_URL (default: SQLite in the data folder) "
-                            "to the newest schema, or to --revision. Safe to run repeatedly.")
+        dest="db_command", required=True, metavar="ACTION"
+    )
+    upgrade = db.add_parser(
+        "upgrade",
+        help="apply schema migrations (the server also does at start-up)",
+        description="Migrate SUPPORTLOOP_DATABASE_URL (default: SQLite in the data folder) "
+        "to the newest schema, or to --revision. Safe to run repeatedly.",
+    )
     upgrade.add_argument("--revision", default="head", help="target revision (default head)")
     upgrade.set_defaults(func=cmd_db_upgrade)
 
-    exp = commands.add_parser("export", help="export feedback as a training dataset (JSONL)",
-                              description="Write SFT, DPO or KTO records (TRL's conversational formats) to OUT, "
-                              "PII-scrubbed per SUPPORTLOOP_PII_SCRUB; prints the record count, size and "
-                              "content hash.")
+    exp = commands.add_parser(
+        "export",
+        help="export feedback as a training dataset (JSONL)",
+        description="Write SFT, DPO or KTO records (TRL's conversational formats) to OUT, "
+        "PII-scrubbed per SUPPORTLOOP_PII_SCRUB; prints the record count, size and "
+        "content hash.",
+    )
     exp.add_argument("--format", required=True, choices=list(METHODS), help="dataset format")
-    exp.add_argument("--since", type=_since, help="only feedback and corrections from this ISO date/time on (UTC "
-                     "when no zone is given)")
+    exp.add_argument(
+        "--since",
+        type=_since,
+        help="only feedback and corrections from this ISO date/time on (UTC when no zone is given)",
+    )
     exp.add_argument("out", type=Path, metavar="OUT.jsonl", help="file to write")
     exp.set_defaults(func=cmd_export)
-

@@ -1,12 +1,10 @@
 """Serving-only speedup for CPUs: Linear layers whose weights are prepacked once for oneDNN.
 
-On the 2-core CPUs supportloop targets, a decode step is dominated by the Linear layers. oneDNN's
-prepacked fp32 path runs them about 1.6x faster than `F.linear` at 4-64 rows (measured here for
-SmolLM2's shapes). On CPUs with native bf16 dot products (`amx_bf16`, or `avx512_bf16`), the weights
-are packed in bf16 and the layer computes in bf16 (inputs rounded, outputs returned in fp32). Measured
-at 16 rows for SmolLM2's shapes: 2.2-4.3x faster than packed fp32 on an Intel Xeon with AMX, 1.7-1.9x on
-an AMD EPYC (Zen 4) with AVX-512 BF16. Without them (AVX2, AVX-512 without BF16) bf16 is emulated and far
-slower than fp32, so it is chosen by hardware only.
+On the 2-core CPUs supportloop targets, a decode step is dominated by the Linear layers, and oneDNN's
+prepacked path runs them faster than `F.linear`. On CPUs with native bf16 dot products (`amx_bf16`, or
+`avx512_bf16`), the weights are packed in bf16 and the layer computes in bf16 (inputs rounded, outputs
+returned in fp32); without them (AVX2, AVX-512 without BF16) bf16 is emulated and far slower than fp32,
+so it is chosen by hardware only. The measurements, per CPU, are in docs/performance.md.
 
 A greedy answer must not depend on the batch it rode in, so a row's output must not depend on how many
 rows share its call, where it sits among them, or how many threads compute it. oneDNN does not promise
@@ -24,6 +22,7 @@ needed: a call of a few rows is bound by reading the weights.
 The packed copy is used for inference only; the module stays an `nn.Linear` (same weight parameter,
 tied weights kept), so PEFT wraps it as the base layer of a LoRA adapter like any other Linear.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,6 +50,7 @@ Kernel = Callable[[torch.Tensor], torch.Tensor]
 class CallRows:
     """How a 2-D input's rows reach oneDNN: calls of fewer than `least` rows are padded with zero rows
     (dropped from the result); inputs of more than `most` are cut into calls of `most` rows."""
+
     least: int = 1
     most: int | None = None
 
@@ -60,7 +60,7 @@ class CallRows:
         short = self.least - len(x)
         if short <= 0:
             return kernel(x)
-        return kernel(torch.cat([x, x.new_zeros(short, x.shape[1])]))[:len(x)]
+        return kernel(torch.cat([x, x.new_zeros(short, x.shape[1])]))[: len(x)]
 
     def __str__(self) -> str:
         if self.most is not None:
@@ -91,21 +91,23 @@ def compute_dtype(cpuinfo: Path = Path("/proc/cpuinfo")) -> torch.dtype:
     return torch.bfloat16 if cpu_has_bf16(cpuinfo) else torch.float32
 
 
-class PackedLinear(nn.Linear):
+class PrepackedLinear(nn.Linear):
     """An `nn.Linear` computed from a oneDNN-prepacked copy of its weight (inference only)."""
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, compute: torch.dtype = torch.float32, calls: CallRows = AS_IS
-                    ) -> PackedLinear:
+    def from_linear(
+        cls, linear: nn.Linear, compute: torch.dtype = torch.float32, calls: CallRows = AS_IS
+    ) -> PrepackedLinear:
         packed = cls.__new__(cls)
         nn.Module.__init__(packed)
         packed.in_features, packed.out_features = linear.in_features, linear.out_features
         packed.weight, packed.bias, packed.compute = linear.weight, linear.bias, compute
         weight = linear.weight.detach().to(compute)
         packed.register_buffer("packed_weight", cls.prepack(weight), persistent=False)
-        packed.register_buffer("packed_bias", None if linear.bias is None else linear.bias.detach().to(compute),
-                               persistent=False)
-        packed.calls = calls  # how rows reach oneDNN (chosen by `pack_linears`)
+        packed.register_buffer(
+            "packed_bias", None if linear.bias is None else linear.bias.detach().to(compute), persistent=False
+        )
+        packed.calls = calls  # how rows reach oneDNN (chosen by `prepack_linears`)
         return packed
 
     @staticmethod
@@ -145,9 +147,10 @@ def rows_independent(kernel: Kernel, x: torch.Tensor, calls: CallRows, threads: 
     for count in threads:
         with thread_count(count):
             for size in CALL_SIZES:
-                rows = x[:min(len(x), max(compare, 2 * size + 1))]  # a whole call, a second and a short one
-                if not torch.equal(torch.cat([calls(kernel, part) for part in rows.split(size)]),
-                                   reference[:len(rows)]):
+                rows = x[: min(len(x), max(compare, 2 * size + 1))]  # a whole call, a second and a short one
+                if not torch.equal(
+                    torch.cat([calls(kernel, part) for part in rows.split(size)]), reference[: len(rows)]
+                ):
                     return False
     return True
 
@@ -164,6 +167,7 @@ def calls_for(kernel: Kernel, in_features: int, dtype: torch.dtype, threads: Ite
 @dataclass(frozen=True)
 class Plan:
     """How the Linear layers of one shape are computed."""
+
     compute: torch.dtype
     calls: CallRows
 
@@ -175,9 +179,10 @@ Shape = tuple[int, int, bool]  # in features, out features, has a bias
 
 
 @dataclass
-class Packing:
-    """What `pack_linears` did: the plan of each Linear shape (None: left as `nn.Linear`) and how many
+class Prepacking:
+    """What `prepack_linears` did: the plan of each Linear shape (None: left as `nn.Linear`) and how many
     layers it packed."""
+
     preferred: torch.dtype | None = None
     plans: dict[Shape, Plan | None] = field(default_factory=dict)
     count: int = 0
@@ -189,7 +194,9 @@ class Packing:
     def describe(self) -> str:
         if not self.plans:
             return "no Linear layers prepacked"
-        shapes = "; ".join(f"{i}→{o}: {plan or 'left as nn.Linear (rows vary)'}" for (i, o, _), plan in self.plans.items())
+        shapes = "; ".join(
+            f"{i}→{o}: {plan or 'left as nn.Linear (rows vary)'}" for (i, o, _), plan in self.plans.items()
+        )
         return f"{self.count} Linear layers prepacked for oneDNN ({shapes})"
 
 
@@ -199,20 +206,28 @@ def supported(model: nn.Module) -> bool:
     return param.device.type == "cpu" and param.dtype == torch.float32 and torch.backends.mkldnn.is_available()
 
 
-def pack_linears(model: nn.Module, compute: torch.dtype | None = None, threads: Iterable[int] = (),
-                 layer_type: type[PackedLinear] = PackedLinear) -> Packing:
+def prepack_linears(
+    model: nn.Module,
+    compute: torch.dtype | None = None,
+    threads: Iterable[int] = (),
+    layer_type: type[PrepackedLinear] = PrepackedLinear,
+) -> Prepacking:
     """Swap every plain `nn.Linear` of `model` for a `layer_type` in place, each shape on its own plan
     (see the module's docstring): the preferred dtype (`compute`, or by hardware) where its rows can be
     made independent of their calls at the given thread counts (default: the current one), else fp32,
     else unpacked. Nothing where unsupported."""
     if not supported(model):
-        return Packing()
+        return Prepacking()
     preferred = compute or compute_dtype()
     dtypes = [dtype for dtype in dict.fromkeys([preferred, torch.float32]) if _kernel_agrees(dtype, layer_type)]
     threads = tuple(threads) or (torch.get_num_threads(),)
-    packing = Packing(preferred)
-    linears = [(module, name, child) for module in list(model.modules())
-               for name, child in list(module.named_children()) if type(child) is nn.Linear]
+    packing = Prepacking(preferred)
+    linears = [
+        (module, name, child)
+        for module in list(model.modules())
+        for name, child in list(module.named_children())
+        if type(child) is nn.Linear
+    ]
     for parent, name, child in linears:
         shape = (child.in_features, child.out_features, child.bias is not None)
         if shape not in packing.plans:
@@ -225,27 +240,37 @@ def pack_linears(model: nn.Module, compute: torch.dtype | None = None, threads: 
     return packing
 
 
-def _plan(layer_type: type[PackedLinear], linear: nn.Linear, dtypes: list[torch.dtype], threads: tuple[int, ...]
-          ) -> Plan | None:
+def _plan(
+    layer_type: type[PrepackedLinear], linear: nn.Linear, dtypes: list[torch.dtype], threads: tuple[int, ...]
+) -> Plan | None:
     """The first of `dtypes` with a way of calling oneDNN that keeps `linear`'s rows independent."""
     for dtype in dtypes:
         calls = calls_for(layer_type.from_linear(linear, dtype).onednn, linear.in_features, dtype, threads)
-        log.info("packed %s Linear %d→%d at %s thread(s): %s", dtype, linear.in_features, linear.out_features,
-                 "/".join(map(str, threads)), f"row-independent in {calls}" if calls else "rows vary in every way tried")
+        log.info(
+            "packed %s Linear %d→%d at %s thread(s): %s",
+            dtype,
+            linear.in_features,
+            linear.out_features,
+            "/".join(map(str, threads)),
+            f"row-independent in {calls}" if calls else "rows vary in every way tried",
+        )
         if calls is not None:
             return Plan(dtype, calls)
     return None
 
 
-def _warn_if_lost(packing: Packing) -> None:
+def _warn_if_lost(packing: Prepacking) -> None:
     lost = packing.lost()
     if lost:
-        log.warning("CPU fast path partly lost: the rows of these Linear shapes depend on their batch in %s "
-                    "however oneDNN is called: %s", packing.preferred,
-                    ", ".join(f"{i}→{o} ({packing.plans[(i, o, bias)] or 'unpacked'})" for i, o, bias in lost))
+        log.warning(
+            "CPU fast path partly lost: the rows of these Linear shapes depend on their batch in %s "
+            "however oneDNN is called: %s",
+            packing.preferred,
+            ", ".join(f"{i}→{o} ({packing.plans[(i, o, bias)] or 'unpacked'})" for i, o, bias in lost),
+        )
 
 
-def _kernel_agrees(dtype: torch.dtype, layer_type: type[PackedLinear] = PackedLinear) -> bool:
+def _kernel_agrees(dtype: torch.dtype, layer_type: type[PrepackedLinear] = PrepackedLinear) -> bool:
     tolerance = 1e-4 if dtype == torch.float32 else 3e-2  # bf16 keeps 8 bits of mantissa
     try:
         linear, x = nn.Linear(64, 32), torch.randn(3, 64)

@@ -1,4 +1,5 @@
 """The `supportloop` command line, run as a user runs it (the installed console script)."""
+
 from __future__ import annotations
 
 import os
@@ -16,15 +17,25 @@ CLI = str(Path(sys.executable).parent / "supportloop")
 
 
 def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
-                          timeout=300)
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
 
 
-@pytest.mark.parametrize("args, expected", [
-    ((), "serve"), (("serve",), "--port"), (("model", "pull"), "SUPPORTLOOP_MODEL_CACHE"),
-    (("staff", "add"), "--role"), (("train",), "--epochs"), (("db", "upgrade"), "--revision"),
-    (("export",), "--since"), (("adapters", "promote"), "--force"), (("adapters", "list"), "--json"),
-    (("adapters", "canary"), "percent"), (("adapters", "stop-canary"), "end the running canary")])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        ((), "serve"),
+        (("serve",), "--port"),
+        (("model", "pull"), "SUPPORTLOOP_MODEL_CACHE"),
+        (("staff", "add"), "--role"),
+        (("train",), "--epochs"),
+        (("db", "upgrade"), "--revision"),
+        (("export",), "--since"),
+        (("adapters", "promote"), "--force"),
+        (("adapters", "list"), "--json"),
+        (("adapters", "canary"), "percent"),
+        (("adapters", "stop-canary"), "end the running canary"),
+    ],
+)
 def test_every_command_has_help(args, expected):
     result = _run(*args, "--help")
     assert result.returncode == 0 and expected in result.stdout
@@ -76,8 +87,17 @@ def test_adapters_promote_and_rollback_from_the_command_line(tmp_path):
     store = open_store(f"sqlite:///{tmp_path / 'supportloop.db'}")
     with store.session() as session:
         for version, rejected in (("v1", False), ("v-gated", True)):
-            repo.register_adapter(session, version=version, path=f"/a/{version}", base_model="m", parent=None,
-                                  dataset_hash=None, metrics={}, activate=False, rejected=rejected)
+            repo.register_adapter(
+                session,
+                version=version,
+                path=f"/a/{version}",
+                base_model="m",
+                parent=None,
+                dataset_hash=None,
+                metrics={},
+                activate=False,
+                rejected=rejected,
+            )
     store.dispose()
     promoted = _run("adapters", "promote", "v1", env=env)
     assert promoted.returncode == 0 and "v1 is now active" in promoted.stdout and "was base" in promoted.stdout
@@ -87,8 +107,11 @@ def test_adapters_promote_and_rollback_from_the_command_line(tmp_path):
     forced = _run("adapters", "promote", "v-gated", "--force", env=env)
     assert forced.returncode == 0 and "forced past the gate" in forced.stdout
     listing = _run("adapters", "list", env=env).stdout
-    assert [line.split()[:2] for line in listing.splitlines()[1:]] == [["base", "available"], ["v-gated", "active"],
-                                                                     ["v1", "retired"]]
+    assert [line.split()[:2] for line in listing.splitlines()[1:]] == [
+        ["base", "available"],
+        ["v-gated", "active"],
+        ["v1", "retired"],
+    ]
     back = _run("adapters", "rollback", env=env)
     assert back.returncode == 0 and "v1 is now active" in back.stdout
 
@@ -97,8 +120,16 @@ def test_adapters_canary_from_the_command_line(tmp_path):
     env = {"SUPPORTLOOP_DATA_DIR": str(tmp_path)}
     store = open_store(f"sqlite:///{tmp_path / 'supportloop.db'}")
     with store.session() as session:
-        repo.register_adapter(session, version="v1", path="/a/v1", base_model="m", parent=None, dataset_hash=None,
-                              metrics={}, activate=False)
+        repo.register_adapter(
+            session,
+            version="v1",
+            path="/a/v1",
+            base_model="m",
+            parent=None,
+            dataset_hash=None,
+            metrics={},
+            activate=False,
+        )
     store.dispose()
     for percent in ("150", "0"):
         refused = _run("adapters", "canary", "v1", percent, env=env)

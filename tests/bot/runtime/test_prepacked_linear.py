@@ -1,12 +1,13 @@
 """oneDNN-prepacked Linear layers for CPU serving.
 
-What must hold on every CPU: whatever `pack_linears` chose for a layer, a row's result does not depend
+What must hold on every CPU: whatever `prepack_linears` chose for a layer, a row's result does not depend
 on the other rows of its call (so a greedy answer does not depend on its batch), and it chose the CPU's
 fast dtype wherever some way of calling oneDNN keeps rows independent. The CPUs' own ways of breaking
 that (a lone row on AMD Zen 4, K blocks that change with the row count on Intel AMX, a thread split)
 are simulated exactly below, so the mechanism is tested for each on any CPU; the real kernels are
 tested on the CPU at hand.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,15 +16,15 @@ import pytest
 import torch
 from torch import nn
 
-from bot.runtime.linear_packing import (
+from bot.runtime.prepacked_linear import (
     AS_IS,
     CALL_ROWS,
     CallRows,
-    PackedLinear,
+    PrepackedLinear,
     _kernel_agrees,
     calls_for,
     compute_dtype,
-    pack_linears,
+    prepack_linears,
     rows_independent,
     thread_count,
 )
@@ -68,8 +69,8 @@ def test_packed_linear_matches_linear_and_a_row_does_not_depend_on_its_batch():
     model = nn.Sequential(nn.Linear(96, 200))
     reference = nn.Linear(96, 200)
     reference.load_state_dict(model[0].state_dict())
-    packing = pack_linears(model, torch.float32, threads=SERVED_THREADS)
-    assert packing.count == 1 and isinstance(model[0], PackedLinear)
+    packing = prepack_linears(model, torch.float32, threads=SERVED_THREADS)
+    assert packing.count == 1 and isinstance(model[0], PrepackedLinear)
     x = torch.randn(37, 96)
     with torch.inference_mode():
         assert torch.allclose(model(x), reference(x), atol=1e-5)
@@ -86,11 +87,11 @@ def test_a_row_never_depends_on_its_batch_in_the_served_shapes(dtype):
         pytest.skip(f"this CPU's oneDNN has no {dtype} Linear")
     torch.manual_seed(0)
     model = nn.Sequential(*[nn.Linear(i, o, bias=False) for i, o in SMOLLM2_SHAPES], nn.Linear(576, 1536))
-    packing = pack_linears(model, dtype, threads=SERVED_THREADS)
+    packing = prepack_linears(model, dtype, threads=SERVED_THREADS)
     for layer, (shape, plan) in zip(model, packing.plans.items()):
         assert_rows_independent(layer, shape[0])
         if plan is None or plan.compute != dtype:
-            kernel = PackedLinear.from_linear(nn.Linear(shape[0], shape[1], bias=shape[2]), dtype).onednn
+            kernel = PrepackedLinear.from_linear(nn.Linear(shape[0], shape[1], bias=shape[2]), dtype).onednn
             x = torch.randn(256, shape[0], generator=torch.Generator().manual_seed(1)).to(dtype)
             with torch.inference_mode():
                 assert not any(rows_independent(kernel, x, calls, SERVED_THREADS) for calls in CALL_ROWS), shape
@@ -101,19 +102,19 @@ def test_pack_linears_keeps_weights_shared_and_peft_wraps_the_packed_layers():
 
     model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
     weight = model[0].weight
-    assert pack_linears(model, torch.float32).count == 2
-    assert isinstance(model[0], PackedLinear) and model[0].weight is weight
+    assert prepack_linears(model, torch.float32).count == 2
+    assert isinstance(model[0], PrepackedLinear) and model[0].weight is weight
     assert "packed_weight" not in model.state_dict()  # never saved with the model
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["0", "2"]))
     with torch.inference_mode():
         out = peft_model(torch.randn(3, 8))
     assert out.shape == (3, 4)
-    assert isinstance(peft_model.base_model.model[0].base_layer, PackedLinear)
+    assert isinstance(peft_model.base_model.model[0].base_layer, PrepackedLinear)
 
 
 def test_training_still_uses_the_trainable_weight():
     model = nn.Sequential(nn.Linear(4, 2))
-    pack_linears(model)
+    prepack_linears(model)
     loss = model(torch.randn(3, 4)).sum()
     loss.backward()
     assert model[0].weight.grad is not None
@@ -134,7 +135,7 @@ def test_bf16_is_chosen_only_on_cpus_with_native_bf16_dot_products(tmp_path):
 def test_bf16_packed_linear_is_close_to_fp32():
     torch.manual_seed(0)
     linear = nn.Linear(96, 200)
-    packed = PackedLinear.from_linear(linear, torch.bfloat16)
+    packed = PrepackedLinear.from_linear(linear, torch.bfloat16)
     x = torch.randn(37, 96)
     with torch.inference_mode():
         full = packed(x)
@@ -143,15 +144,18 @@ def test_bf16_packed_linear_is_close_to_fp32():
 
 # ---- other CPUs, simulated exactly -------------------------------------------------------------
 
+
 def blocked_matmul(x: torch.Tensor, weight: torch.Tensor, blocks: int) -> torch.Tensor:
     """x @ weightᵀ with the K dimension summed in `blocks` blocks, each exactly, the partial sums added in
     fp32 (as oneDNN adds its K blocks); the same for every row whatever the call holds."""
-    parts = [(xs.double() @ ws.double().T).float()
-             for xs, ws in zip(x.tensor_split(blocks, 1), weight.tensor_split(blocks, 1))]
+    parts = [
+        (xs.double() @ ws.double().T).float()
+        for xs, ws in zip(x.tensor_split(blocks, 1), weight.tensor_split(blocks, 1))
+    ]
     return torch.stack(parts).sum(0)
 
 
-class SimulatedCPU(PackedLinear):
+class SimulatedCPU(PrepackedLinear):
     """A CPU whose fp32 kernel is row-independent and whose bf16 kernel sums K in `blocks(rows)` blocks.
     Results stay in fp32 (not rounded to bf16 as oneDNN's are), so that every difference shows."""
 
@@ -199,8 +203,9 @@ class PositionCPU(SimulatedCPU):
         if self.compute == torch.float32:
             return super().onednn(x)
         odd = (torch.arange(len(x)) % 2 == 1)[:, None]
-        return self.biased(torch.where(odd, blocked_matmul(x, self.packed_weight, 2),
-                                       blocked_matmul(x, self.packed_weight, 1)))
+        return self.biased(
+            torch.where(odd, blocked_matmul(x, self.packed_weight, 2), blocked_matmul(x, self.packed_weight, 1))
+        )
 
 
 def simulated_model() -> nn.Sequential:
@@ -208,11 +213,12 @@ def simulated_model() -> nn.Sequential:
     return nn.Sequential(nn.Linear(96, 64, bias=False), nn.Linear(64, 96, bias=False))
 
 
-@pytest.mark.parametrize(("cpu", "calls"), [(SimulatedCPU, AS_IS), (LoneRowCPU, CallRows(2)),
-                                            (AmxCPU, CallRows(16, 16))])
+@pytest.mark.parametrize(
+    ("cpu", "calls"), [(SimulatedCPU, AS_IS), (LoneRowCPU, CallRows(2)), (AmxCPU, CallRows(16, 16))]
+)
 def test_the_fast_dtype_is_kept_with_the_cheapest_calls_that_make_rows_independent(cpu, calls):
     model = simulated_model()
-    packing = pack_linears(model, torch.bfloat16, threads=(1,), layer_type=cpu)
+    packing = prepack_linears(model, torch.bfloat16, threads=(1,), layer_type=cpu)
     assert {plan.compute for plan in packing.plans.values()} == {torch.bfloat16} and not packing.lost()
     assert {plan.calls for plan in packing.plans.values()} == {calls}
     for layer in model:
@@ -237,8 +243,8 @@ def test_a_thread_split_is_caught_at_the_thread_counts_serving_uses(caplog):
     assert calls_for(layer.onednn, 96, torch.bfloat16, threads=(1,)) == AS_IS  # one thread count: consistent
     assert calls_for(layer.onednn, 96, torch.bfloat16, threads=(1, 2)) is None  # decode 1, prefill 2: never
     model = simulated_model()
-    with caplog.at_level(logging.WARNING, logger="bot.runtime.linear_packing"):
-        packing = pack_linears(model, torch.bfloat16, threads=(1, 2), layer_type=ThreadSplitCPU)
+    with caplog.at_level(logging.WARNING, logger="bot.runtime.prepacked_linear"):
+        packing = prepack_linears(model, torch.bfloat16, threads=(1, 2), layer_type=ThreadSplitCPU)
     assert {plan.compute for plan in packing.plans.values()} == {torch.float32}  # fp32 is row-independent
     assert "fast path partly lost" in caplog.text
     assert "96→64 (float32, calls as they come), 64→96 (float32, calls as they come)" in caplog.text
@@ -251,7 +257,7 @@ def test_only_the_shape_that_cannot_be_fixed_leaves_the_fast_dtype():
             return PositionCPU.onednn(self, x) if self.in_features == 96 else SimulatedCPU.onednn(self, x)
 
     model = simulated_model()
-    packing = pack_linears(model, torch.bfloat16, threads=(1,), layer_type=OneBadShape)
+    packing = prepack_linears(model, torch.bfloat16, threads=(1,), layer_type=OneBadShape)
     assert packing.lost() == [(96, 64, False)]
     assert [layer.compute for layer in model] == [torch.float32, torch.bfloat16]
     assert "96→64: float32" in packing.describe() and "64→96: bfloat16" in packing.describe()

