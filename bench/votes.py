@@ -6,7 +6,7 @@ a minimal client so that the load generator is not the bottleneck on a 2-core ma
 reads the store back: every accepted vote must be there with the thumb and reason that were sent.
 Prints JSON and one summary line per database. Target: >= 1,000 events/s with 0 lost.
 
-    .venv/bin/python bench/feedback.py [--clients 32] [--seconds 20] [--db sqlite postgresql]
+    .venv/bin/python bench/votes.py [--clients 32] [--seconds 20] [--db sqlite postgresql]
 """
 
 from __future__ import annotations
