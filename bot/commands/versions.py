@@ -9,13 +9,14 @@ import argparse
 import json
 import sys
 
+from bot.commands.settings import load_settings
+
 
 def _run(change) -> int:
-    from bot.server.settings import Settings
     from feedback import repo
     from feedback.db import open_store
 
-    store = open_store(Settings().db_url)
+    store = open_store(load_settings().db_url)
     try:
         with store.session() as session:
             return change(session)
