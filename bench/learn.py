@@ -44,6 +44,8 @@ def run(n: int, seed: int, extra: list[str]) -> dict:
         "SUPPORTLOOP_ADAPTER_POLL_SECONDS": "0.25",
         "SUPPORTLOOP_MAX_NEW_TOKENS": "64",
         "SUPPORTLOOP_RATE_LIMIT": "100000/minute",
+        "SUPPORTLOOP_KB": "false",  # the adapter alone: no retrieval
+        "SUPPORTLOOP_MEMORY": "false",
     }  # one client asks all
     server, url = live.start_server(env, "--no-access-log")
     try:

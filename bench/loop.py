@@ -65,7 +65,9 @@ def run(n: int, seed: int) -> dict:
     corrected, held_out = live.pick_pairs(n, n, seed)
     data_dir = Path(tempfile.mkdtemp(prefix="supportloop-bench-"))
     env = {**os.environ, "SUPPORTLOOP_DATA_DIR": str(data_dir)}
-    server, url = serve(Settings(data_dir=data_dir, adapter_poll_seconds=0.25, max_new_tokens=48))
+    # the adapter alone: no knowledge base, no correction memory (they would answer from the corrections at once)
+    settings = Settings(data_dir=data_dir, adapter_poll_seconds=0.25, max_new_tokens=48, kb=False, memory=False)
+    server, url = serve(settings)
     ws_url = url.replace("http", "ws") + "/ws/chat"
     before = [live.ask(ws_url, p["question"]) for p in corrected + held_out]
     token = live.staff_token(env)

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bot.commands import rounds, serving, store, versions
+from bot.commands import knowledge, rounds, serving, store, versions
 from bot.commands.settings import load_settings
 
 
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_commands(commands)
     rounds.add_commands(commands, cmd_train)
     versions.add_commands(commands)
+    knowledge.add_commands(commands)
     return parser
 
 

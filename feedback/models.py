@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 
+from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -75,6 +76,9 @@ class Message(SQLModel, table=True):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_ms: float | None = None
+    grounding: str | None = Field(
+        default=None, description="an answer's: the retrieved passages its prompt carried (the template's block)"
+    )
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -240,3 +244,52 @@ class Canary(SQLModel, table=True):
     outcome: str | None = Field(default=None, max_length=32)
     ended_by: str | None = Field(default=None, max_length=128)
     detail_json: str = "{}"
+
+
+class SourceKind(str, enum.Enum):
+    """Where a passage that grounded an answer came from."""
+
+    kb = "kb"
+    correction = "correction"
+
+
+class KnowledgeDocument(SQLModel, table=True):
+    """One ingested file of the knowledge base, under a named source (e.g. "help-centre")."""
+
+    __table_args__ = (UniqueConstraint("source", "path", name="uq_knowledgedocument_source_path"),)
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=128, index=True)
+    path: str = Field(max_length=1024, description="the file it was read from, unique within its source")
+    url: str = Field(default="", max_length=1024, description="where customers can read it (cited); may be empty")
+    title: str = Field(default="", max_length=512)
+    content_hash: str = Field(
+        max_length=80, description="sha256 of the file's bytes: re-adding it unchanged is a no-op"
+    )
+    embedding_model: str = Field(default="", max_length=256)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class KnowledgeChunk(SQLModel, table=True):
+    """A passage of a document with its embedding (float32 bytes, normalised; torch-free)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    document_id: int = Field(foreign_key="knowledgedocument.id", index=True)
+    seq: int
+    title: str = Field(default="", max_length=512, description="the document's title and the section's heading")
+    text: str
+    embedding: bytes
+
+
+class GroundingSource(SQLModel, table=True):
+    """A passage that grounded an answer, as cited to the customer (title and URL kept as they were)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(foreign_key="message.id", index=True, max_length=64)
+    rank: int
+    kind: SourceKind
+    title: str = Field(default="", max_length=512)
+    url: str = Field(default="", max_length=1024)
+    score: float
+    chunk_id: int | None = Field(default=None, description="a kb passage (no foreign key: the KB may change)")
+    correction_id: int | None = Field(default=None, foreign_key="correction.id")

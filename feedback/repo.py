@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -19,6 +20,7 @@ from feedback.models import (
     Correction,
     CorrectionStatus,
     Feedback,
+    GroundingSource,
     Handoff,
     HandoffStatus,
     Message,
@@ -82,6 +84,8 @@ def add_message(
     prompt_tokens: int | None = None,
     completion_tokens: int | None = None,
     latency_ms: float | None = None,
+    grounding: str | None = None,
+    sources: Sequence[GroundingSource] = (),
 ) -> Message:
     seq = session.exec(
         select(func.count()).select_from(Message).where(Message.conversation_id == conversation_id)
@@ -96,10 +100,29 @@ def add_message(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         latency_ms=latency_ms,
+        grounding=grounding,
     )
     session.add(message)
+    session.flush()  # the message's row first: its sources refer to it
+    for rank, source in enumerate(sources):
+        source.message_id, source.rank = message.id, rank
+        session.add(source)
     session.commit()
     return message
+
+
+def sources_of(session: Session, *, message_ids: Sequence[str]) -> dict[str, list[GroundingSource]]:
+    """The passages that grounded each of these answers, in rank order."""
+    found: dict[str, list[GroundingSource]] = {}
+    if message_ids:
+        query = (
+            select(GroundingSource)
+            .where(col(GroundingSource.message_id).in_(list(message_ids)))
+            .order_by(col(GroundingSource.message_id), col(GroundingSource.rank))
+        )
+        for source in session.exec(query):
+            found.setdefault(source.message_id, []).append(source)
+    return found
 
 
 def get_conversation(session: Session, *, conversation_id: str) -> Conversation:

@@ -6,7 +6,8 @@
   `GenerationResult`, without blocking the event loop;
 - `AdapterManager` keeps the serving versions in sync with the store (validate → load → swap, canary);
 - the errors a request may end with: `Busy` (queue full), `ModelUnavailable`, `AdapterError`;
-- base-model provisioning for the `model pull` command and for start-up.
+- base-model provisioning for the `model pull` command and for start-up;
+- retrieval for grounded answers: `load_embedder`, `Retriever` (knowledge base + correction memory).
 """
 
 from __future__ import annotations
@@ -16,10 +17,19 @@ from pathlib import Path
 from bot.runtime.adapter_manager import AdapterManager
 from bot.runtime.base_model import pull_default_model, resolve_base_model
 from bot.runtime.bridge import GenerationBridge
+from bot.runtime.embeddings import Embedder, LazyEmbedder, default_embedding_model, load_embedder
 from bot.runtime.generator import Generator
+from bot.runtime.retrieval import Hit, Retrieval, Retriever
 from bot.runtime.types import AdapterError, Busy, GenerationRequest, GenerationResult, ModelUnavailable
 
 __all__ = [
+    "Embedder",
+    "LazyEmbedder",
+    "Hit",
+    "Retrieval",
+    "Retriever",
+    "default_embedding_model",
+    "load_embedder",
     "AdapterError",
     "AdapterManager",
     "Busy",

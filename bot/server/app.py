@@ -15,7 +15,17 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from bot.runtime.interface import AdapterManager, GenerationBridge, Generator, build_generator, resolve_base_model
+from bot.runtime.interface import (
+    AdapterManager,
+    Embedder,
+    GenerationBridge,
+    Generator,
+    LazyEmbedder,
+    Retriever,
+    build_generator,
+    load_embedder,
+    resolve_base_model,
+)
 from bot.server.chat_service import ChatService
 from bot.server.errors import HANDLED, error_reply
 from bot.server.limits import ClientLimits
@@ -39,7 +49,23 @@ async def _start(app: FastAPI) -> None:
     await app.state.adapters.run()
 
 
-def _lifespan(settings: Settings, generator: Generator, store: Store | None):
+def make_retriever(settings: Settings, store: Store, embedder: Embedder | LazyEmbedder | None) -> Retriever | None:
+    """Retrieval for grounded answers, unless both the knowledge base and the memory are off."""
+    if not (settings.kb or settings.memory):
+        return None
+    return Retriever(
+        store,
+        embedder or load_embedder(settings.embedding_model),
+        kb=settings.kb,
+        memory=settings.memory,
+        top_k=settings.retrieval_top_k,
+        kb_min_score=settings.kb_min_score,
+        memory_min_score=settings.memory_min_score,
+        max_chars=settings.grounding_max_chars,
+    )
+
+
+def _lifespan(settings: Settings, generator: Generator, store: Store | None, embedder: Embedder | LazyEmbedder | None):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         own_store = store is None
@@ -58,7 +84,10 @@ def _lifespan(settings: Settings, generator: Generator, store: Store | None):
         )
         state.metrics = Metrics(generator.stats, lambda: state.adapters.active_version)
         state.limits = ClientLimits(settings.rate_limit, settings.max_sessions_per_client)
-        state.chat = ChatService(settings, state.store, state.bridge, state.adapters, state.metrics, state.limits)
+        state.retriever = make_retriever(settings, state.store, embedder)
+        state.chat = ChatService(
+            settings, state.store, state.bridge, state.adapters, state.metrics, state.limits, state.retriever
+        )
         task = asyncio.create_task(_start(app))
         try:
             yield
@@ -103,7 +132,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(
-    settings: Settings | None = None, generator: Generator | None = None, store: Store | None = None
+    settings: Settings | None = None,
+    generator: Generator | None = None,
+    store: Store | None = None,
+    embedder: Embedder | LazyEmbedder | None = None,
 ) -> FastAPI:
     settings = settings or Settings()
     if generator is None:
@@ -117,7 +149,7 @@ def create_app(
             max_queue=settings.max_queue,
             threads=settings.threads,
         )
-    app = FastAPI(title="supportloop", lifespan=_lifespan(settings, generator, store))
+    app = FastAPI(title="supportloop", lifespan=_lifespan(settings, generator, store, embedder))
     app.state.settings = settings
     app.state.launch_round = round_launcher(settings)
     app.add_middleware(votes.VoteIngest)  # inside CORS: the widget's cross-origin votes get CORS headers

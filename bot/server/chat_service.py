@@ -17,7 +17,9 @@ from bot.runtime.interface import (
     GenerationRequest,
     GenerationResult,
     ModelUnavailable,
+    Retriever,
 )
+from bot.server.grounding import Grounding, ground
 from bot.server.limits import ClientLimits, LimitExceeded
 from bot.server.metrics import Metrics
 from bot.server.settings import Settings
@@ -48,6 +50,7 @@ class Reply:
     ttft_ms: float
     total_ms: float
     finish_reason: str = "stop"
+    sources: tuple[dict[str, str], ...] = ()  # the passages that grounded the answer: title, url, kind
 
 
 class ChatService:
@@ -59,9 +62,21 @@ class ChatService:
         adapters: AdapterManager,
         metrics: Metrics,
         limits: ClientLimits,
+        retriever: Retriever | None = None,
     ) -> None:
         self.settings, self.store, self.bridge, self.adapters = settings, store, bridge, adapters
-        self.metrics, self.limits = metrics, limits
+        self.metrics, self.limits, self.retriever = metrics, limits, retriever
+
+    async def _ground(self, messages: list[dict]) -> Grounding:
+        """Retrieve for the last customer turn (off the event loop); the system prompt the model sees."""
+        if self.retriever is None or not messages or messages[-1]["role"] != "user":
+            return Grounding()
+        has_system = messages[0]["role"] == "system"
+        system = messages[0]["content"] if has_system else ""
+        grounding = ground(system, await asyncio.to_thread(self.retriever.retrieve, messages[-1]["content"]))
+        if grounding.system is not None:
+            messages[: int(has_system)] = [{"role": "system", "content": grounding.system}]
+        return grounding
 
     def _refuse(self, api: str, code: str, message: str, status: int = 422) -> ChatError:
         self.metrics.refused(api, code)
@@ -120,7 +135,7 @@ class ChatService:
         with self.store.session() as session:
             repo.delete_message(session, message_id=message_id)
 
-    def _record_reply(self, session_id: str, result: GenerationResult, latency_ms: float) -> str:
+    def _record_reply(self, session_id: str, result: GenerationResult, latency_ms: float, grounding: Grounding) -> str:
         with self.store.session() as session:
             return repo.add_message(
                 session,
@@ -131,6 +146,8 @@ class ChatService:
                 prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens,
                 latency_ms=latency_ms,
+                grounding=grounding.system,
+                sources=grounding.rows(),
             ).id
 
     async def reply(self, session_id: str, text: str, *, client: str, api: str = "chat") -> AsyncIterator[str | Reply]:
@@ -139,13 +156,14 @@ class ChatService:
         self.admit(client, api)
         started = time.perf_counter()
         messages, user_message_id, session_started = await asyncio.to_thread(self._record_user, session_id, text)
+        grounding = await self._ground(messages)
         request = GenerationRequest(
             messages,
             adapter_version=self.adapters.version_for(session_id, session_started),
             max_new_tokens=self.settings.max_new_tokens,
             temperature=self.settings.temperature,
         )
-        async with aclosing(self._generate(session_id, user_message_id, request, started, api)) as stream:
+        async with aclosing(self._generate(session_id, user_message_id, request, started, api, grounding)) as stream:
             async for item in stream:
                 yield item
 
@@ -165,6 +183,7 @@ class ChatService:
         self.admit(client, "openai")
         started = time.perf_counter()
         session_id, user_message_id, context = await asyncio.to_thread(self._record_conversation, messages)
+        grounding = await self._ground(context)
         request = GenerationRequest(
             context,
             adapter_version=version,
@@ -173,7 +192,9 @@ class ChatService:
             top_p=top_p,
             stop=stop,
         )
-        async with aclosing(self._generate(session_id, user_message_id, request, started, "openai")) as stream:
+        async with aclosing(
+            self._generate(session_id, user_message_id, request, started, "openai", grounding)
+        ) as stream:
             async for item in stream:
                 yield item
 
@@ -190,7 +211,13 @@ class ChatService:
         return conversation.id, stored[-1].id, context + turns
 
     async def _generate(
-        self, session_id: str, user_message_id: str, request: GenerationRequest, started: float, api: str
+        self,
+        session_id: str,
+        user_message_id: str,
+        request: GenerationRequest,
+        started: float,
+        api: str,
+        grounding: Grounding,
     ) -> AsyncIterator[str | Reply]:
         first_at = None
         try:
@@ -202,7 +229,7 @@ class ChatService:
                         continue
                     done_at = time.perf_counter()
                     total_ms, ttft_ms = (done_at - started) * 1000, ((first_at or done_at) - started) * 1000
-                    message_id = await asyncio.to_thread(self._record_reply, session_id, item, total_ms)
+                    message_id = await asyncio.to_thread(self._record_reply, session_id, item, total_ms, grounding)
                     self.metrics.answered(
                         api, item.prompt_tokens, item.completion_tokens, ttft_ms / 1000, total_ms / 1000
                     )
@@ -216,6 +243,7 @@ class ChatService:
                         round(ttft_ms, 1),
                         round(total_ms, 1),
                         item.finish_reason,
+                        tuple(grounding.sources()),
                     )
         except Busy as exc:  # raised before any text, when the generation queue is full
             await asyncio.to_thread(self._forget, user_message_id)  # refused, so not kept

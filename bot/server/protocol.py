@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from feedback.models import Reason, Thumb
+from feedback.models import Reason, SourceKind, Thumb
 
 PROTOCOL_VERSION = 1
 SUPPORTED_PROTOCOLS = (1,)
@@ -50,6 +50,16 @@ class TokenFrame(BaseModel):
     text: str
 
 
+class Source(BaseModel):
+    """A passage that grounded an answer, as shown under it: a knowledge-base page or a staff answer."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    title: str
+    url: str = ""  # empty when the page has no web address
+    kind: SourceKind
+
+
 class DoneFrame(BaseModel):
     type: Literal["done"] = "done"
     message_id: str
@@ -58,6 +68,7 @@ class DoneFrame(BaseModel):
     completion_tokens: int
     ttft_ms: float
     total_ms: float
+    sources: list[Source] = []
 
 
 class ErrorFrame(BaseModel):
@@ -79,6 +90,7 @@ class ChatResponse(BaseModel):
     message_id: str
     reply: str
     adapter_version: str
+    sources: list[Source] = []
 
 
 class FeedbackState(BaseModel):
@@ -96,6 +108,7 @@ class TranscriptMessage(BaseModel):
     adapter_version: str | None
     created_at: datetime
     feedback: FeedbackState | None = None
+    sources: list[Source] = []
 
 
 class Transcript(BaseModel):

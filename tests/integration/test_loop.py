@@ -55,7 +55,9 @@ def test_correction_is_learned_and_served_after_swap(tmp_path):
     cache = Settings().model_cache
     pull_default_model(cache, progress=False)
     env = {**os.environ, "SUPPORTLOOP_DATA_DIR": str(tmp_path / "data"), "SUPPORTLOOP_MODEL_CACHE": str(cache)}
-    settings = Settings(data_dir=tmp_path / "data", model_cache=cache, adapter_poll_seconds=0.5, max_new_tokens=48)
+    settings = Settings(
+        data_dir=tmp_path / "data", model_cache=cache, adapter_poll_seconds=0.5, max_new_tokens=48, memory=False
+    )  # the adapter alone: the correction memory would answer from the correction before any training
     with LiveServer(create_app(settings)) as server:
         wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, timeout=300, interval=0.5)
         ws_url = server.url.replace("http", "ws") + "/ws/chat"

@@ -81,3 +81,33 @@ class FakeGenerator:
 
     def unload_adapter(self, version: str) -> None:
         self.adapters.pop(version, None)
+
+
+class HashEmbedder:
+    """A deterministic bag-of-words embedder for unit tests (injected through `create_app(embedder=...)`):
+    texts sharing words are close, texts sharing none are orthogonal (up to hash collisions)."""
+
+    identity = "hash-embedder@test"
+    dim = 512
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False):
+        import re
+
+        import numpy as np
+
+        self.calls += 1
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"[a-z0-9]+", text.lower()):
+                vectors[row, zlib_hash(word) % self.dim] += 1.0
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms == 0, 1.0, norms)
+
+
+def zlib_hash(word: str) -> int:
+    import zlib
+
+    return zlib.crc32(word.encode())

@@ -25,11 +25,13 @@ from bot.server.protocol import (
     FeedbackState,
     HelloFrame,
     SessionFrame,
+    Source,
     TokenFrame,
     Transcript,
     TranscriptMessage,
 )
 from feedback import repo
+from feedback.models import Role
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -48,6 +50,7 @@ async def chat(body: ChatRequest, chat: ChatDep, request: Request) -> ChatRespon
                         message_id=item.message_id,
                         reply=item.text,
                         adapter_version=item.adapter_version,
+                        sources=[Source(**source) for source in item.sources],
                     )
     except ChatError as exc:
         raise HTTPException(exc.status, exc.message) from exc
@@ -58,6 +61,8 @@ async def chat(body: ChatRequest, chat: ChatDep, request: Request) -> ChatRespon
 def transcript(session_id: str, session: SessionDep) -> Transcript:
     conversation = repo.get_conversation(session, conversation_id=session_id)
     votes = repo.feedback_by_message(session, conversation_id=session_id)
+    history = repo.list_messages(session, conversation_id=session_id)
+    sources = repo.sources_of(session, message_ids=[m.id for m in history if m.role == Role.assistant])
     messages = [
         TranscriptMessage(
             id=m.id,
@@ -66,8 +71,9 @@ def transcript(session_id: str, session: SessionDep) -> Transcript:
             adapter_version=m.adapter_version,
             created_at=m.created_at,
             feedback=FeedbackState.model_validate(votes[m.id]) if m.id in votes else None,
+            sources=[Source.model_validate(source) for source in sources.get(m.id, [])],
         )
-        for m in repo.list_messages(session, conversation_id=session_id)
+        for m in history
     ]
     return Transcript(session_id=session_id, created_at=conversation.created_at, messages=messages)
 
@@ -81,6 +87,7 @@ def _frame_for(item: str | Reply) -> TokenFrame | DoneFrame:
             completion_tokens=item.completion_tokens,
             ttft_ms=item.ttft_ms,
             total_ms=item.total_ms,
+            sources=[Source(**source) for source in item.sources],
         )
     return TokenFrame(text=item)
 

@@ -129,7 +129,12 @@ def _stream_for(body: CompletionRequest, chat: ChatService, version: str, client
 
 
 def _ids(reply: Reply) -> dict:
-    return {"message_id": reply.message_id, "session_id": reply.session_id, "adapter_version": reply.adapter_version}
+    return {
+        "message_id": reply.message_id,
+        "session_id": reply.session_id,
+        "adapter_version": reply.adapter_version,
+        "sources": list(reply.sources),
+    }
 
 
 def _usage(reply: Reply) -> dict:

@@ -51,8 +51,10 @@ def test_websocket_frame_sequence(client, fake):
         "completion_tokens",
         "ttft_ms",
         "total_ms",
+        "sources",
     }
     assert done["adapter_version"] == "base" and done["completion_tokens"] == 4
+    assert done["sources"] == []  # no knowledge base and no approved correction: nothing grounded it
     assert 0 <= done["ttft_ms"] <= done["total_ms"]
     transcript = client.app.state.store
     with transcript.session() as s:

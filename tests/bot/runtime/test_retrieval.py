@@ -1,0 +1,86 @@
+"""Retrieval on a real store with the deterministic test embedder: the correction memory uses approved
+corrections only, at once; knowledge-base passages above the threshold, best first, within the budget;
+nothing is embedded (nor a model loaded) while there is nothing to search."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bot.runtime.retrieval import Retriever, top
+from tests.support.fakes import HashEmbedder
+from tests.support.grounding import add_page, answered, correct
+
+PAGE = """# A and B Guest House
+
+## Check-in
+
+Check-in time at A and B Guest House is from 3:30pm to 9:00pm.
+
+## Pets
+
+Pets are not allowed at A and B Guest House.
+"""
+
+
+def test_top_orders_by_similarity_and_handles_empty_matrices():
+    matrix = np.eye(3, dtype=np.float32)
+    assert top(matrix, np.array([0.1, 0.9, 0.3], dtype=np.float32), 2) == [
+        (1, 0.8999999761581421),
+        (2, 0.30000001192092896),
+    ]
+    assert top(np.zeros((0, 0), np.float32), np.ones(3, np.float32), 3) == []
+
+
+def test_nothing_is_embedded_while_the_store_has_nothing_to_search(store):
+    embedder = HashEmbedder()
+    retrieval = Retriever(store, embedder).retrieve("When is check-in?")
+    assert retrieval.passages == [] and retrieval.kb_size == 0 and embedder.calls == 0
+
+
+def test_kb_passages_above_the_threshold_best_first(any_store, tmp_path):
+    embedder = HashEmbedder()
+    add_page(any_store, embedder, tmp_path, "a-and-b.md", PAGE, url="https://help.example.com/a-and-b")
+    retriever = Retriever(any_store, embedder, kb_min_score=0.3)
+    retrieval = retriever.retrieve("What time is check-in at A and B Guest House?")
+    assert retrieval.kb_size == 2
+    assert [h.title for h in retrieval.passages][0] == "A and B Guest House › Check-in"
+    assert retrieval.passages[0].url == "https://help.example.com/a-and-b" and retrieval.passages[0].kind == "kb"
+    assert Retriever(any_store, embedder, kb_min_score=0.99).retrieve("Do you sell gift cards?").passages == []
+
+
+def test_the_budget_keeps_the_best_passages_only(store, tmp_path):
+    embedder = HashEmbedder()
+    add_page(store, embedder, tmp_path, "a-and-b.md", PAGE)
+    hits = Retriever(store, embedder, kb_min_score=0.0, max_chars=80).retrieve("check-in pets A and B").passages
+    assert len(hits) == 1  # the second passage would pass 80 characters
+
+
+def test_only_approved_corrections_are_remembered_and_at_once(any_store):
+    embedder = HashEmbedder()
+    retriever = Retriever(any_store, embedder, memory_min_score=0.6)
+    question = "Can I bring my dog to the Lensfield Hotel?"
+    draft = answered(any_store, question)
+    correct(any_store, draft, "Dogs are welcome for a fee.", approve=False)
+    rejected = answered(any_store, question)
+    correct(any_store, rejected, "Never.", approve=False, reject=True)
+    assert retriever.retrieve(question).passages == []  # drafts and rejected corrections are never used
+    approved = answered(any_store, question)
+    correction_id = correct(any_store, approved, "No, the Lensfield Hotel does not allow pets.")
+    hits = retriever.retrieve("can I bring my dog to the lensfield hotel").passages
+    assert [(h.kind, h.correction_id) for h in hits] == [("correction", correction_id)]
+    assert hits[0].text.endswith("No, the Lensfield Hotel does not allow pets.")
+    assert retriever.retrieve("What is the wifi password at the Gonville Hotel?").passages == []  # unrelated
+
+
+def test_memory_comes_first_and_kb_off_or_memory_off_leave_them_out(store, tmp_path):
+    embedder = HashEmbedder()
+    add_page(store, embedder, tmp_path, "a-and-b.md", PAGE)
+    correct(store, answered(store, "What time is check-in at A and B Guest House?"), "From 3:30pm.")
+    question = "What time is check-in at A and B Guest House?"
+    both = Retriever(store, embedder, kb_min_score=0.3).retrieve(question).passages
+    assert [h.kind for h in both][:2] == ["correction", "kb"]
+    assert {h.kind for h in Retriever(store, embedder, memory=False, kb_min_score=0.3).retrieve(question).passages} == {
+        "kb"
+    }
+    assert {h.kind for h in Retriever(store, embedder, kb=False).retrieve(question).passages} == {"correction"}
+    assert Retriever(store, embedder, kb=False, memory=False).retrieve(question).passages == []
