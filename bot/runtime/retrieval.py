@@ -62,15 +62,21 @@ class _Loaded:
 
 
 class Retriever:
-    def __init__(self, store: Store, embedder: Embedder | LazyEmbedder, *, kb: bool = True, memory: bool = True, top_k: int = 3,
-                 kb_min_score: float = 0.4, memory_min_score: float = 0.7, max_chars: int = 2400) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        embedder: Embedder | LazyEmbedder,
+        *,
+        kb: bool = True,
+        memory: bool = True,
+        top_k: int = 3,
+        kb_min_score: float = 0.4,
+        memory_min_score: float = 0.7,
+        max_chars: int = 2400,
+    ) -> None:
         self.store, self.embedder, self.kb_on, self.memory_on = store, embedder, kb, memory
-        self.top_k, self.kb_min_score, self.memory_min_score, self.max_chars = (
-            top_k,
-            kb_min_score,
-            memory_min_score,
-            max_chars,
-        )
+        self.top_k, self.max_chars = top_k, max_chars
+        self.kb_min_score, self.memory_min_score = kb_min_score, memory_min_score
         self._kb, self._memory = _Loaded(), _Loaded()
         self._question_vectors: dict[tuple[int, str], np.ndarray] = {}
         self._lock = threading.Lock()
