@@ -33,7 +33,7 @@ def _read(paths: list[Path], base_url: str | None) -> list:
 def cmd_add(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from bot.runtime.interface import load_embedder
+    from bot.runtime.interface import embed_passages, load_embedder
     from feedback.db import open_store
     from feedback.knowledge import KnowledgeError, is_current, store_document
 
@@ -54,8 +54,7 @@ def cmd_add(args: argparse.Namespace) -> int:
                 if is_current(session, source=source, document=document, embedding_model=embedder.identity):
                     outcomes["unchanged"] += 1
                     continue
-                vectors = embedder.encode([f"{p.title}\n{p.text}" for p in document.passages])
-                blobs = [vector.tobytes() for vector in vectors]
+                blobs = embed_passages(embedder, document.passages)
                 outcomes[store_document(session, source=source, document=document,
                                         embedding_model=embedder.identity, embeddings=blobs)] += 1  # fmt: skip
                 passages += len(document.passages)

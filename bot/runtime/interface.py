@@ -17,7 +17,7 @@ from pathlib import Path
 from bot.runtime.adapter_manager import AdapterManager
 from bot.runtime.base_model import pull_default_model, resolve_base_model
 from bot.runtime.bridge import GenerationBridge
-from bot.runtime.embeddings import Embedder, LazyEmbedder, default_embedding_model, load_embedder
+from bot.runtime.embeddings import Embedder, LazyEmbedder, default_embedding_model, embed_passages, load_embedder
 from bot.runtime.generator import Generator
 from bot.runtime.retrieval import Hit, Retrieval, Retriever
 from bot.runtime.types import AdapterError, Busy, GenerationRequest, GenerationResult, ModelUnavailable
@@ -29,6 +29,7 @@ __all__ = [
     "Retrieval",
     "Retriever",
     "default_embedding_model",
+    "embed_passages",
     "load_embedder",
     "AdapterError",
     "AdapterManager",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bot.runtime.embeddings import embed_passages
 from feedback import repo
 from feedback.knowledge import read_document, store_document
 from feedback.models import Role, StaffRole
@@ -14,10 +15,9 @@ def add_page(store, embedder, folder: Path, name: str, markdown: str, url: str =
     path = folder / name
     path.write_text(markdown)
     document = read_document(path, url)
-    vectors = embedder.encode([f"{p.title}\n{p.text}" for p in document.passages])
     with store.session() as s:
         store_document(s, source="help", document=document, embedding_model=embedder.identity,
-                       embeddings=[v.tobytes() for v in vectors])  # fmt: skip
+                       embeddings=embed_passages(embedder, document.passages))  # fmt: skip
 
 
 def answered(store, question: str, answer: str = "I am not sure.") -> str:

@@ -50,7 +50,7 @@ async def chat(body: ChatRequest, chat: ChatDep, request: Request) -> ChatRespon
                         message_id=item.message_id,
                         reply=item.text,
                         adapter_version=item.adapter_version,
-                        sources=[Source(**source) for source in item.sources],
+                        sources=_sources(item),
                     )
     except ChatError as exc:
         raise HTTPException(exc.status, exc.message) from exc
@@ -87,9 +87,13 @@ def _frame_for(item: str | Reply) -> TokenFrame | DoneFrame:
             completion_tokens=item.completion_tokens,
             ttft_ms=item.ttft_ms,
             total_ms=item.total_ms,
-            sources=[Source(**source) for source in item.sources],
+            sources=_sources(item),
         )
     return TokenFrame(text=item)
+
+
+def _sources(reply: Reply) -> list[Source]:
+    return [Source(**source) for source in reply.sources]
 
 
 class _Connection:
