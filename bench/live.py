@@ -106,7 +106,7 @@ def ask(ws_url: str, text: str) -> dict:
         "text": "".join(parts).strip(),
         "ttft_s": (first or time.perf_counter()) - started,
         "total_s": time.perf_counter() - started,
-        **{k: frame.get(k) for k in ("message_id", "adapter_version", "code")},
+        **{k: frame.get(k) for k in ("message_id", "adapter_version", "code", "sources", "prompt_tokens")},
     }
 
 

@@ -6,7 +6,10 @@
 - KTO: {"prompt", "completion", "label"} — thumbed answers (up = True, down = False), plus approved
   corrections as desirable examples (the staff's answer is by definition what we want).
 
-The prompt is the conversation up to the answer, system prompt included, as the bot saw it. Only the
+The prompt is the conversation up to the answer, system prompt included. An answer that was grounded
+(retrieval put passages in the customer's turn: `message.grounding`) gives two records: one with the
+customer's turn as the model saw it, marked `"grounded": true`, and one with the customer's words alone,
+so that an adapter learns both to use the passages and the fact itself (retrieval can miss). Only the
 newest approved correction of an answer counts. Every text is PII-scrubbed unless told otherwise.
 `since` and `until` keep the records whose feedback or correction changed in [since, until).
 """
@@ -32,6 +35,7 @@ from feedback.repo import list_messages
 FORMATS = METHODS
 
 Record: TypeAlias = dict[str, Any]  # one line of an export
+GROUNDED = "grounded"  # a record's key: its prompt holds the retrieved passages the model saw
 Turn: TypeAlias = dict[str, Any]  # one chat message of a record: {"role": ..., "content": ...}
 
 
@@ -55,7 +59,16 @@ class _Prompts:
         self.session, self.scrub = session, scrub
         self.cache: dict[str, tuple[str, list[Message]]] = {}
 
-    def before(self, message: Message) -> list[Turn]:
+    def variants(self, message: Message) -> list[Record]:
+        """The prompt before `message` as `{"prompt": ...}`: as the model saw it (grounded, marked) first
+        when it was grounded, then as the customer wrote it."""
+        plain = self.before(message)
+        if not message.grounding or not plain or plain[-1]["role"] != "user":
+            return [{"prompt": plain}]
+        grounded = self.before(message, message.grounding)
+        return [{"prompt": grounded, GROUNDED: True}, {"prompt": plain}]
+
+    def before(self, message: Message, last_turn: str | None = None) -> list[Turn]:
         if message.conversation_id not in self.cache:
             conversation = self.session.get(Conversation, message.conversation_id)
             assert conversation is not None  # the message's foreign key guarantees it
@@ -66,6 +79,8 @@ class _Prompts:
         system, messages = self.cache[message.conversation_id]
         prompt = [{"role": "system", "content": system}] if system else []
         prompt += [{"role": m.role.value, "content": m.text} for m in messages if m.seq < message.seq]
+        if last_turn is not None:
+            prompt[-1] = {"role": prompt[-1]["role"], "content": last_turn}
         return self.scrub(prompt)
 
 
@@ -113,7 +128,7 @@ def correction_records(
         if _within(correction.updated_at, since, until):
             message = session.get(Message, correction.message_id)
             assert message is not None  # the correction's foreign key guarantees it
-            records.append({"prompt": prompts.before(message), "completion": _assistant(scrub(correction.text))})
+            records += [{**v, "completion": _assistant(scrub(correction.text))} for v in prompts.variants(message)]
     return records
 
 
@@ -128,7 +143,7 @@ def thumbs_up_records(
         if vote.thumb == Thumb.up and vote.message_id not in corrected and _within(vote.updated_at, since, until):
             message = session.get(Message, vote.message_id)
             assert message is not None  # the vote's foreign key guarantees it
-            records.append({"prompt": prompts.before(message), "completion": _assistant(scrub(message.text))})
+            records += [{**v, "completion": _assistant(scrub(message.text))} for v in prompts.variants(message)]
     return records
 
 
@@ -149,13 +164,8 @@ def dpo_records(
         message = session.get(Message, correction.message_id)
         assert message is not None  # the correction's foreign key guarantees it
         if correction.text.strip() != message.text.strip() and _within(correction.updated_at, since, until):
-            records.append(
-                {
-                    "prompt": prompts.before(message),
-                    "chosen": _assistant(scrub(correction.text)),
-                    "rejected": _assistant(scrub(message.text)),
-                }
-            )
+            chosen, rejected = _assistant(scrub(correction.text)), _assistant(scrub(message.text))
+            records += [{**v, "chosen": chosen, "rejected": rejected} for v in prompts.variants(message)]
     return records
 
 
@@ -168,20 +178,14 @@ def kto_records(
         if _within(vote.updated_at, since, until):
             message = session.get(Message, vote.message_id)
             assert message is not None  # the vote's foreign key guarantees it
-            records.append(
-                {
-                    "prompt": prompts.before(message),
-                    "completion": _assistant(scrub(message.text)),
-                    "label": vote.thumb == Thumb.up,
-                }
-            )
+            completion, label = _assistant(scrub(message.text)), vote.thumb == Thumb.up
+            records += [{**v, "completion": completion, "label": label} for v in prompts.variants(message)]
     for correction in _latest_approved(session):
         if _within(correction.updated_at, since, until):
             message = session.get(Message, correction.message_id)
             assert message is not None  # the correction's foreign key guarantees it
-            records.append(
-                {"prompt": prompts.before(message), "completion": _assistant(scrub(correction.text)), "label": True}
-            )
+            completion = _assistant(scrub(correction.text))
+            records += [{**v, "completion": completion, "label": True} for v in prompts.variants(message)]
     return records
 
 

@@ -76,7 +76,16 @@ def find_files(paths: list[Path]) -> list[Path]:
 
 def read_document(path: Path, url: str = "") -> Document:
     """A file's passages, or a `KnowledgeError` naming it."""
-    data = _read_bytes(path)
+    return parse_document(_read_bytes(path), path, url, key=str(path.resolve()))
+
+
+def parse_document(data: bytes, path: Path, url: str = "", *, key: str) -> Document:
+    """The passages of a file's bytes (`path` names it in errors and picks the parser by its suffix); `key`
+    identifies the document within its source (re-adding the same key replaces it)."""
+    if path.suffix.lower() not in SUFFIXES:
+        raise KnowledgeError(f"{path}: unsupported file type; use {', '.join(sorted(SUFFIXES))}")
+    if len(data) > MAX_FILE_BYTES:
+        raise KnowledgeError(f"{path}: {len(data):,} bytes; the limit is {MAX_FILE_BYTES:,}")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -87,7 +96,7 @@ def read_document(path: Path, url: str = "") -> Document:
     title, passages = _PARSERS[kind](text, path)
     if not passages:
         raise KnowledgeError(f"{path}: no text to ingest (empty)")
-    return Document(str(path.resolve()), url, title, "sha256:" + hashlib.sha256(data).hexdigest(), passages)
+    return Document(key, url, title, "sha256:" + hashlib.sha256(data).hexdigest(), passages)
 
 
 def _read_bytes(path: Path) -> bytes:

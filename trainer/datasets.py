@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from feedback import repo
-from feedback.export import correction_records, thumbs_up_records
+from feedback.export import GROUNDED, correction_records, thumbs_up_records
 from feedback.export import records as export_records
 from feedback.models import utcnow
 from feedback.pii import Scrubber
@@ -59,7 +59,7 @@ def unique_questions(*groups: list[dict]) -> list[dict]:
 
 
 def _items(records: list[dict]) -> list[Item]:
-    return [Item(r["prompt"], r["completion"][0]["content"]) for r in records]
+    return [Item(r["prompt"], r["completion"][0]["content"], bool(r.get(GROUNDED))) for r in records]
 
 
 def snapshot(store, scrubber: Scrubber | None = None) -> RoundData:

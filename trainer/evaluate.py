@@ -19,6 +19,7 @@ class Item:
 
     prompt: list[dict]
     reference: str
+    grounded: bool = False  # the prompt holds retrieved passages (as the serving model saw them)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The evaluation gate: a candidate adapter may serve only if it
 
-(a) learned this round's new corrections: mean fact score on them ≥ `min_learned`;
-(b) does not regress: on the regression set (answers staff approved or customers thumbed up before
+(a) learned this round's new corrections: mean fact score on them ≥ `min_learned`, asked as the customer
+    wrote them (retrieval off: the adapter alone) and, for answers that were grounded, also with the
+    passages retrieval gave the model (retrieval on);
+(b) does not regress (retrieval off, and on for grounded answers): on the regression set (answers staff approved or customers thumbed up before
     this round) and on the operator's golden set, its mean fact score is at most `max_regression`
     below the active version's;
 (c) stays sane: no empty answers; no more answers caught in a repetition loop than the active
@@ -198,9 +200,11 @@ def evaluate(
     reference_name = ACTIVE if folder is not None and ACTIVE not in failed else BASE_VERSION
     if ACTIVE in failed:
         version = f"base (active {version} unreadable: {failed[ACTIVE]})"
-    sets = {
-        "new": _sample(inputs.new, settings),
-        "regression": _sample(inputs.regression, settings),
+    sets = {  # "…_grounded": the same questions with the passages retrieval gave the model (retrieval on)
+        "new": _sample([i for i in inputs.new if not i.grounded], settings),
+        "new_grounded": _sample([i for i in inputs.new if i.grounded], settings),
+        "regression": _sample([i for i in inputs.regression if not i.grounded], settings),
+        "regression_grounded": _sample([i for i in inputs.regression if i.grounded], settings),
         "golden": _sample(inputs.golden, settings),
         "generic": generic_items(system_prompt),
     }
@@ -211,7 +215,7 @@ def evaluate(
         log(f"gate: answering {len(items)} {name} questions")
         mine = evaluator.answers(CANDIDATE, items, settings.max_new_tokens)
         metrics[name], empty = {"items": len(items), "candidate": round(_score(mine, items), 4)}, empty + _empty(mine)
-        if name != "new":
+        if not name.startswith("new"):
             theirs = evaluator.answers(reference_name, items, settings.max_new_tokens)
             metrics[name]["active"] = round(_score(theirs, items), 4)
             both[CANDIDATE], both[reference_name] = both[CANDIDATE] + mine, both[reference_name] + theirs
@@ -235,16 +239,21 @@ def evaluate(
 
 def _checks(metrics: dict, settings: GateSettings) -> list[Check]:
     checks = []
-    if "new" in metrics:
-        score = metrics["new"]["candidate"]
-        checks.append(
-            Check(
-                "learned",
-                score >= settings.min_learned,
-                f"fact score {score:.3f} on {metrics['new']['items']} new corrections (needs ≥ {settings.min_learned})",
+    for name, label, retrieval in (
+        ("new", "learned", "retrieval off"),
+        ("new_grounded", "learned (retrieval on)", "with the passages"),
+    ):
+        if name in metrics:
+            score = metrics[name]["candidate"]
+            checks.append(
+                Check(
+                    label,
+                    score >= settings.min_learned,
+                    f"fact score {score:.3f} on {metrics[name]['items']} new corrections, {retrieval} "
+                    f"(needs ≥ {settings.min_learned})",
+                )
             )
-        )
-    for name in ("regression", "golden"):
+    for name in ("regression", "regression_grounded", "golden"):
         if name in metrics:
             mine, theirs = metrics[name]["candidate"], metrics[name]["active"]
             checks.append(

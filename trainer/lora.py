@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from feedback.export import GROUNDED
 from trainer.config import LoraSettings
 from trainer.hardware import precision_args
 
@@ -130,7 +131,7 @@ def train_lora(
         trainer = method.trainer_cls(
             model=model,
             args=args,
-            train_dataset=Dataset.from_list(records),
+            train_dataset=Dataset.from_list([{k: v for k, v in r.items() if k != GROUNDED} for r in records]),
             processing_class=tokenizer,
             peft_config=peft_config,
             callbacks=[loss_callback(losses, log)],

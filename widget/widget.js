@@ -16,7 +16,7 @@
     typing: "The assistant is typing…", helpful: "Helpful", unhelpful: "Not helpful", why: "What was wrong?",
     wrong: "Wrong", outdated: "Outdated", unsafe: "Unsafe", other: "Other", reasonUnhelpful: "Unhelpful",
     comment: "Anything to add? (optional)", submit: "Send feedback", thanks: "Thank you for your feedback.",
-    human: "Talk to a human", humanDone: "Thanks, a member of our team will follow up in this conversation.",
+    sources: "Sources", human: "Talk to a human", humanDone: "Thanks, a member of our team will follow up in this conversation.",
     queued: "waiting to send", failed: "Something went wrong. Please try again.",
   };
   const REASONS = ["wrong", "unhelpful", "outdated", "unsafe", "other"];
@@ -60,6 +60,8 @@ header button{color:#fff;font-size:20px;width:28px;height:28px;border-radius:6px
 form{display:flex;gap:8px;padding:10px;border-top:1px solid var(--bd)}
 textarea.input{flex:1;border:1px solid var(--bd);border-radius:10px;padding:8px;resize:none;height:40px;background:var(--bg)}
 form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
+.sources{align-self:flex-start;max-width:85%;margin:-4px 0 0;padding:0 0 0 4px;list-style:none;font-size:12px;color:var(--mu)}
+.sources a{color:var(--a)}
 .human{font-size:12px;color:var(--mu);text-decoration:underline;padding:0 14px 8px;align-self:flex-start}
 @media (max-width:480px){.panel{position:fixed;inset:0;width:100vw;height:100vh;border-radius:0;border:0}}`;
 
@@ -285,6 +287,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
         bubble.dataset.version = frame.adapter_version || "";
         bubble.after(this.#votes(frame.message_id));
       }
+      this.#sources(bubble, frame.sources);
       this.#emit("message", { role: "assistant", text, messageId: frame.message_id, version: frame.adapter_version });
       this.#answerEnded();
       this.#flush();
@@ -335,6 +338,23 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
       return bubble;
     }
 
+    /** The pages an answer came from, under it: titles as text, links only to http(s) addresses. */
+    #sources(bubble, sources) {
+      if (!Array.isArray(sources) || !sources.length) return;
+      const list = el("ul", { class: "sources", "aria-label": this.strings.sources });
+      for (const source of sources) {
+        const title = String((source && source.title) || "");
+        let url = null;
+        try { url = source.url ? new URL(String(source.url)) : null; } catch { url = null; }
+        const item = el("li");
+        if (url && (url.protocol === "http:" || url.protocol === "https:")) {
+          item.append(el("a", { href: url.href, target: "_blank", rel: "noopener noreferrer", text: title || url.href }));
+        } else item.append(title);
+        list.append(item);
+      }
+      bubble.after(list);  // between the answer and its votes
+    }
+
     #note(text) {
       this.#ui.log.append(el("div", { class: "note", role: "status", text }));
       this.#scroll();
@@ -350,6 +370,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
         for (const m of (await reply.json()).messages || []) {
           const bubble = this.#bubble(m.role === "user" ? "user" : "assistant", String(m.text || ""));
           if (m.role === "assistant" && m.id) bubble.after(this.#votes(m.id, m.feedback && m.feedback.thumb));
+          if (m.role === "assistant") this.#sources(bubble, m.sources);
         }
       } catch { /* offline: the transcript comes back with the connection */ }
     }

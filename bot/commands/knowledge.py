@@ -33,9 +33,9 @@ def _read(paths: list[Path], base_url: str | None) -> list:
 def cmd_add(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from bot.runtime.interface import embed_passages, load_embedder
+    from bot.runtime.interface import ingest, load_embedder
     from feedback.db import open_store
-    from feedback.knowledge import KnowledgeError, is_current, store_document
+    from feedback.knowledge import KnowledgeError
 
     try:
         documents = _read(args.paths, args.base_url)
@@ -45,23 +45,13 @@ def cmd_add(args: argparse.Namespace) -> int:
     source = args.source or args.paths[0].resolve().name
     settings = load_settings()
     embedder, store = load_embedder(settings.embedding_model), open_store(settings.db_url)
-    outcomes: dict[str, int] = {"added": 0, "replaced": 0, "unchanged": 0}
-    started, passages = time.perf_counter(), 0
+    started = time.perf_counter()
     try:
         bar = tqdm(documents, desc=f"kb add {source}", unit="doc", disable=args.quiet)
-        for document in bar:
-            with store.session() as session:
-                if is_current(session, source=source, document=document, embedding_model=embedder.identity):
-                    outcomes["unchanged"] += 1
-                    continue
-                blobs = embed_passages(embedder, document.passages)
-                outcomes[store_document(session, source=source, document=document,
-                                        embedding_model=embedder.identity, embeddings=blobs)] += 1  # fmt: skip
-                passages += len(document.passages)
-                bar.set_postfix(passages=passages)
+        done = ingest(store, embedder, source, bar, lambda done: bar.set_postfix(passages=done.passages))
     finally:
         store.dispose()
-    seconds = time.perf_counter() - started
+    seconds, outcomes, passages = time.perf_counter() - started, done.outcomes, done.passages
     print(f"source {source!r}: {outcomes['added']} added, {outcomes['replaced']} replaced, "
           f"{outcomes['unchanged']} unchanged; {passages} passages embedded in {seconds:.1f} s "
           f"({passages / seconds if seconds else 0:.0f} passages/s)")  # fmt: skip

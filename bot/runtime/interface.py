@@ -19,6 +19,7 @@ from bot.runtime.base_model import pull_default_model, resolve_base_model
 from bot.runtime.bridge import GenerationBridge
 from bot.runtime.embeddings import Embedder, LazyEmbedder, default_embedding_model, embed_passages, load_embedder
 from bot.runtime.generator import Generator
+from bot.runtime.knowledge import Ingested, ingest
 from bot.runtime.retrieval import Hit, Retrieval, Retriever
 from bot.runtime.types import AdapterError, Busy, GenerationRequest, GenerationResult, ModelUnavailable
 
@@ -30,6 +31,8 @@ __all__ = [
     "Retriever",
     "default_embedding_model",
     "embed_passages",
+    "Ingested",
+    "ingest",
     "load_embedder",
     "AdapterError",
     "AdapterManager",

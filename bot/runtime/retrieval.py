@@ -11,6 +11,7 @@ All of it is blocking: the web app calls it off the event loop.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,12 +36,46 @@ class Hit:
     chunk_id: int | None = None
     correction_id: int | None = None
     question: str = ""  # a correction's: the customer's question it answered
+    answer: str = ""  # a question-and-answer pair's answer (a correction, an FAQ row or a question heading)
 
 
 @dataclass(frozen=True)
 class Retrieval:
     passages: list[Hit] = field(default_factory=list)  # best first, above the threshold, within the budget
     kb_size: int = 0  # passages searched (0: no knowledge base, so nothing to refuse on)
+
+
+CANDIDATES = 20  # the closest passages (and corrections) that the name check looks through
+_SENTENCES = re.compile(r"[.!?;:]\s+|\n")
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9'’-]*")
+_TERM = re.compile(r"[a-z0-9]+")
+
+
+def terms(text: str) -> frozenset[str]:
+    """Lower-case words of at least 3 characters, a final plural "s" dropped (so "Bennys" meets "Benny's")."""
+    words = _TERM.findall(text.lower().replace("'s", "s").replace("’s", "s"))
+    return frozenset(
+        w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words if len(w) > 2
+    )
+
+
+def names(question: str) -> frozenset[str]:
+    """What a question names: its capitalised words that do not start a sentence ("Kirkwood House",
+    "BYOB"), as `terms`. A passage or correction about something else does not answer it."""
+    found: set[str] = set()
+    for sentence in _SENTENCES.split(question):
+        found |= {t for word in _WORD.findall(sentence)[1:] if word[0].isupper() for t in terms(word)}
+    return frozenset(found)
+
+
+def faq_answer(passage: StoredPassage) -> str:
+    """The answer when a passage answers one question: an FAQ row ("question\nanswer", titled with the
+    question) or a section under a heading that asks a question; "" for any other passage."""
+    question = passage.title.rsplit(" › ", 1)[-1].strip()
+    if not question.endswith("?"):
+        return ""
+    first, _, rest = passage.text.partition("\n")
+    return rest.strip() if first.strip() == question and rest.strip() else passage.text.strip()
 
 
 def top(matrix: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, float]]:
@@ -73,9 +108,10 @@ class Retriever:
         kb_min_score: float = 0.4,
         memory_min_score: float = 0.7,
         max_chars: int = 2400,
+        match_names: bool = True,
     ) -> None:
         self.store, self.embedder, self.kb_on, self.memory_on = store, embedder, kb, memory
-        self.top_k, self.max_chars = top_k, max_chars
+        self.top_k, self.max_chars, self.match_names = top_k, max_chars, match_names
         self.kb_min_score, self.memory_min_score = kb_min_score, memory_min_score
         self._kb, self._memory = _Loaded(), _Loaded()
         self._question_vectors: dict[tuple[int, str], np.ndarray] = {}
@@ -83,14 +119,32 @@ class Retriever:
 
     def retrieve(self, question: str) -> Retrieval:
         """The correction whose question is closest (above `memory_min_score`) first, then the best KB
-        passages above `kb_min_score`, at most `top_k` in all and `max_chars` of text."""
+        passages above `kb_min_score`, at most `top_k` in all and `max_chars` of text. With `match_names`,
+        only passages and corrections that mention every name in the question (see `names`)."""
+        return self.retrieve_many([question])[0]
+
+    def warm(self) -> None:
+        """Load what is stored and, when there is something to search, the embedding model; never raises
+        (retrieval reports its own failures when it is used)."""
+        try:
+            self.retrieve_many(["warm-up"])
+        except Exception:
+            log.exception("retrieval could not be prepared")
+
+    def retrieve_many(self, questions: list[str]) -> list[Retrieval]:
+        """`retrieve` for several questions at once: one store check and one batch through the embedder
+        (the server batches the questions that arrive together)."""
         if not (self.kb_on or self.memory_on):
-            return Retrieval()
+            return [Retrieval() for _ in questions]
         kb, memory = self._refresh(self.kb_on, self.memory_on)
         if not (kb.rows and self.kb_on) and not (memory.rows and self.memory_on):
-            return Retrieval()  # nothing to search: no embedding needed (nor a model loaded)
-        query = self.embedder.encode([question])[0]
-        hits = self._memory_hits(memory, query) + self._kb_hits(kb, query)
+            return [Retrieval() for _ in questions]  # nothing to search: no embedding needed (nor a model loaded)
+        queries = self.embedder.encode(questions)
+        return [self._retrieval(kb, memory, q, query) for q, query in zip(questions, queries, strict=True)]
+
+    def _retrieval(self, kb: _Loaded, memory: _Loaded, question: str, query: np.ndarray) -> Retrieval:
+        required = names(question) if self.match_names else frozenset()
+        hits = self._memory_hits(memory, query, required) + self._kb_hits(kb, query, required)
         return Retrieval(self._within_budget(hits[: self.top_k]), kb.matrix.shape[0])
 
     def search(self, question: str, k: int) -> list[Hit]:
@@ -128,26 +182,29 @@ class Retriever:
         log.info("correction memory: %d approved corrections loaded", len(memories))
         return _Loaded(stamp, list(memories), matrix.astype(np.float32))
 
-    def _memory_hits(self, memory: _Loaded, query: np.ndarray) -> list[Hit]:
+    def _memory_hits(self, memory: _Loaded, query: np.ndarray, required: frozenset[str]) -> list[Hit]:
         if not self.memory_on:
             return []
-        hits = top(memory.matrix, query, 1)
-        return [
-            Hit("correction", "Answer from our support team", "", m.answer, score, correction_id=m.correction_id,
-                question=m.question)
-            for i, score in hits if score >= self.memory_min_score
-            for m in [memory.rows[i]]
-        ]  # fmt: skip
+        for i, score in top(memory.matrix, query, CANDIDATES):
+            m = memory.rows[i]
+            if score >= self.memory_min_score and required <= terms(f"{m.question} {m.answer}"):
+                return [Hit("correction", "Answer from our support team", "", m.answer, score,
+                            correction_id=m.correction_id, question=m.question, answer=m.answer)]  # fmt: skip
+        return []
 
-    def _kb_hits(self, kb: _Loaded, query: np.ndarray) -> list[Hit]:
+    def _kb_hits(self, kb: _Loaded, query: np.ndarray, required: frozenset[str]) -> list[Hit]:
         if not self.kb_on:
             return []
-        return [self._kb_hit(kb.rows[i], s) for i, s in top(kb.matrix, query, self.top_k) if s >= self.kb_min_score]
+        candidates = top(kb.matrix, query, max(CANDIDATES, self.top_k))
+        return [
+            self._kb_hit(kb.rows[i], score) for i, score in candidates
+            if score >= self.kb_min_score and required <= terms(f"{kb.rows[i].title} {kb.rows[i].text}")
+        ][: self.top_k]  # fmt: skip
 
     @staticmethod
     def _kb_hit(passage: StoredPassage, score: float) -> Hit:
         url = passage.url if passage.url.startswith(("http://", "https://")) else ""
-        return Hit("kb", passage.title, url, passage.text, score, chunk_id=passage.chunk_id)
+        return Hit("kb", passage.title, url, passage.text, score, chunk_id=passage.chunk_id, answer=faq_answer(passage))
 
     def _within_budget(self, hits: list[Hit]) -> list[Hit]:
         kept, used = [], 0

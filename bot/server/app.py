@@ -31,7 +31,7 @@ from bot.server.errors import HANDLED, error_reply
 from bot.server.limits import ClientLimits
 from bot.server.metrics import Metrics
 from bot.server.round_launcher import round_launcher
-from bot.server.routes import chat, console, health, openai_api, rounds, staff, versions, votes, widget
+from bot.server.routes import chat, console, health, knowledge, openai_api, rounds, staff, versions, votes, widget
 from bot.server.settings import Settings
 from feedback.db import Store, open_store
 from feedback.ingest import VoteWriter
@@ -46,22 +46,25 @@ async def _start(app: FastAPI) -> None:
     except Exception:
         log.exception("model failed to load")
         return
+    if app.state.retriever is not None:  # load the embedder now (when there is something to search), not
+        await asyncio.to_thread(app.state.retriever.warm)  # during the first customers' questions
     await app.state.adapters.run()
 
 
-def make_retriever(settings: Settings, store: Store, embedder: Embedder | LazyEmbedder | None) -> Retriever | None:
+def make_retriever(settings: Settings, store: Store, embedder: Embedder | LazyEmbedder) -> Retriever | None:
     """Retrieval for grounded answers, unless both the knowledge base and the memory are off."""
     if not (settings.kb or settings.memory):
         return None
     return Retriever(
         store,
-        embedder or load_embedder(settings.embedding_model),
+        embedder,
         kb=settings.kb,
         memory=settings.memory,
         top_k=settings.retrieval_top_k,
         kb_min_score=settings.kb_min_score,
         memory_min_score=settings.memory_min_score,
         max_chars=settings.grounding_max_chars,
+        match_names=settings.match_names,
     )
 
 
@@ -84,7 +87,9 @@ def _lifespan(settings: Settings, generator: Generator, store: Store | None, emb
         )
         state.metrics = Metrics(generator.stats, lambda: state.adapters.active_version)
         state.limits = ClientLimits(settings.rate_limit, settings.max_sessions_per_client)
-        state.retriever = make_retriever(settings, state.store, embedder)
+        threads = 1 if settings.model_process else None  # the model decodes on the other cores
+        state.embedder = embedder or load_embedder(settings.embedding_model, threads)  # loaded at its first use
+        state.retriever = make_retriever(settings, state.store, state.embedder)
         state.chat = ChatService(
             settings, state.store, state.bridge, state.adapters, state.metrics, state.limits, state.retriever
         )
@@ -159,7 +164,7 @@ def create_app(
         allow_methods=["GET", "POST", "PATCH"],
         allow_headers=["Authorization", "Content-Type"],
     )
-    for module in (health, widget, chat, votes, staff, rounds, versions, openai_api, console):
+    for module in (health, widget, chat, votes, staff, rounds, versions, knowledge, openai_api, console):
         app.include_router(module.router)
     app.mount("/staff/static", StaticFiles(packages=[("bot.server", "console/static")]), name="console-static")
     _install_error_handlers(app)

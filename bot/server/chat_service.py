@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -19,7 +20,8 @@ from bot.runtime.interface import (
     ModelUnavailable,
     Retriever,
 )
-from bot.server.grounding import Grounding, ground
+from bot.server.batching import Batched
+from bot.server.grounding import Grounding, Policy, ground
 from bot.server.limits import ClientLimits, LimitExceeded
 from bot.server.metrics import Metrics
 from bot.server.settings import Settings
@@ -53,6 +55,13 @@ class Reply:
     sources: tuple[dict[str, str], ...] = ()  # the passages that grounded the answer: title, url, kind
 
 
+async def _quoted(text: str, version: str) -> AsyncIterator[str | GenerationResult]:
+    """A reply that needs no model (a quoted answer), as deltas word by word and then the result."""
+    for piece in re.findall(r"\s*\S+", text):
+        yield piece
+    yield GenerationResult(text, version, 0, 0)
+
+
 class ChatService:
     def __init__(
         self,
@@ -65,18 +74,32 @@ class ChatService:
         retriever: Retriever | None = None,
     ) -> None:
         self.settings, self.store, self.bridge, self.adapters = settings, store, bridge, adapters
-        self.metrics, self.limits, self.retriever = metrics, limits, retriever
+        self.metrics, self.limits = metrics, limits
+        self.policy = Policy(settings.quote_min_score, settings.no_answer_text)
+        self._retrieve = Batched(retriever.retrieve_many) if retriever is not None else None
 
     async def _ground(self, messages: list[dict]) -> Grounding:
-        """Retrieve for the last customer turn (off the event loop); the system prompt the model sees."""
-        if self.retriever is None or not messages or messages[-1]["role"] != "user":
+        """Retrieve for the last customer turn (off the event loop); that turn as the model will see it."""
+        if self._retrieve is None or not messages or messages[-1]["role"] != "user":
             return Grounding()
-        has_system = messages[0]["role"] == "system"
-        system = messages[0]["content"] if has_system else ""
-        grounding = ground(system, await asyncio.to_thread(self.retriever.retrieve, messages[-1]["content"]))
-        if grounding.system is not None:
-            messages[: int(has_system)] = [{"role": "system", "content": grounding.system}]
+        question, started = messages[-1]["content"], time.perf_counter()
+        try:
+            retrieval = await self._retrieve(question)
+        except Exception:  # the answer goes on without grounding rather than failing
+            log.exception("retrieval failed; answering without the knowledge base and the memory")
+            self.metrics.retrieval.labels("failed").observe(time.perf_counter() - started)
+            return Grounding()
+        grounding = ground(question, retrieval, self.policy)
+        self.metrics.retrieval.labels(grounding.outcome).observe(time.perf_counter() - started)
+        if grounding.prompt is not None:
+            messages[-1] = {"role": "user", "content": grounding.prompt}
         return grounding
+
+    def _stream(self, request: GenerationRequest, grounding: Grounding) -> AsyncIterator[str | GenerationResult]:
+        """The model's answer, or, when grounding decided the reply, that text streamed the same way."""
+        if grounding.answer is None:
+            return self.bridge.stream(request)
+        return _quoted(grounding.answer, request.adapter_version)
 
     def _refuse(self, api: str, code: str, message: str, status: int = 422) -> ChatError:
         self.metrics.refused(api, code)
@@ -146,7 +169,7 @@ class ChatService:
                 prompt_tokens=result.prompt_tokens,
                 completion_tokens=result.completion_tokens,
                 latency_ms=latency_ms,
-                grounding=grounding.system,
+                grounding=grounding.prompt,
                 sources=grounding.rows(),
             ).id
 
@@ -221,7 +244,7 @@ class ChatService:
     ) -> AsyncIterator[str | Reply]:
         first_at = None
         try:
-            async with aclosing(self.bridge.stream(request)) as stream:
+            async with aclosing(self._stream(request, grounding)) as stream:
                 async for item in stream:
                     if isinstance(item, str):
                         first_at = first_at or time.perf_counter()

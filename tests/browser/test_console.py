@@ -15,7 +15,7 @@ from sqlmodel import select
 
 from bot.server.app import create_app
 from feedback import repo
-from feedback.models import CorrectionStatus, Role, StaffLogin, utcnow
+from feedback.models import CorrectionStatus, GroundingSource, Role, SourceKind, StaffLogin, utcnow
 from feedback.rounds import recent_runs
 from tests.support.common import ARTIFACTS, needs_chromium, wait_until
 from tests.support.consoledata import WRONG, faq_pairs, seed_console, seed_votes
@@ -372,3 +372,51 @@ def test_the_whole_staff_path_on_the_real_model(browser, tmp_path):
         agent.locator("[data-role=correction]").wait_for()
         assert agent.locator("[data-role=correction]").inner_text() == "Check-in is from 3:30 pm to 9 pm."
         agent.screenshot(path=str(ARTIFACTS / "console-real-model-conversation.png"), full_page=True)
+
+
+def test_an_admin_manages_the_knowledge_base_and_agents_cannot(open_console, seeded, store, tmp_path):
+    page_file, binary = tmp_path / "ashley.md", tmp_path / "logo.md"
+    page_file.write_text("# Ashley Hotel\n\n## What time is check-out at Ashley Hotel?\n\nCheck-out is at 10:30 am.\n")
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    page = open_console(seeded.tokens["ada"], "/staff/knowledge")
+    page.get_by_text("No knowledge base yet").wait_for()
+    page.set_input_files("input[name=files]", [str(page_file), str(binary)])
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("#status")).to_contain_text("Nothing was added: logo.md: not UTF-8 text")
+    page.set_input_files("input[name=files]", [str(page_file)])
+    page.get_by_role("button", name="Upload").click()
+    row = page.locator("#kb-sources tr[data-source=help-centre]")
+    expect(row.locator("td").nth(2)).to_have_text("1")  # one passage
+    page.fill("input[name=q]", "What time is check-out at Ashley Hotel?")
+    page.get_by_role("button", name="Search").click()
+    expect(page.locator("[data-role=outcome]")).to_contain_text("quoted word for word")
+    expect(page.locator("#kb-hits tbody tr").first).to_contain_text("Check-out is at 10:30 am.")
+    row.get_by_role("button", name="Remove").click()
+    page.get_by_role("button", name="Confirm").click()
+    page.get_by_text("No knowledge base yet").wait_for()
+    agent = open_console(seeded.tokens["bob"], "/staff/knowledge")
+    assert agent.get_by_role("heading", name="Admins only").is_visible()
+    assert agent.get_by_role("link", name="Knowledge").count() == 0
+
+
+def test_staff_see_what_grounded_an_answer_as_text_links(open_console, seeded, store):
+    hostile = '<img src=x onerror="window.pwned=1"> Parking'
+    with store.session() as s:
+        conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt="")
+        repo.add_message(s, conversation_id=conversation.id, role=Role.user, text="Where can I park?")
+        answer = repo.add_message(
+            s, conversation_id=conversation.id, role=Role.assistant, adapter_version="base", text="Behind the hotel.",
+            sources=[GroundingSource(message_id="", rank=0, kind=SourceKind.kb, title=hostile,
+                                     url="https://help.example.com/parking", score=0.9),
+                     GroundingSource(message_id="", rank=0, kind=SourceKind.correction, title="Answer from our support team",
+                                     url="", score=0.8)],
+        )  # fmt: skip
+    page = open_console(seeded.tokens["bob"])
+    sources = page.locator(f".item[data-message='{answer.id}'] [data-role=sources] li")
+    expect(sources).to_have_count(2)
+    link = sources.first.locator("a")
+    assert link.text_content() == hostile and link.get_attribute("href") == "https://help.example.com/parking"
+    assert sources.nth(1).locator("a").count() == 0 and "staff answer" in sources.nth(1).text_content()
+    page.goto(page.url.split("/staff")[0] + f"/staff/conversations/{conversation.id}")
+    expect(page.locator(f"[data-message='{answer.id}'] [data-role=sources] a")).to_have_text(hostile)
+    assert page.locator("img").count() == 0 and page.evaluate("window.pwned") is None

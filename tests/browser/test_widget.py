@@ -15,7 +15,8 @@ from sqlmodel import select
 from bot.server.app import create_app
 from feedback.models import Feedback, Reason, Thumb
 from tests.support.common import ARTIFACTS, ROOT, needs_chromium, wait_until
-from tests.support.fakes import FakeGenerator
+from tests.support.fakes import FakeGenerator, HashEmbedder
+from tests.support.grounding import add_page
 from tests.support.services import LiveServer, free_port
 
 pytestmark = needs_chromium
@@ -307,6 +308,40 @@ def test_a_reloaded_page_shows_the_sessions_transcript_and_votes(page):
     page.locator("support-chat .msg.assistant").wait_for()
     assert page.locator("support-chat .msg").all_text_contents() == ["Do you have a gym?", "Happy to help."]
     assert page.get_by_role("button", name="Helpful", exact=True).get_attribute("aria-pressed") == "true"
+
+
+HOSTILE_TITLE = '<img src=x onerror="window.pwned=1"> Ashley Hotel'
+
+
+def test_an_answer_shows_its_sources_as_text_links_and_again_after_a_reload(browser, settings, store, fake, tmp_path):
+    embedder = HashEmbedder()
+    page_text = f"# {HOSTILE_TITLE}\n\n## Parking\n\nFree parking behind the hotel.\n"
+    add_page(store, embedder, tmp_path, "ashley.md", page_text, url="https://help.example.com/ashley")
+    fake.enqueue("Yes, free parking behind the hotel.")
+    grounded = settings.model_copy(update={"kb_min_score": 0.1})
+    context = browser.new_context()
+    page = context.new_page()
+    with (
+        LiveServer(create_app(grounded, generator=fake, store=store, embedder=embedder)) as bot,
+        host_site(bot.url) as url,
+    ):
+        page.goto(url)
+        _open(page)
+        _ask(page, "Where is the parking at the hotel?")
+        page.locator("support-chat .msg.assistant[data-message-id]").wait_for()
+        for _ in range(2):  # as streamed, then as restored from the transcript after a reload
+            link = page.locator("support-chat ul.sources a")
+            assert link.text_content() == f"{HOSTILE_TITLE} › Parking"  # the title is text, not markup
+            assert link.get_attribute("href") == "https://help.example.com/ashley"
+            assert link.get_attribute("rel") == "noopener noreferrer"
+            assert page.locator("support-chat ul.sources img").count() == 0
+            page.reload()
+            _open(page)
+            page.locator("support-chat ul.sources").wait_for()
+    assert page.evaluate("() => window.pwned") is None
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "widget-sources.png"))
+    context.close()
 
 
 @pytest.mark.integration

@@ -183,3 +183,24 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a.detach(), b)
+
+
+def test_a_grounded_answer_exports_as_the_model_saw_it_and_as_the_customer_wrote_it(any_store):
+    grounded_turn = (
+        "Facts:\nAshley Hotel › Check-out: 10:30 am.\n\nAnswer using the facts. Question: When is check-out?"
+    )
+    with any_store.session() as s:
+        agent, _ = repo.create_staff(s, name="agent", role=StaffRole.agent)
+        conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt="Be brief.")
+        repo.add_message(s, conversation_id=conversation.id, role=Role.user, text="When is check-out?")
+        answer = repo.add_message(s, conversation_id=conversation.id, role=Role.assistant, text="At noon.",
+                                  adapter_version="base", grounding=grounded_turn)  # fmt: skip
+        repo.set_feedback(s, message_id=answer.id, thumb=Thumb.down, reason="wrong")
+        repo.add_correction(s, message_id=answer.id, actor=agent, text="Check-out is at 10:30 am.", approve=True)
+        exported = {fmt: records(s, fmt) for fmt in ("sft", "dpo", "kto")}
+    for fmt, rows in exported.items():
+        turns = [(r.get("grounded", False), r["prompt"][-1]["content"]) for r in rows]
+        assert turns[:2] == [(True, grounded_turn), (False, "When is check-out?")], fmt
+        assert all(r["prompt"][0] == {"role": "system", "content": "Be brief."} for r in rows)
+    assert _completions(exported["sft"]) == ["Check-out is at 10:30 am."] * 2
+    assert [r["label"] for r in exported["kto"]] == [False, False, True, True]

@@ -1,7 +1,8 @@
 """Grounded answers on the real models: a knowledge base built from DSTC9 FAQ pages with
 `supportloop kb add` (real all-MiniLM-L6-v2), the real SmolLM2 behind a real websocket on a real port:
-the page's passage reaches the model's prompt and the answer cites it; a correction approved through the staff API grounds the
-very next question's prompt, with no training."""
+a question its FAQ answers is answered with that answer and cites it; a question about a hotel it does not
+cover gets the no-answer text; a correction approved through the staff API answers the very next question,
+reworded, with no training."""
 
 from __future__ import annotations
 
@@ -77,27 +78,25 @@ def test_answers_are_grounded_in_the_kb_and_in_approved_corrections(tmp_path):
         with store.session() as s:
             prompt = s.get(Message, grounded["message_id"]).grounding
         store.dispose()
-        assert "What time is check-in there?: Check-in time is from 3:30pm - 9:00pm." in prompt
-        assert grounded["text"]  # whether SmolLM2-135M answers from the facts is measured by bench/grounding.py
+        assert grounded["text"] == "Check-in time is from 3:30pm - 9:00pm."  # quoted: an FAQ answer, close enough
+        assert prompt is None and grounded["prompt_tokens"] == 0  # the model was not asked
 
-        question = "Do you have a gift shop for customers?"
-        first = _ask(ws_url, question)
+        elsewhere = _ask(ws_url, "Is there parking at Kirkwood House?")  # a hotel the help centre does not cover
+        assert elsewhere["text"] == settings.no_answer_text and elsewhere["sources"] == []
+
+        first = _ask(ws_url, "Do you have a gift shop for customers?")
         store = open_store(settings.db_url)
         with store.session() as s:
             _, token = repo.create_staff(s, name="ada", role=StaffRole.admin)
         store.dispose()
+        answer = "Yes, our gift shop is open daily from 9am to 5pm."
         approved = httpx.post(
             f"{server.url}/api/messages/{first['message_id']}/corrections",
-            json={"text": "Yes, our gift shop is open daily from 9am to 5pm.", "approve": True},
+            json={"text": answer, "approve": True},
             headers={"Authorization": f"Bearer {token}"},
         )
         assert approved.status_code == 201, approved.text
-        remembered = _ask(ws_url, question)
+        remembered = _ask(ws_url, "Is there a gift shop for customers?")
         print("memory:", remembered)
-        assert remembered["sources"][0] == {"title": "Answer from our support team", "url": "", "kind": "correction"}
-        store = open_store(settings.db_url)
-        with store.session() as s:
-            prompt = s.get(Message, remembered["message_id"]).grounding
-        store.dispose()
-        assert f"{question}: Yes, our gift shop is open daily from 9am to 5pm." in prompt
-        # (whether SmolLM2-135M then repeats the correction is measured by bench/grounding.py, not asserted)
+        assert remembered["sources"] == [{"title": "Answer from our support team", "url": "", "kind": "correction"}]
+        assert remembered["text"] == answer  # at once, reworded, no training

@@ -140,3 +140,18 @@ def test_repetition_loops_are_detected_in_answers():
         "Call 555-0100, or 555-0101 after 6pm.",
     ]
     assert _degenerate([Answer(t, True) for t in texts]) == 2
+
+
+def _grounded(item: Item) -> Item:
+    question = item.prompt[-1]["content"]
+    turn = f"Facts:\nHotel › {question} {item.reference}\n\nAnswer using the facts. Question: {question}"
+    return Item([*item.prompt[:-1], {"role": "user", "content": turn}], item.reference, grounded=True)
+
+
+def test_grounded_corrections_are_checked_with_retrieval_on_and_off(tiny_model, active, tmp_path):
+    new = NEW + [_grounded(i) for i in NEW]
+    verdict = _gate(tiny_model, _train(tiny_model, tmp_path / "grounded", OLD + new), active, new=new)
+    assert verdict.passed, verdict.describe()
+    assert verdict.metrics["new"]["items"] == 2 and verdict.metrics["new_grounded"]["items"] == 2
+    learned = {c.name: c.detail for c in verdict.checks if c.name.startswith("learned")}
+    assert set(learned) == {"learned", "learned (retrieval on)"} and "retrieval off" in learned["learned"]

@@ -1,5 +1,5 @@
 """The staff console at `/staff`: server-rendered page shells (login, review queue, a conversation,
-adapters, team) whose data `console.js` fetches from the staff and admin APIs with the login cookie and
+adapters, knowledge, team) whose data `console.js` fetches from the staff and admin APIs with the login cookie and
 the page's CSRF token. Pages without a live login go to the login page; admin pages answer agents 403."""
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ PAGES = {
     "queue": ("Review queue", StaffRole.agent),
     "conversation": ("Conversation", StaffRole.agent),
     "adapters": ("Adapters", StaffRole.admin),
+    "knowledge": ("Knowledge", StaffRole.admin),
     "team": ("Team", StaffRole.admin),
 }
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -155,6 +156,11 @@ def conversation_page(conversation_id: str, request: Request, session: SessionDe
 @router.get("/adapters", response_class=HTMLResponse)
 def adapters_page(request: Request, session: SessionDep) -> Response:
     return _page(request, session, "adapters")
+
+
+@router.get("/knowledge", response_class=HTMLResponse)
+def knowledge_page(request: Request, session: SessionDep) -> Response:
+    return _page(request, session, "knowledge")
 
 
 @router.get("/team", response_class=HTMLResponse)

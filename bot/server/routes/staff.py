@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from bot.server.deps import AdminDep, SessionDep, StaffDep
-from bot.server.protocol import FeedbackState, HandoffResponse
+from bot.server.protocol import FeedbackState, HandoffResponse, Source
 from feedback import repo
 from feedback.models import CorrectionStatus, Reason, Role, StaffRole
 from feedback.queue import (
@@ -73,6 +73,12 @@ class QueueMessage(BaseModel):
     text: str
     adapter_version: str | None
     created_at: datetime
+    sources: list[Source] = Field([], description="what grounded an answer: knowledge-base pages, staff answers")
+
+    @classmethod
+    def shown(cls, message, sources: dict[str, list]) -> QueueMessage:
+        shown = [Source.model_validate(source) for source in sources.get(message.id, [])]
+        return cls.model_validate(message).model_copy(update={"sources": shown})
 
 
 class QueueEntry(BaseModel):
@@ -85,12 +91,12 @@ class QueueEntry(BaseModel):
     corrections: list[CorrectionOut]
 
     @classmethod
-    def of(cls, item: QueueItem) -> QueueEntry:
+    def of(cls, item: QueueItem, sources: dict[str, list]) -> QueueEntry:
         return cls(
             kind=item.kind,
             session_id=item.message.conversation_id,
-            message=QueueMessage.model_validate(item.message),
-            context=[QueueMessage.model_validate(m) for m in item.context],
+            message=QueueMessage.shown(item.message, sources),
+            context=[QueueMessage.shown(m, sources) for m in item.context],
             feedback=FeedbackState.model_validate(item.feedback) if item.feedback else None,
             handoff=HandoffResponse.model_validate(item.handoff) if item.handoff else None,
             corrections=[CorrectionOut.model_validate(c) for c in item.corrections],
@@ -111,10 +117,10 @@ class ConversationMessage(QueueMessage):
     corrections: list[CorrectionOut]
 
     @classmethod
-    def of(cls, message, found: ConversationReview) -> ConversationMessage:
+    def of(cls, message, found: ConversationReview, sources: dict[str, list]) -> ConversationMessage:
         vote = found.feedback.get(message.id)
         return cls(
-            **QueueMessage.model_validate(message).model_dump(),
+            **QueueMessage.shown(message, sources).model_dump(),
             feedback=FeedbackState.model_validate(vote) if vote else None,
             corrections=[CorrectionOut.model_validate(c) for c in found.corrections.get(message.id, [])],
         )
@@ -189,11 +195,12 @@ def queue(
         include_reviewed=include_reviewed,
     )
     names = staff_names(session, [c for i in page.items for c in i.corrections])
+    sources = repo.sources_of(session, message_ids=[m.id for i in page.items for m in [i.message, *i.context]])
     return QueueOut(
         total=page.total,
         limit=limit,
         offset=offset,
-        items=[QueueEntry.of(i) for i in page.items],
+        items=[QueueEntry.of(i, sources) for i in page.items],
         versions=answer_versions(session),
         names=names,
     )
@@ -204,9 +211,10 @@ def conversation(conversation_id: str, session: SessionDep, _staff: StaffDep) ->
     """A whole conversation for staff: votes, corrections (approved ones replace the answer in training) and
     handoff requests."""
     found = conversation_review(session, conversation_id=conversation_id)
+    sources = repo.sources_of(session, message_ids=[m.id for m in found.messages])
     return ConversationOut(
         id=conversation_id,
-        messages=[ConversationMessage.of(m, found) for m in found.messages],
+        messages=[ConversationMessage.of(m, found, sources) for m in found.messages],
         names=found.names,
         handoffs=[HandoffResponse.model_validate(h) for h in found.handoffs],
     )

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bot.runtime.retrieval import Retriever, top
+from bot.runtime.retrieval import Retriever, faq_answer, names, top
+from feedback.knowledge import StoredPassage
 from tests.support.fakes import HashEmbedder
 from tests.support.grounding import add_page, answered, correct
 
@@ -84,3 +85,49 @@ def test_memory_comes_first_and_kb_off_or_memory_off_leave_them_out(store, tmp_p
     }
     assert {h.kind for h in Retriever(store, embedder, kb=False).retrieve(question).passages} == {"correction"}
     assert Retriever(store, embedder, kb=False, memory=False).retrieve(question).passages == []
+
+
+def test_only_passages_that_answer_one_question_have_an_answer_to_quote():
+    def passage(title: str, text: str) -> StoredPassage:
+        return StoredPassage(1, title, "", text, b"")
+
+    assert faq_answer(passage("Can I park?", "Can I park?\nYes, for free.")) == "Yes, for free."  # an FAQ row
+    assert faq_answer(passage("Hotel › Can I park?", "Yes, for free.")) == "Yes, for free."  # a question heading
+    assert faq_answer(passage("Hotel › Parking", "Yes, for free.")) == ""  # a section: the model answers
+    assert faq_answer(passage("Hotel", "Is parking free? It is.")) == ""
+
+
+def test_names_are_capitalised_words_that_do_not_start_a_sentence():
+    assert names("Is there parking at Kirkwood House?") == {"kirkwood", "house"}
+    assert names("Hi. Can I park at Ashley Hotel? Thanks!") == {"ashley", "hotel"}  # "Can", "Thanks" start sentences
+    assert names("Is BYOB ok at Frankie And Benny's?") == {"byob", "frankie", "and", "benny"}
+    assert names("can i park at the ashley hotel") == frozenset()  # typed in lower case: nothing to check
+
+
+def test_a_passage_about_another_place_does_not_answer_a_question_naming_this_one(store, tmp_path):
+    embedder = HashEmbedder()
+    add_page(store, embedder, tmp_path, "ashley.md", "# Ashley Hotel\n\n## Parking\n\nFree parking behind the hotel.\n")
+    strict = Retriever(store, embedder, kb_min_score=0.1, memory=False)
+    assert strict.retrieve("Is there parking at Ashley Hotel?").passages[0].title == "Ashley Hotel › Parking"
+    assert strict.retrieve("Is there parking at Kirkwood House?").passages == []  # another hotel: nothing
+    loose = Retriever(store, embedder, kb_min_score=0.1, memory=False, match_names=False)
+    assert loose.retrieve("Is there parking at Kirkwood House?").passages[0].title == "Ashley Hotel › Parking"
+
+
+def test_a_correction_about_another_place_is_not_used(store):
+    correct(store, answered(store, "Is parking free at Ashley Hotel?"), "Yes, parking is free at Ashley Hotel.")
+    retriever = Retriever(store, HashEmbedder(), memory_min_score=0.3, kb=False)
+    assert retriever.retrieve("is parking free at ashley hotel").passages[0].kind == "correction"
+    assert retriever.retrieve("Is parking free at Kirkwood House?").passages == []
+
+
+def test_retrieve_many_answers_each_question_with_one_embedding_call(store, tmp_path):
+    embedder = HashEmbedder()
+    add_page(store, embedder, tmp_path, "guest.md", PAGE)
+    retriever = Retriever(store, embedder, kb_min_score=0.2, memory=False)
+    calls = embedder.calls
+    found = retriever.retrieve_many(
+        ["When is check-in at A and B Guest House?", "Are pets allowed at A and B Guest House?"]
+    )
+    assert [r.passages[0].title for r in found] == ["A and B Guest House › Check-in", "A and B Guest House › Pets"]
+    assert embedder.calls == calls + 1

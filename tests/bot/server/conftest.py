@@ -11,17 +11,23 @@ from bot.server.app import create_app
 from feedback import repo
 from feedback.models import StaffRole
 from tests.support.common import wait_until
+from tests.support.fakes import HashEmbedder
 
 
 @pytest.fixture
-def serve(settings, any_store, fake):
-    """`serve(**update)`: a ready app on `any_store` and the fake generator, with `settings` changed by
-    `update` (and a message rate no test reaches)."""
+def embedder() -> HashEmbedder:
+    return HashEmbedder()
+
+
+@pytest.fixture
+def serve(settings, any_store, fake, embedder):
+    """`serve(**update)`: a ready app on `any_store`, the fake generator and the test embedder, with
+    `settings` changed by `update` (and a message rate no test reaches)."""
 
     @contextmanager
     def serve(**update):
         changed = settings.model_copy(update={"rate_limit": "1000/minute", **update})
-        with TestClient(create_app(changed, generator=fake, store=any_store)) as client:
+        with TestClient(create_app(changed, generator=fake, store=any_store, embedder=embedder)) as client:
             wait_until(lambda: client.get("/readyz").status_code == 200)
             yield client
 

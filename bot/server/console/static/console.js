@@ -53,6 +53,12 @@
     clearTimeout(say.timer);
     say.timer = setTimeout(() => { statusBox.textContent = ""; }, 6000);
   }
+  function sourcesView(sources) {  // what grounded an answer: links only to http(s) pages, always as text
+    if (!sources?.length) return null;
+    return h("ul", { class: "sources", "aria-label": "Sources", "data-role": "sources" }, sources.map((x) => h("li", {},
+      h("span", { class: "badge" }, x.kind === "correction" ? "staff answer" : "help centre"), " ",
+      /^https?:\/\//.test(x.url) ? h("a", { href: x.url, target: "_blank", rel: "noopener noreferrer" }, x.title) : x.title)));
+  }
   const when = (iso) => (iso ? new Date(iso).toLocaleString([], { dateStyle: "medium", timeStyle: "short" }) : "—");
   const pct = (rate) => (rate == null ? "—" : `${Math.round(rate * 100)} %`);
   function table(id, headings, rows) {
@@ -216,6 +222,7 @@
         : h("p", { class: "muted" }, "(the conversation's first answer)")),
     h("h3", { class: "muted" }, "Bot answer"),
     h("div", { class: `answer${last?.status === "approved" ? " original" : ""}`, "data-role": "answer" }, entry.message.text),
+    sourcesView(entry.message.sources),
     last && h("p", { class: "corrected-mark" }, correctionLine(last)),
     last && last.status !== "rejected" && h("div", { class: "answer corrected", "data-role": "correction" }, last.text),
     item.editing ? editor(item, draft) : null,
@@ -373,6 +380,7 @@
         h("div", { class: "answer corrected", "data-role": "correction" }, approved.text),
         h("details", {}, h("summary", {}, "The bot's original answer"), h("div", { class: "answer original", "data-role": "answer" }, m.text))]
         : h("div", { class: "answer", "data-role": "answer" }, m.text),
+      sourcesView(m.sources),
       m.corrections.filter((c) => c !== approved).map((c) => h("p", { class: "muted" },
         `${c.status === "draft" ? "Draft" : c.status === "approved" ? "Earlier approved correction" : "Rejected"} by `
         + `${staffName(c.reviewed_by || c.staff_id)}: `, h("span", { class: "turn" }, c.text))));
@@ -545,6 +553,73 @@
       h("pre", { class: "log", "aria-label": "Round log", tabindex: 0 }, run.log.join("\n") || "(no output yet)"));
   }
 
+  // -- knowledge base (admin) ----------------------------------------------------------------------
+  const KB_TYPES = ".md,.markdown,.html,.htm,.txt,.csv,.jsonl";
+  const OUTCOME = { quote: "quoted word for word", grounded: "the model answers from these passages",
+    no_answer: "the bot says it does not know and offers a person", unchanged: "the model answers alone (nothing to search)" };
+
+  async function loadKnowledge() {
+    try {
+      const sources = await api("GET", "/api/admin/knowledge");
+      show([uploadForm(), h("h2", {}, "Sources"), sources.length ? sourcesTable(sources)
+        : h("p", { class: "muted" }, "No knowledge base yet: upload help-centre pages or an FAQ file."),
+      h("h2", {}, "What would be retrieved"), kbSearchForm(), h("div", { id: "kb-results" })]);
+    } catch (err) { failed(err); }
+  }
+
+  async function upload(path, form) {  // multipart: the browser sets the boundary; the CSRF token as for JSON
+    const response = await fetch(path, { method: "POST", credentials: "same-origin", body: form,
+      headers: { "Accept": "application/json", "X-CSRF-Token": CSRF } });
+    const data = await response.json().catch(() => ({}));
+    if (!response.ok) throw new ApiError(response.status, detail(data.detail) || `${response.status} ${response.statusText}`);
+    return data;
+  }
+
+  function uploadForm() {
+    return h("form", { class: "card filters", "aria-label": "Upload to the knowledge base", onsubmit: async (event) => {
+      event.preventDefault();
+      const button = event.target.querySelector("button");
+      button.disabled = true;
+      say("Uploading and embedding…");
+      try {
+        const added = await upload("/api/admin/knowledge", new FormData(event.target));
+        await loadKnowledge();
+        say(`${added.source}: ${added.added} added, ${added.replaced} replaced, ${added.unchanged} unchanged (${added.passages} passages).`);
+      } catch (err) { button.disabled = false; say(`Nothing was added: ${err.message}`); }
+    } },
+    h("label", {}, "Source", h("input", { name: "source", required: true, maxlength: 200, value: "help-centre" })),
+    h("label", {}, "Files", h("input", { name: "files", type: "file", multiple: true, required: true, accept: KB_TYPES })),
+    h("button", { type: "submit", class: "primary" }, "Upload"));
+  }
+
+  function sourcesTable(sources) {
+    return table("kb-sources", ["Source", "Documents", "Passages", "Updated", ""], sources.map((x) =>
+      h("tr", { "data-source": x.source }, h("td", {}, x.source), h("td", {}, x.documents), h("td", {}, x.passages),
+        h("td", {}, when(x.updated_at)), h("td", {}, h("button", { class: "danger", onclick: async () => {
+          if (!await ask(`Remove ${x.source}?`, `Its ${x.documents} documents stop grounding answers at once.`, { danger: true })) return;
+          try { await api("DELETE", `/api/admin/knowledge/${encodeURIComponent(x.source)}`); say(`${x.source} removed.`); }
+          catch (err) { say(`Not removed: ${err.message}`); }
+          loadKnowledge();
+        } }, "Remove")))));
+  }
+
+  function kbSearchForm() {
+    return h("form", { class: "card filters", role: "search", onsubmit: async (event) => {
+      event.preventDefault();
+      const q = new FormData(event.target).get("q");
+      const out = document.getElementById("kb-results");
+      try {
+        const found = await api("GET", `/api/admin/knowledge/search?${new URLSearchParams({ q })}`);
+        out.replaceChildren(h("p", { "data-role": "outcome" }, h("b", {}, "The bot would: "), OUTCOME[found.outcome]),
+          table("kb-hits", ["Score", "Passage", "Text"], found.hits.map((x) => h("tr", {
+            class: x.score >= found.kb_min_score ? "" : "muted" }, h("td", {}, x.score.toFixed(3)),
+          h("td", {}, x.title, x.quotable ? h("small", { class: "badge" }, "Q&A") : ""), h("td", {}, x.text)))));
+      } catch (err) { out.replaceChildren(h("p", { class: "error", role: "alert" }, err.message)); }
+    } },
+    h("label", {}, "A customer's question", h("input", { name: "q", required: true, maxlength: 2000, size: 60 })),
+    h("button", { type: "submit" }, "Search"));
+  }
+
   // -- team (admin) ---------------------------------------------------------------------------------
   async function loadTeam(created = null) {
     try {
@@ -599,7 +674,7 @@
   }
 
   // -- start ----------------------------------------------------------------------------------------
-  const pages = { queue: loadQueue, conversation: loadConversation, adapters: loadAdapters, team: loadTeam };
+  const pages = { queue: loadQueue, conversation: loadConversation, adapters: loadAdapters, knowledge: loadKnowledge, team: loadTeam };
   if (app.dataset.page === "queue") document.addEventListener("keydown", queueKeys);
   if (!isAdmin && app.dataset.page !== "queue" && app.dataset.page !== "conversation") failed(new Error("admins only"));
   else pages[app.dataset.page]();
