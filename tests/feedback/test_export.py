@@ -185,22 +185,44 @@ def torch_equal(a, b) -> bool:
     return torch.equal(a.detach(), b)
 
 
-def test_a_grounded_answer_exports_as_the_model_saw_it_and_as_the_customer_wrote_it(any_store):
-    grounded_turn = (
-        "Facts:\nAshley Hotel › Check-out: 10:30 am.\n\nAnswer using the facts. Question: When is check-out?"
-    )
-    with any_store.session() as s:
+GROUNDED_TURN = "Facts:\nCheck-out is at 10:30 am.\n\nAnswer using the facts. Question: When is check-out?"
+
+
+def _grounded_store(store):
+    """An answer that was grounded, thumbed down and corrected (approved), and a plain thumbed-up one."""
+    with store.session() as s:
         agent, _ = repo.create_staff(s, name="agent", role=StaffRole.agent)
         conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt="Be brief.")
         repo.add_message(s, conversation_id=conversation.id, role=Role.user, text="When is check-out?")
         answer = repo.add_message(s, conversation_id=conversation.id, role=Role.assistant, text="At noon.",
-                                  adapter_version="base", grounding=grounded_turn)  # fmt: skip
+                                  adapter_version="base", grounding=GROUNDED_TURN)  # fmt: skip
         repo.set_feedback(s, message_id=answer.id, thumb=Thumb.down, reason="wrong")
         repo.add_correction(s, message_id=answer.id, actor=agent, text="Check-out is at 10:30 am.", approve=True)
+        _, plain = _exchange(s, "Is there parking?", "Yes, free parking on site.")
+        repo.set_feedback(s, message_id=plain.id, thumb=Thumb.up)
+    return store
+
+
+def test_a_grounded_answer_exports_as_the_model_saw_it_and_as_the_customer_wrote_it(any_store):
+    with _grounded_store(any_store).session() as s:
         exported = {fmt: records(s, fmt) for fmt in ("sft", "dpo", "kto")}
     for fmt, rows in exported.items():
         turns = [(r.get("grounded", False), r["prompt"][-1]["content"]) for r in rows]
-        assert turns[:2] == [(True, grounded_turn), (False, "When is check-out?")], fmt
+        assert turns[:2] == [(True, GROUNDED_TURN), (False, "When is check-out?")], fmt
         assert all(r["prompt"][0] == {"role": "system", "content": "Be brief."} for r in rows)
-    assert _completions(exported["sft"]) == ["Check-out is at 10:30 am."] * 2
-    assert [r["label"] for r in exported["kto"]] == [False, False, True, True]
+    assert _completions(exported["sft"]) == ["Check-out is at 10:30 am."] * 2 + ["Yes, free parking on site."]
+    assert [r["label"] for r in exported["kto"]] == [False, False, True, True, True]
+
+
+@pytest.mark.parametrize("fmt", ["sft", "dpo", "kto"])
+def test_trl_trainers_take_exports_with_grounded_records(fmt, store, tiny_model, tmp_path):
+    """The `grounded` key some records carry is one more column: TRL's trainers train on the file as is."""
+    from datasets import load_dataset
+
+    path = tmp_path / f"{fmt}.jsonl"
+    with _grounded_store(store).session() as s:
+        export(s, fmt, path)
+    dataset = load_dataset("json", data_files=str(path), split="train")
+    assert "grounded" in dataset.column_names
+    trainer = _trainer(fmt, tiny_model, dataset, tmp_path / "work")
+    assert trainer.train().global_step == 2
