@@ -145,15 +145,21 @@ class Retriever:
     def _retrieval(self, kb: _Loaded, memory: _Loaded, question: str, query: np.ndarray) -> Retrieval:
         required = names(question) if self.match_names else frozenset()
         hits = self._memory_hits(memory, query, required) + self._kb_hits(kb, query, required)
-        return Retrieval(self._within_budget(hits[: self.top_k]), kb.matrix.shape[0])
+        return Retrieval(self._within_budget(hits[: self.top_k]), kb.matrix.shape[0] if self.kb_on else 0)
 
     def search(self, question: str, k: int) -> list[Hit]:
-        """The `k` passages closest to `question`, whatever their score (`kb search`, the console)."""
-        kb, _ = self._refresh(kb=True, memory=False)
-        if not kb.rows:
-            return []
+        """The `k` passages closest to `question`, whatever their score (`kb search`)."""
+        return self.explain(question, k)[0]
+
+    def explain(self, question: str, k: int) -> tuple[list[Hit], Retrieval]:
+        """For the console: the `k` closest passages whatever their score, and what `retrieve` gives (one
+        embedding for both)."""
+        kb, memory = self._refresh(kb=True, memory=self.memory_on)
+        if not kb.rows and not memory.rows:
+            return [], Retrieval()
         query = self.embedder.encode([question])[0]
-        return [self._kb_hit(kb.rows[i], score) for i, score in top(kb.matrix, query, k)]
+        hits = [self._kb_hit(kb.rows[i], score) for i, score in top(kb.matrix, query, k)]
+        return hits, self._retrieval(kb, memory, question, query)
 
     def _refresh(self, kb: bool, memory: bool) -> tuple[_Loaded, _Loaded]:
         with self._lock, self.store.session() as session:

@@ -108,8 +108,8 @@ def remove(source: str, session: SessionDep, admin: AdminDep) -> Removed:
 def _search(request: Request, question: str, k: int) -> SearchOut:
     state, settings = request.app.state, request.app.state.settings
     retriever = state.retriever or Retriever(state.store, state.embedder, kb=False, memory=False)
-    hits = retriever.search(question, k)
-    outcome = ground(question, retriever.retrieve(question), state.chat.policy).outcome
+    hits, retrieval = retriever.explain(question, k)
+    outcome = ground(question, retrieval, state.chat.policy).outcome
     return SearchOut(
         outcome=outcome,
         hits=[

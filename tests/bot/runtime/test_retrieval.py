@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bot.runtime.retrieval import Retriever, faq_answer, names, top
+from bot.runtime.retrieval import Retrieval, Retriever, faq_answer, names, top
 from feedback.knowledge import StoredPassage
 from tests.support.fakes import HashEmbedder
 from tests.support.grounding import add_page, answered, correct
@@ -131,3 +131,14 @@ def test_retrieve_many_answers_each_question_with_one_embedding_call(store, tmp_
     )
     assert [r.passages[0].title for r in found] == ["A and B Guest House › Check-in", "A and B Guest House › Pets"]
     assert embedder.calls == calls + 1
+
+
+def test_explain_shows_the_closest_passages_and_what_retrieve_gives_with_one_embedding(store, tmp_path):
+    embedder = HashEmbedder()
+    add_page(store, embedder, tmp_path, "guest.md", PAGE)
+    calls = embedder.calls
+    hits, retrieval = Retriever(store, embedder, kb_min_score=0.2, memory=False).explain("Are pets allowed?", 2)
+    assert [h.title for h in hits][0] == "A and B Guest House › Pets" and len(hits) == 2
+    assert retrieval.passages[0].title == "A and B Guest House › Pets" and embedder.calls == calls + 1
+    hits, retrieval = Retriever(store, embedder, kb=False, memory=False).explain("Are pets allowed?", 2)
+    assert len(hits) == 2 and retrieval == Retrieval()  # KB off: passages shown, none used, nothing to refuse on
