@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from websockets.sync.client import connect
 
 from bot.runtime.base_model import pull_default_model
 from bot.server.app import create_app
@@ -23,7 +22,7 @@ from bot.server.settings import Settings
 from feedback import repo
 from feedback.db import open_store
 from feedback.models import Message, StaffRole
-from tests.support.common import FAQ, wait_until
+from tests.support.common import FAQ, ask_over_websocket, wait_until
 from tests.support.services import LiveServer
 
 pytestmark = pytest.mark.integration
@@ -45,16 +44,6 @@ def _help_centre(folder: Path) -> None:
         (folder / f"{name.lower().replace(' ', '-')}.md").write_text(f"# {name.title()}\n\n{body}\n")
 
 
-def _ask(ws_url: str, text: str) -> dict:
-    with connect(ws_url, open_timeout=30) as ws:
-        ws.send(json.dumps({"type": "user_message", "text": text}))
-        frames = []
-        while not frames or frames[-1]["type"] not in ("done", "error"):
-            frames.append(json.loads(ws.recv(timeout=300)))
-    assert frames[-1]["type"] == "done", frames
-    return {"text": "".join(f["text"] for f in frames if f["type"] == "token").strip(), **frames[-1]}
-
-
 def test_answers_are_grounded_in_the_kb_and_in_approved_corrections(tmp_path):
     cache = Settings().model_cache
     pull_default_model(cache, progress=False)
@@ -67,7 +56,7 @@ def test_answers_are_grounded_in_the_kb_and_in_approved_corrections(tmp_path):
     with LiveServer(create_app(settings)) as server:
         wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, timeout=300, interval=0.5)
         ws_url = server.url.replace("http", "ws") + "/ws/chat"
-        grounded = _ask(ws_url, "What time is check-in at A and B Guest House?")
+        grounded = ask_over_websocket(ws_url, "What time is check-in at A and B Guest House?")
         print("kb:", grounded)
         assert grounded["sources"][0] == {
             "title": "A And B Guest House › What time is check-in there?",
@@ -81,10 +70,12 @@ def test_answers_are_grounded_in_the_kb_and_in_approved_corrections(tmp_path):
         assert grounded["text"] == "Check-in time is from 3:30pm - 9:00pm."  # quoted: an FAQ answer, close enough
         assert prompt is None and grounded["prompt_tokens"] == 0  # the model was not asked
 
-        elsewhere = _ask(ws_url, "Is there parking at Kirkwood House?")  # a hotel the help centre does not cover
+        elsewhere = ask_over_websocket(
+            ws_url, "Is there parking at Kirkwood House?"
+        )  # a hotel the help centre does not cover
         assert elsewhere["text"] == settings.no_answer_text and elsewhere["sources"] == []
 
-        first = _ask(ws_url, "Do you have a gift shop for customers?")
+        first = ask_over_websocket(ws_url, "Do you have a gift shop for customers?")
         store = open_store(settings.db_url)
         with store.session() as s:
             _, token = repo.create_staff(s, name="ada", role=StaffRole.admin)
@@ -96,7 +87,7 @@ def test_answers_are_grounded_in_the_kb_and_in_approved_corrections(tmp_path):
             headers={"Authorization": f"Bearer {token}"},
         )
         assert approved.status_code == 201, approved.text
-        remembered = _ask(ws_url, "Is there a gift shop for customers?")
+        remembered = ask_over_websocket(ws_url, "Is there a gift shop for customers?")
         print("memory:", remembered)
         assert remembered["sources"] == [{"title": "Answer from our support team", "url": "", "kind": "correction"}]
         assert remembered["text"] == answer  # at once, reworded, no training

@@ -13,12 +13,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from websockets.sync.client import connect
 
 from bot.runtime.base_model import pull_default_model
 from bot.server.app import create_app
 from bot.server.settings import Settings
-from tests.support.common import FAQ, wait_until
+from tests.support.common import FAQ, ask_over_websocket, wait_until
 from tests.support.services import LiveServer
 from trainer.metrics import overlap_f1
 
@@ -32,16 +31,6 @@ def _faq_pair(row_id: str) -> tuple[str, str]:
     with FAQ.open() as rows:
         row = next(r for r in map(json.loads, rows) if r["id"] == row_id)
     return f"What time is check-in at {row['entity_name'].title()}?", row["answer"]
-
-
-def _ask(ws_url: str, text: str) -> dict:
-    with connect(ws_url, open_timeout=30) as ws:
-        ws.send(json.dumps({"type": "user_message", "text": text}))
-        frames = []
-        while not frames or frames[-1]["type"] not in ("done", "error"):
-            frames.append(json.loads(ws.recv(timeout=300)))
-    assert frames[0]["type"] == "session" and frames[-1]["type"] == "done", frames
-    return {"text": "".join(f["text"] for f in frames if f["type"] == "token").strip(), **frames[-1]}
 
 
 def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -61,7 +50,7 @@ def test_correction_is_learned_and_served_after_swap(tmp_path):
     with LiveServer(create_app(settings)) as server:
         wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, timeout=300, interval=0.5)
         ws_url = server.url.replace("http", "ws") + "/ws/chat"
-        before = _ask(ws_url, question)
+        before = ask_over_websocket(ws_url, question)
         assert before["adapter_version"] == "base" and before["text"]
 
         token = _cli(env, "staff", "add", "alice").stdout.strip().splitlines()[-1]
@@ -78,7 +67,7 @@ def test_correction_is_learned_and_served_after_swap(tmp_path):
         wait_until(
             lambda: httpx.get(server.url + "/readyz").json()["adapter_version"] == version, timeout=120, interval=0.5
         )
-        after = _ask(ws_url, question)
+        after = ask_over_websocket(ws_url, question)
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
         streamed = client.chat.completions.create(
             model="supportloop", stream=True, messages=[{"role": "user", "content": question}]

@@ -49,3 +49,18 @@ def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def ask_over_websocket(ws_url: str, text: str) -> dict:
+    """One question on a new chat socket of a live server: the `done` frame with the streamed `text`."""
+    import json
+
+    from websockets.sync.client import connect
+
+    with connect(ws_url, open_timeout=30) as ws:
+        ws.send(json.dumps({"type": "user_message", "text": text}))
+        frames = []
+        while not frames or frames[-1]["type"] not in ("done", "error"):
+            frames.append(json.loads(ws.recv(timeout=300)))
+    assert frames[0]["type"] == "session" and frames[-1]["type"] == "done", frames
+    return {"text": "".join(f["text"] for f in frames if f["type"] == "token").strip(), **frames[-1]}
