@@ -31,17 +31,27 @@ def approved_memories(session: Session) -> list[Memory]:
     newest: dict[str, tuple[Correction, Message]] = {}
     for correction, answer in corrections:
         newest[answer.id] = (correction, answer)
+    turns = _customer_turns(session, {answer.conversation_id for _, answer in newest.values()})
     memories = []
     for correction, answer in newest.values():
-        question = session.exec(
-            select(Message.text)
-            .where(Message.conversation_id == answer.conversation_id, col(Message.seq) < answer.seq)
-            .where(Message.role == Role.user)
-            .order_by(col(Message.seq).desc())
-        ).first()
-        if question and correction.id is not None:
-            memories.append(Memory(correction.id, question, correction.text))
+        before = [text for seq, text in turns.get(answer.conversation_id, []) if seq < answer.seq]
+        if before and before[-1] and correction.id is not None:
+            memories.append(Memory(correction.id, before[-1], correction.text))
     return memories
+
+
+def _customer_turns(session: Session, conversation_ids: set[str]) -> dict[str, list[tuple[int, str]]]:
+    """The customer's messages of these conversations, (seq, text) in order: one query for all of them."""
+    turns: dict[str, list[tuple[int, str]]] = {}
+    if conversation_ids:
+        query = (
+            select(Message.conversation_id, Message.seq, Message.text)
+            .where(col(Message.conversation_id).in_(list(conversation_ids)), Message.role == Role.user)
+            .order_by(col(Message.conversation_id), col(Message.seq))
+        )
+        for conversation_id, seq, text in session.exec(query):
+            turns.setdefault(conversation_id, []).append((seq, text))
+    return turns
 
 
 def memory_fingerprint(session: Session) -> tuple[int, datetime | None]:

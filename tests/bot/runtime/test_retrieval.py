@@ -142,3 +142,21 @@ def test_explain_shows_the_closest_passages_and_what_retrieve_gives_with_one_emb
     assert retrieval.passages[0].title == "A and B Guest House › Pets" and embedder.calls == calls + 1
     hits, retrieval = Retriever(store, embedder, kb=False, memory=False).explain("Are pets allowed?", 2)
     assert len(hits) == 2 and retrieval == Retrieval()  # KB off: passages shown, none used, nothing to refuse on
+
+
+def test_a_memory_is_keyed_by_the_customer_turn_just_before_the_corrected_answer(any_store):
+    from feedback import repo
+    from feedback.memory import approved_memories
+    from feedback.models import Role
+
+    with any_store.session() as s:
+        conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt="")
+        for role, text in [(Role.user, "Hi"), (Role.assistant, "Hello!"), (Role.user, "Is there parking?")]:
+            repo.add_message(s, conversation_id=conversation.id, role=role, text=text)
+        answer = repo.add_message(s, conversation_id=conversation.id, role=Role.assistant, text="No.").id
+        repo.add_message(s, conversation_id=conversation.id, role=Role.user, text="Thanks, bye")
+    correct(any_store, answer, "Yes, free parking behind the hotel.")
+    correct(any_store, answered(any_store, "Do you take cards?"), "Visa and Mastercard.", approve=False)  # a draft
+    with any_store.session() as s:
+        memories = approved_memories(s)
+    assert [(m.question, m.answer) for m in memories] == [("Is there parking?", "Yes, free parking behind the hotel.")]
