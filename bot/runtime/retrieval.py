@@ -35,7 +35,6 @@ class Hit:
     score: float
     chunk_id: int | None = None
     correction_id: int | None = None
-    question: str = ""  # a correction's: the customer's question it answered
     answer: str = ""  # a question-and-answer pair's answer (a correction, an FAQ row or a question heading)
 
 
@@ -195,7 +194,7 @@ class Retriever:
             m = memory.rows[i]
             if score >= self.memory_min_score and required <= terms(f"{m.question} {m.answer}"):
                 return [Hit("correction", "Answer from our support team", "", m.answer, score,
-                            correction_id=m.correction_id, question=m.question, answer=m.answer)]  # fmt: skip
+                            correction_id=m.correction_id, answer=m.answer)]  # fmt: skip
         return []
 
     def _kb_hits(self, kb: _Loaded, query: np.ndarray, required: frozenset[str]) -> list[Hit]:
