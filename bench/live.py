@@ -50,6 +50,8 @@ def start_server(env: dict[str, str], *args: str, timeout: float = 600) -> tuple
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with status {proc.returncode} before it was ready")
         try:
             if httpx.get(url + "/readyz").status_code == 200:
                 return proc, url

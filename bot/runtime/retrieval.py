@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sqlmodel import Session
 
 from bot.runtime.embeddings import Embedder, LazyEmbedder, from_bytes
+from feedback import vectors
 from feedback.db import Store
 from feedback.knowledge import StoredPassage, fingerprint, load_passages
 from feedback.memory import Memory, approved_memories, memory_fingerprint
@@ -44,6 +47,7 @@ class Retrieval:
     kb_size: int = 0  # passages searched (0: no knowledge base, so nothing to refuse on)
 
 
+QUERY_CACHE = 4096  # query vectors kept (1.5 KB each with MiniLM)
 CANDIDATES = 20  # the closest passages (and corrections) that the name check looks through
 _SENTENCES = re.compile(r"[.!?;:]\s+|\n")
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9'’-]*")
@@ -93,6 +97,11 @@ class _Loaded:
     stamp: Any = None
     rows: list[Any] = field(default_factory=list)
     matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    in_postgres: int = 0  # passages searched by pgvector in PostgreSQL (then `rows` and `matrix` stay empty)
+
+    @property
+    def size(self) -> int:
+        return self.in_postgres or len(self.rows)
 
 
 class Retriever:
@@ -108,12 +117,18 @@ class Retriever:
         memory_min_score: float = 0.7,
         max_chars: int = 2400,
         match_names: bool = True,
+        query_cache: int = QUERY_CACHE,
+        vector_search: str = "auto",
     ) -> None:
         self.store, self.embedder, self.kb_on, self.memory_on = store, embedder, kb, memory
         self.top_k, self.max_chars, self.match_names = top_k, max_chars, match_names
         self.kb_min_score, self.memory_min_score = kb_min_score, memory_min_score
         self._kb, self._memory = _Loaded(), _Loaded()
         self._question_vectors: dict[tuple[int, str], np.ndarray] = {}
+        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.query_cache, self.vector_search = query_cache, vector_search
+        self._pgvector: str | None = None  # pgvector's version once the store is found to have it
+        self._checked_pgvector, self._indexed_dims = False, set[int]()
         self._lock = threading.Lock()
 
     def retrieve(self, question: str) -> Retrieval:
@@ -136,15 +151,28 @@ class Retriever:
         if not (self.kb_on or self.memory_on):
             return [Retrieval() for _ in questions]
         kb, memory = self._refresh(self.kb_on, self.memory_on)
-        if not (kb.rows and self.kb_on) and not (memory.rows and self.memory_on):
+        if not (kb.size and self.kb_on) and not (memory.rows and self.memory_on):
             return [Retrieval() for _ in questions]  # nothing to search: no embedding needed (nor a model loaded)
-        queries = self.embedder.encode(questions)
+        queries = self._embed_queries(questions)
         return [self._retrieval(kb, memory, q, query) for q, query in zip(questions, queries, strict=True)]
+
+    def _embed_queries(self, questions: list[str]) -> list[np.ndarray]:
+        """Query vectors, the last `query_cache` distinct questions' kept: customers ask the same things
+        ("What are your opening hours?"), and an embedding costs the model's cores."""
+        new = list(dict.fromkeys(q for q in questions if q not in self._queries))
+        for question, vector in zip(new, self.embedder.encode(new) if new else [], strict=True):
+            self._queries[question] = vector
+        vectors = [self._queries[q] for q in questions]
+        for question in questions:
+            self._queries.move_to_end(question)
+        while len(self._queries) > self.query_cache:
+            self._queries.popitem(last=False)
+        return vectors
 
     def _retrieval(self, kb: _Loaded, memory: _Loaded, question: str, query: np.ndarray) -> Retrieval:
         required = names(question) if self.match_names else frozenset()
         hits = self._memory_hits(memory, query, required) + self._kb_hits(kb, query, required)
-        return Retrieval(self._within_budget(hits[: self.top_k]), kb.matrix.shape[0] if self.kb_on else 0)
+        return Retrieval(self._within_budget(hits[: self.top_k]), kb.size if self.kb_on else 0)
 
     def search(self, question: str, k: int) -> list[Hit]:
         """The `k` passages closest to `question`, whatever their score (`kb search`)."""
@@ -154,10 +182,10 @@ class Retriever:
         """For the console: the `k` closest passages whatever their score, and what `retrieve` gives (one
         embedding for both)."""
         kb, memory = self._refresh(kb=True, memory=self.memory_on)
-        if not kb.rows and not memory.rows:
+        if not kb.size and not memory.rows:
             return [], Retrieval()
         query = self.embedder.encode([question])[0]
-        hits = [self._kb_hit(kb.rows[i], score) for i, score in top(kb.matrix, query, k)]
+        hits = [self._kb_hit(passage, score) for passage, score in self._kb_top(kb, query, k)]
         return hits, self._retrieval(kb, memory, question, query)
 
     def _refresh(self, kb: bool, memory: bool) -> tuple[_Loaded, _Loaded]:
@@ -165,16 +193,37 @@ class Retriever:
             if kb:
                 stamp = fingerprint(session)
                 if stamp != self._kb.stamp:
-                    self._kb = self._load_kb(stamp, load_passages(session, embedding_model=self.embedder.identity))
+                    self._kb = self._load_kb(session, stamp)
             if memory:
                 stamp = memory_fingerprint(session)
                 if stamp != self._memory.stamp:
                     self._memory = self._load_memory(stamp, approved_memories(session))
             return self._kb, self._memory
 
-    def _load_kb(self, stamp: Any, passages: list[StoredPassage]) -> _Loaded:
-        log.info("knowledge base: %d passages loaded", len(passages))
+    def _load_kb(self, session: Session, stamp: Any) -> _Loaded:
+        """The passages in memory; or, where PostgreSQL has pgvector (and `vector_search` is "auto"),
+        their vectors copied there and searched there."""
+        if not self._checked_pgvector and self.vector_search == "auto":
+            self._pgvector, self._checked_pgvector = vectors.enable(session), True
+        elif self._pgvector:
+            vectors.enable(session)  # copies the vectors of passages added since
+        if self._pgvector:
+            size = vectors.count(session, embedding_model=self.embedder.identity)
+            log.info("knowledge base: %d passages, searched with pgvector %s in PostgreSQL", size, self._pgvector)
+            return _Loaded(stamp, in_postgres=size)
+        passages = load_passages(session, embedding_model=self.embedder.identity)
+        log.info("knowledge base: %d passages loaded (searched in process)", len(passages))
         return _Loaded(stamp, list(passages), from_bytes([p.embedding for p in passages]))
+
+    def _kb_top(self, kb: _Loaded, query: np.ndarray, k: int) -> list[tuple[StoredPassage, float]]:
+        """The `k` passages closest to `query`, best first."""
+        if not kb.in_postgres:
+            return [(kb.rows[i], score) for i, score in top(kb.matrix, query, k)]
+        with self.store.session() as session:
+            if len(query) not in self._indexed_dims:
+                vectors.index(session, len(query))
+                self._indexed_dims.add(len(query))
+            return vectors.search(session, query, embedding_model=self.embedder.identity, k=k)
 
     def _load_memory(self, stamp: Any, memories: list[Memory]) -> _Loaded:
         keys = [(m.correction_id, m.question) for m in memories]
@@ -200,10 +249,10 @@ class Retriever:
     def _kb_hits(self, kb: _Loaded, query: np.ndarray, required: frozenset[str]) -> list[Hit]:
         if not self.kb_on:
             return []
-        candidates = top(kb.matrix, query, max(CANDIDATES, self.top_k))
+        candidates = self._kb_top(kb, query, max(CANDIDATES, self.top_k))
         return [
-            self._kb_hit(kb.rows[i], score) for i, score in candidates
-            if score >= self.kb_min_score and required <= terms(f"{kb.rows[i].title} {kb.rows[i].text}")
+            self._kb_hit(passage, score) for passage, score in candidates
+            if score >= self.kb_min_score and required <= terms(f"{passage.title} {passage.text}")
         ][: self.top_k]  # fmt: skip
 
     @staticmethod

@@ -65,6 +65,7 @@ def make_retriever(settings: Settings, store: Store, embedder: Embedder | LazyEm
         memory_min_score=settings.memory_min_score,
         max_chars=settings.grounding_max_chars,
         match_names=settings.match_names,
+        vector_search=settings.vector_search,
     )
 
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,11 +78,21 @@ class ChatService:
         self.policy = Policy(settings.quote_min_score, settings.no_answer_text)
         self._retrieve = Batched(retriever.retrieve_many) if retriever is not None else None
 
-    async def _ground(self, messages: list[dict]) -> Grounding:
-        """Retrieve for the last customer turn (off the event loop); that turn as the model will see it."""
-        if self._retrieve is None or not messages or messages[-1]["role"] != "user":
+    async def _ground(self, messages: list[dict], retrieving: Awaitable[Grounding] | None = None) -> Grounding:
+        """Grounding for the last customer turn (`retrieving` when it was started already); that turn, in
+        `messages`, becomes the prompt the model will see."""
+        if not messages or messages[-1]["role"] != "user":
             return Grounding()
-        question, started = messages[-1]["content"], time.perf_counter()
+        grounding = await (retrieving or self._grounding(messages[-1]["content"]))
+        if grounding.prompt is not None:
+            messages[-1] = {"role": "user", "content": grounding.prompt}
+        return grounding
+
+    async def _grounding(self, question: str) -> Grounding:
+        """Retrieve for `question` (off the event loop) and decide what to do with what was found."""
+        if self._retrieve is None:
+            return Grounding()
+        started = time.perf_counter()
         try:
             retrieval = await self._retrieve(question)
         except Exception:  # the answer goes on without grounding rather than failing
@@ -91,8 +101,6 @@ class ChatService:
             return Grounding()
         grounding = ground(question, retrieval, self.policy)
         self.metrics.retrieval.labels(grounding.outcome).observe(time.perf_counter() - started)
-        if grounding.prompt is not None:
-            messages[-1] = {"role": "user", "content": grounding.prompt}
         return grounding
 
     def _stream(self, request: GenerationRequest, grounding: Grounding) -> AsyncIterator[str | GenerationResult]:
@@ -178,8 +186,13 @@ class ChatService:
         text = self.check_text(text, api)
         self.admit(client, api)
         started = time.perf_counter()
-        messages, user_message_id, session_started = await asyncio.to_thread(self._record_user, session_id, text)
-        grounding = await self._ground(messages)
+        retrieving = asyncio.ensure_future(self._grounding(text))  # while the message is stored
+        try:
+            messages, user_message_id, session_started = await asyncio.to_thread(self._record_user, session_id, text)
+        except BaseException:
+            retrieving.cancel()
+            raise
+        grounding = await self._ground(messages, retrieving)
         request = GenerationRequest(
             messages,
             adapter_version=self.adapters.version_for(session_id, session_started),

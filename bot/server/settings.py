@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from limits import parse
 from pydantic import Field, field_validator
@@ -120,6 +121,11 @@ class Settings(BaseSettings):
         True,
         description="use a passage or correction only when it mentions every name in the question "
         "(its capitalised words after the first of a sentence): a question about another hotel is not answered",
+    )
+    vector_search: Literal["auto", "memory"] = Field(
+        "auto",
+        description="where the knowledge base is searched: 'auto' uses pgvector when the store is PostgreSQL with "
+        "the extension installed, else a matrix in this process; 'memory' always in process",
     )
     grounding_max_chars: int = Field(2400, ge=100, description="characters of retrieved text in one prompt, at most")
     cookie_secure: bool = Field(

@@ -12,25 +12,46 @@ import uuid
 
 def postgres_database(admin_url: str, prefix: str) -> str:
     """A new, empty database on the PostgreSQL server of `admin_url`; its URL."""
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine, make_url, text
 
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
         conn.execute(text(f"CREATE DATABASE {name}"))
     admin.dispose()
-    return admin_url.rsplit("/", 1)[0] + "/" + name
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
 def drop_database(url: str, admin_url: str) -> None:
     """Drop a database made by `postgres_database` (nothing for other URLs)."""
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine, make_url, text
 
     if url.startswith("postgresql"):
         admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)"))
+            conn.execute(text(f"DROP DATABASE IF EXISTS {make_url(url).database} WITH (FORCE)"))
         admin.dispose()
+
+
+def pgvector_database(admin_url: str, folder) -> tuple[str | None, str]:
+    """An admin URL of a PostgreSQL where pgvector can be created (for `postgres_database`), and what it
+    runs on; (None, why not) when there is none. First the local PostgreSQL of `admin_url` if it has the extension, else a private
+    PostgreSQL 16 with pgvector from the `pgserver` wheel, started in `folder` (stopped at exit)."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(admin_url)
+    with admin.connect() as conn:
+        local = conn.execute(text("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")).first()
+    admin.dispose()
+    if local is not None:
+        return admin_url, f"the local PostgreSQL, pgvector {local[0]}"
+    try:
+        import pgserver
+    except ImportError:
+        return None, "the local PostgreSQL has no pgvector and the pgserver wheel is not installed"
+    server = pgserver.get_server(folder, cleanup_mode="delete")
+    socket_dir = server.get_uri().split("host=", 1)[1]
+    return f"postgresql+psycopg://postgres@/postgres?host={socket_dir}", "PostgreSQL 16 from the pgserver wheel"
 
 
 def launch_chromium(playwright):

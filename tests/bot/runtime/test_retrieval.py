@@ -133,6 +133,20 @@ def test_retrieve_many_answers_each_question_with_one_embedding_call(store, tmp_
     assert embedder.calls == calls + 1
 
 
+def test_a_question_asked_again_is_not_embedded_again_and_the_cache_is_bounded(store, tmp_path):
+    embedder = HashEmbedder()
+    add_page(store, embedder, tmp_path, "guest.md", PAGE)
+    retriever = Retriever(store, embedder, kb_min_score=0.2, memory=False, query_cache=2)
+    question = "Are pets allowed at A and B Guest House?"
+    first = retriever.retrieve(question)
+    calls = embedder.calls
+    assert retriever.retrieve_many([question, question]) == [first, first] and embedder.calls == calls
+    retriever.retrieve_many(["When is check-in?", "Is there parking?", "Do you have wifi?"])  # one call: 3 new
+    assert embedder.calls == calls + 1 and list(retriever._queries) == ["Is there parking?", "Do you have wifi?"]
+    retriever.retrieve(question)  # pushed out, so embedded again
+    assert embedder.calls == calls + 2
+
+
 def test_explain_shows_the_closest_passages_and_what_retrieve_gives_with_one_embedding(store, tmp_path):
     embedder = HashEmbedder()
     add_page(store, embedder, tmp_path, "guest.md", PAGE)
