@@ -10,14 +10,17 @@ by hand: other words, other order). Four servers, one after the other, each warm
   of 30 questions about left-out entities that got a "don't know" (refusal rate), and false refusals.
 - **model**: KB on, quoting and the no-answer text off: every answer is the model's, from the grounded
   prompt (the generative fact score), and its TTFT at 16 concurrent sessions; then the same questions
-  with retrieval off on the same store (the TTFT to compare with, as configured and model-only).
+  with retrieval off on the same store (the TTFT to compare with, as configured and model-only), and
+  with retrieval on but nothing good enough to use (every question is embedded and searched, the prompt
+  stays as without retrieval: what retrieval itself costs).
 - **memory**: KB off. First the same 100 questions (the fact score without a KB), then 30 answers are corrected with the reference (approved, no
   training) and the 30 questions are asked again as is, reworded, and 30 questions about other entities
   (same topics: the hard case for a wrong correction).
 
 In process: recall@3 of the right passage for the 100 questions and the 30 rewordings; p50/p95 of a
 retrieval (query embedding + search) with 10,000 and 100,000 synthetic passages; ingestion speed from
-`kb add`'s own report. Fact score: `trainer/facts.py`.
+`kb add`'s own report. The recall and the latencies again with pgvector in PostgreSQL (the local one
+if it has the extension, else PostgreSQL 16 from the `pgserver` test wheel; "not run" without either). Fact score: `trainer/facts.py`.
 
 Targets: fact score with KB ≥ 0.8; refusal ≥ 0.8; memory ≥ 0.9 same wording, ≥ 0.7 reworded, false hits
 ≤ 5%; TTFT with retrieval ≤ 1.2× without.
@@ -216,6 +219,12 @@ def model_phase(env: dict[str, str], asked: list[dict], outside: list[dict]) -> 
         alone = _ask(url, [question(r) for r in asked])
     finally:
         _stop(server)
+    server, url = _serve({**env, "SUPPORTLOOP_KB_MIN_SCORE": "1", "SUPPORTLOOP_MEMORY": "false",
+                          "SUPPORTLOOP_NO_ANSWER_TEXT": ""})  # fmt: skip
+    try:  # every question retrieves, none is grounded: what retrieval itself costs
+        searched = _ask(url, [question(r) for r in asked])
+    finally:
+        _stop(server)
     return {
         "fact_score": _score(answers, asked),
         "refusal_rate": _share(unknown, lambda a: bool(REFUSAL.search(a["text"]))),
@@ -223,6 +232,7 @@ def model_phase(env: dict[str, str], asked: list[dict], outside: list[dict]) -> 
         "prompt_tokens_without_retrieval": round(statistics.fmean(a["prompt_tokens"] for a in alone), 1),
         "ttft_16_sessions": _ttft(answers),
         "ttft_16_sessions_without_retrieval": _ttft(alone),
+        "ttft_16_sessions_retrieval_only": _ttft(searched),
         "examples": [
             {"question": question(r), "answer": a["text"], "reference": r["answer"]}
             for r, a in list(zip(asked, answers))[:3]
@@ -279,44 +289,64 @@ def recall(store_url: str, asked: list[dict], reworded: list[dict]) -> dict:
             "entity_recall_at_3": as_is_entity, "entity_recall_at_3_reworded": again_entity}  # fmt: skip
 
 
-def retrieval_latency(sizes: list[int], queries: list[str]) -> dict:
+def retrieval_latency(sizes: list[int], queries: list[str], pgvector: str | None) -> dict:
     """p50/p95 of `Retriever.retrieve` (query embedding and search) over `sizes` synthetic passages
-    (random unit vectors: embedding 100,000 real passages would take most of an hour here)."""
-    import numpy as np
-
-    from bot.runtime.interface import Retriever, load_embedder
+    (random unit vectors: embedding 100,000 real passages would take most of an hour here), in process
+    on SQLite and, with `pgvector` (an admin URL), by pgvector's HNSW index in PostgreSQL."""
     from feedback.db import open_store
-    from feedback.knowledge import Document, Passage, store_document
 
-    embedder, rng, result = load_embedder(), np.random.default_rng(0), {}
+    result: dict = {}
     for size in sizes:
         folder = Path(tempfile.mkdtemp(prefix="supportloop-bench-kb-"))
-        store = open_store(f"sqlite:///{folder / 'kb.db'}")
-        try:
-            for start in range(0, size, 1000):
-                vectors = rng.standard_normal((min(1000, size - start), embedder.dim)).astype(np.float32)
-                vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-                passages = [
-                    Passage(f"page {start} › section {i}", f"synthetic passage {start + i}")
-                    for i in range(len(vectors))
-                ]
-                document = Document(f"/synthetic/{start}.md", "", f"page {start}", f"sha256:{start}", passages)
-                with store.session() as session:
-                    store_document(session, source="synthetic", document=document, embedding_model=embedder.identity,
-                                   embeddings=[v.tobytes() for v in vectors])  # fmt: skip
-            retriever = Retriever(store, embedder, memory=False)
-            started = time.perf_counter()
-            retriever.retrieve(queries[0])  # loads the passages
-            load_s = time.perf_counter() - started
-            seconds = []
-            for text in queries:
-                started = time.perf_counter()
-                retriever.retrieve(text)
-                seconds.append(time.perf_counter() - started)
-        finally:
-            store.dispose()
-        result[str(size)] = {"p50_ms": _pct(seconds, 50), "p95_ms": _pct(seconds, 95), "load_s": round(load_s, 2)}
+        stores = {"in_process": f"sqlite:///{folder / 'kb.db'}"}
+        if pgvector:
+            stores["pgvector"] = live.postgres_database(pgvector, "supportloop_bench_pgvector")
+        for where, url in stores.items():
+            store = open_store(url)
+            try:
+                _synthetic_kb(store, size)
+                result.setdefault(where, {})[str(size)] = _latency(store, queries)
+            finally:
+                store.dispose()
+                if where == "pgvector":
+                    live.drop_database(url, pgvector)
     return result
+
+
+def _synthetic_kb(store, size: int) -> None:
+    import numpy as np
+
+    from bot.runtime.interface import load_embedder
+    from feedback.knowledge import Document, Passage, store_document
+
+    embedder, rng = load_embedder(), np.random.default_rng(0)
+    for start in range(0, size, 1000):
+        vectors = rng.standard_normal((min(1000, size - start), embedder.dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        passages = [
+            Passage(f"page {start} › section {i}", f"synthetic passage {start + i}") for i in range(len(vectors))
+        ]
+        document = Document(f"/synthetic/{start}.md", "", f"page {start}", f"sha256:{start}", passages)
+        with store.session() as session:
+            store_document(session, source="synthetic", document=document, embedding_model=embedder.identity,
+                           embeddings=[v.tobytes() for v in vectors])  # fmt: skip
+
+
+def _latency(store, queries: list[str]) -> dict:
+    """Loading (the first retrieval: reading the passages, or copying the vectors into pgvector and
+    building its index), then each query's retrieval."""
+    from bot.runtime.interface import Retriever, load_embedder
+
+    retriever = Retriever(store, load_embedder(), memory=False)
+    started = time.perf_counter()
+    retriever.retrieve(queries[0])
+    load_s = time.perf_counter() - started
+    seconds = []
+    for text in queries:
+        started = time.perf_counter()
+        retriever.retrieve(text)
+        seconds.append(time.perf_counter() - started)
+    return {"p50_ms": _pct(seconds, 50), "p95_ms": _pct(seconds, 95), "load_s": round(load_s, 2)}
 
 
 def run(seed: int, questions: int, sizes: list[int]) -> dict:
@@ -335,14 +365,24 @@ def run(seed: int, questions: int, sizes: list[int]) -> dict:
     result = {"questions": len(asked), "kb_entities": len({_entity(r) for r in in_kb}),
               "ingestion": kb_add(env, work / "pages")}  # fmt: skip
     result["retrieval"] = recall(f"sqlite:///{work / 'kb' / 'supportloop.db'}", asked, corrected)
+    pgvector, where = live.services.pgvector_database(live.PG_ADMIN, work / "pgvector")
+    result["pgvector"] = where
+    if pgvector:
+        url = live.postgres_database(pgvector, "supportloop_bench_pgvector")
+        try:
+            kb_add({**env, "SUPPORTLOOP_DATABASE_URL": url}, work / "pages")
+            result["retrieval_pgvector"] = recall(url, asked, corrected)
+        finally:
+            live.drop_database(url, pgvector)
     result["kb"] = kb_phase(env, asked, corrected, outside)
     result["model"] = model_phase(env, asked, outside)
     result["memory"] = memory_phase(_env(work / "memory"), asked, corrected, others)
-    result["retrieval_latency"] = retrieval_latency(sizes, [question(r) for r in asked])
+    result["retrieval_latency"] = retrieval_latency(sizes, [question(r) for r in asked], pgvector)
     off = result["model"]["ttft_16_sessions_without_retrieval"]
     for name, on in (
         ("default", result["kb"]["ttft_16_sessions"]),
         ("model_only", result["model"]["ttft_16_sessions"]),
+        ("retrieval_only", result["model"]["ttft_16_sessions_retrieval_only"]),
     ):
         result[f"ttft_ratio_{name}"] = {q: round(on[f"{q}_ms"] / off[f"{q}_ms"], 3) for q in ("p50", "p95")}
     return result
@@ -353,15 +393,23 @@ def summary(r: dict) -> str:
     ok = (kb["fact_score"] >= 0.8 and kb["refusal_rate"] >= 0.8 and memory["fact_score_same_wording"] >= 0.9
           and memory["fact_score_reworded"] >= 0.7 and memory["false_hit_rate"] <= 0.05
           and max(r["ttft_ratio_model_only"].values()) <= 1.2)  # fmt: skip
-    sizes = ", ".join(f"{int(n):,}: p50 {v['p50_ms']} / p95 {v['p95_ms']} ms" for n, v in lat.items())
+    sizes = "; ".join(
+        f"{where} " + ", ".join(f"{int(n):,}: p50 {v['p50_ms']} / p95 {v['p95_ms']} ms" for n, v in by_size.items())
+        for where, by_size in lat.items()
+    )
+    pg = r.get("retrieval_pgvector")
+    pg_recall = (
+        f" (pgvector {pg['recall_at_3']:.2f} / {pg['recall_at_3_reworded']:.2f})" if pg else " (pgvector not run)"
+    )
     return (
         f"grounding: fact score {memory['fact_score_without_kb']:.3f} without KB → {kb['fact_score']:.3f} with "
         f"({kb['quoted']:.0%} quoted; model alone from the grounded prompt {model['fact_score']:.3f}); "
-        f"recall@3 {r['retrieval']['recall_at_3']:.2f} as asked, {r['retrieval']['recall_at_3_reworded']:.2f} reworded; "
+        f"recall@3 {r['retrieval']['recall_at_3']:.2f} as asked, {r['retrieval']['recall_at_3_reworded']:.2f} reworded{pg_recall}; "
         f"refusals {kb['refusal_rate']:.0%} (false {kb['false_refusals']:.0%}); memory {memory['fact_score_same_wording']:.3f} "
         f"same / {memory['fact_score_reworded']:.3f} reworded, false hits {memory['false_hit_rate']:.0%}; "
         f"retrieval {sizes}; TTFT at 16 sessions vs retrieval off: p50 ×{r['ttft_ratio_default']['p50']} as configured, "
-        f"×{r['ttft_ratio_model_only']['p50']} when the model answers all "
+        f"×{r['ttft_ratio_model_only']['p50']} when the model answers all, ×{r['ttft_ratio_retrieval_only']['p50']} "
+        f"retrieving with the prompt unchanged "
         f"({model['prompt_tokens_without_retrieval']:.0f} → {model['prompt_tokens']:.0f} prompt tokens); "
         f"ingestion {r['ingestion']['passages_per_s']} "
         f"passages/s; targets {'met' if ok else 'NOT met'}"

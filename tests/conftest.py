@@ -10,8 +10,9 @@ import pytest
 
 from bot.server.settings import Settings
 from feedback.db import Store, open_store
-from tests.support.common import CHROMIUM, FAQ, drop_postgres, postgres_url
+from tests.support.common import CHROMIUM, FAQ, PG_ADMIN_URL, drop_postgres, postgres_url
 from tests.support.fakes import FakeGenerator
+from tests.support.services import pgvector_database
 from tests.support.tiny import build_tiny_model
 
 if CHROMIUM is None and os.environ.get("CI"):
@@ -81,6 +82,19 @@ def any_store(any_db_url) -> Store:
     store = open_store(any_db_url)
     yield store
     store.dispose()
+
+
+@pytest.fixture(scope="session")
+def pgvector_admin(tmp_path_factory) -> str:
+    """An admin URL of a PostgreSQL with pgvector (see `pgvector_database`); skipped, saying why, where
+    there is none, but never in CI."""
+    url, where = pgvector_database(PG_ADMIN_URL, tmp_path_factory.mktemp("pgvector"))
+    if url is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test pgvector: {where}")
+        pytest.skip(f"PGVECTOR NOT TESTED: {where}")
+    print(f"pgvector tests on {where}")
+    return url
 
 
 @pytest.fixture

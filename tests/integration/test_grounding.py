@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from bot.runtime.base_model import pull_default_model
 from bot.server.app import create_app
@@ -23,7 +24,7 @@ from feedback import repo
 from feedback.db import open_store
 from feedback.models import Message, StaffRole
 from tests.support.common import FAQ, ask_over_websocket, wait_until
-from tests.support.services import LiveServer
+from tests.support.services import LiveServer, drop_database, postgres_database
 
 pytestmark = pytest.mark.integration
 CLI = str(Path(sys.executable).parent / "supportloop")
@@ -44,14 +45,17 @@ def _help_centre(folder: Path) -> None:
         (folder / f"{name.lower().replace(' ', '-')}.md").write_text(f"# {name.title()}\n\n{body}\n")
 
 
-def test_answers_are_grounded_in_the_kb_and_in_approved_corrections(tmp_path):
-    cache = Settings().model_cache
-    pull_default_model(cache, progress=False)
+def _kb_add(tmp_path: Path, env: dict[str, str]) -> None:
     _help_centre(tmp_path / "help")
-    env = {**os.environ, "SUPPORTLOOP_DATA_DIR": str(tmp_path / "data")}
     added = subprocess.run([CLI, "kb", "add", str(tmp_path / "help"), "--source", "help-centre", "--quiet",
                             "--base-url", "https://help.example.com"], env=env, capture_output=True, text=True)  # fmt: skip
     assert added.returncode == 0 and f"{ENTITIES} added" in added.stdout, added.stdout + added.stderr
+
+
+def test_answers_are_grounded_in_the_kb_and_in_approved_corrections(tmp_path):
+    cache = Settings().model_cache
+    pull_default_model(cache, progress=False)
+    _kb_add(tmp_path, {**os.environ, "SUPPORTLOOP_DATA_DIR": str(tmp_path / "data")})
     settings = Settings(data_dir=tmp_path / "data", model_cache=cache, max_new_tokens=48)
     with LiveServer(create_app(settings)) as server:
         wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, timeout=300, interval=0.5)
@@ -91,3 +95,33 @@ def test_answers_are_grounded_in_the_kb_and_in_approved_corrections(tmp_path):
         print("memory:", remembered)
         assert remembered["sources"] == [{"title": "Answer from our support team", "url": "", "kind": "correction"}]
         assert remembered["text"] == answer  # at once, reworded, no training
+
+
+def test_a_postgresql_store_with_pgvector_answers_the_same_from_postgresql(tmp_path, pgvector_admin):
+    """`kb add` into PostgreSQL with pgvector; the server copies the vectors there at start and searches
+    there: the FAQ answer is quoted and cited, a hotel the KB does not cover gets the no-answer text."""
+    url = postgres_database(pgvector_admin, "supportloop_pgvector")
+    try:
+        cache = Settings().model_cache
+        pull_default_model(cache, progress=False)
+        _kb_add(
+            tmp_path, {**os.environ, "SUPPORTLOOP_DATA_DIR": str(tmp_path / "data"), "SUPPORTLOOP_DATABASE_URL": url}
+        )
+        settings = Settings(data_dir=tmp_path / "data", database_url=url, model_cache=cache, max_new_tokens=48)
+        with LiveServer(create_app(settings)) as server:
+            wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, timeout=300, interval=0.5)
+            ws_url = server.url.replace("http", "ws") + "/ws/chat"
+            grounded = ask_over_websocket(ws_url, "What time is check-in at A and B Guest House?")
+            elsewhere = ask_over_websocket(ws_url, "Is there parking at Kirkwood House?")
+        store = open_store(url)
+        with store.session() as s:
+            vectors, chunks = (
+                s.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in ("knowledgevector", "knowledgechunk")
+            )
+        store.dispose()
+    finally:
+        drop_database(url, pgvector_admin)
+    assert vectors == chunks > ENTITIES  # every passage searched in PostgreSQL
+    assert grounded["text"] == "Check-in time is from 3:30pm - 9:00pm."
+    assert grounded["sources"][0]["title"] == "A And B Guest House › What time is check-in there?"
+    assert elsewhere["text"] == settings.no_answer_text and elsewhere["sources"] == []

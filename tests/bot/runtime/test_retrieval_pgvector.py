@@ -7,7 +7,6 @@ local server when it has the extension. Without either they are skipped, saying 
 
 from __future__ import annotations
 
-import os
 import threading
 
 import pytest
@@ -17,10 +16,9 @@ from bot.runtime.retrieval import Retriever
 from feedback import vectors
 from feedback.db import open_store
 from feedback.knowledge import remove_source
-from tests.support.common import PG_ADMIN_URL
 from tests.support.fakes import HashEmbedder
 from tests.support.grounding import add_page
-from tests.support.services import drop_database, pgvector_database, postgres_database
+from tests.support.services import drop_database, postgres_database
 
 PAGES = {
     "a-and-b.md": "# A and B Guest House\n\n## Check-in\n\nCheck-in at A and B Guest House is from 3:30pm.\n\n"
@@ -29,17 +27,6 @@ PAGES = {
     "## Check-out\n\nCheck-out at the Ashley Hotel is by 10am.\n",
 }
 QUESTIONS = ["When is check-in at A and B Guest House?", "Is parking free at the Ashley Hotel?", "pets allowed?"]
-
-
-@pytest.fixture(scope="session")
-def pgvector_admin(tmp_path_factory) -> str:
-    url, where = pgvector_database(PG_ADMIN_URL, tmp_path_factory.mktemp("pgvector"))
-    if url is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must test pgvector: {where}")
-        pytest.skip(f"PGVECTOR NOT TESTED: {where}")
-    print(f"pgvector tests on {where}")
-    return url
 
 
 @pytest.fixture
