@@ -6,7 +6,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,10 +78,12 @@ class ChatService:
         self.policy = Policy(settings.quote_min_score, settings.no_answer_text)
         self._retrieve = Batched(retriever.retrieve_many) if retriever is not None else None
 
-    async def _ground(self, messages: list[dict], retrieving: Awaitable[Grounding] | None = None) -> Grounding:
+    async def _ground(self, messages: list[dict], retrieving: asyncio.Future[Grounding] | None = None) -> Grounding:
         """Grounding for the last customer turn (`retrieving` when it was started already); that turn, in
         `messages`, becomes the prompt the model will see."""
         if not messages or messages[-1]["role"] != "user":
+            if retrieving is not None:
+                retrieving.cancel()
             return Grounding()
         grounding = await (retrieving or self._grounding(messages[-1]["content"]))
         if grounding.prompt is not None:
