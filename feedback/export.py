@@ -78,7 +78,7 @@ class _Prompts:
             )
         system, messages = self.cache[message.conversation_id]
         prompt = [{"role": "system", "content": system}] if system else []
-        prompt += [{"role": m.role.value, "content": m.text} for m in messages if m.seq < message.seq]
+        prompt += [{"role": m.role.chat_role, "content": m.text} for m in messages if m.seq < message.seq]
         if last_turn is not None:
             prompt[-1] = {"role": prompt[-1]["role"], "content": last_turn}
         return self.scrub(prompt)

@@ -20,6 +20,12 @@ def utcnow() -> datetime:
 class Role(str, enum.Enum):
     user = "user"
     assistant = "assistant"
+    agent = "agent"  # a staff member who took the conversation over (live handoff)
+
+    @property
+    def chat_role(self) -> str:
+        """The role in a model's chat template: a human agent's turns read as the assistant's."""
+        return "assistant" if self is Role.agent else self.value
 
 
 class Thumb(str, enum.Enum):
@@ -38,8 +44,14 @@ class Reason(str, enum.Enum):
 
 
 class HandoffStatus(str, enum.Enum):
-    open = "open"
-    closed = "closed"
+    open = "open"  # waiting for an agent
+    taken = "taken"  # an agent has the conversation: the bot does not answer it
+    closed = "closed"  # handed back to the bot, or closed (`Handoff.outcome`)
+
+
+class HandoffOutcome(str, enum.Enum):
+    handed_back = "handed_back"  # the bot answers the conversation again
+    closed = "closed"  # staff closed the conversation
 
 
 class CorrectionStatus(str, enum.Enum):
@@ -79,6 +91,7 @@ class Message(SQLModel, table=True):
     grounding: str | None = Field(
         default=None, description="an answer's: the retrieved passages its prompt carried (the template's block)"
     )
+    staff_id: int | None = Field(default=None, foreign_key="staff.id", description="an agent message's author")
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -109,12 +122,16 @@ class Correction(SQLModel, table=True):
     revision: int = 1
     reviewed_by: int | None = Field(default=None, foreign_key="staff.id")
     reviewed_at: datetime | None = None
+    origin: str = Field(
+        default="staff", max_length=16, description="staff (written in review) or handoff (an agent's live reply)"
+    )
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow, index=True)
 
 
 class Handoff(SQLModel, table=True):
-    """A customer asked to talk to a human."""
+    """A customer asked to talk to a human: open (waiting) → taken (an agent chats live; one owner) →
+    closed (handed back to the bot, or closed). `message_id` is the bot turn the customer rejected."""
 
     id: int | None = Field(default=None, primary_key=True)
     conversation_id: str = Field(foreign_key="conversation.id", index=True, max_length=64)
@@ -122,6 +139,9 @@ class Handoff(SQLModel, table=True):
     note: str | None = Field(default=None, max_length=2000)
     status: HandoffStatus = HandoffStatus.open
     created_at: datetime = Field(default_factory=utcnow)
+    assigned_to: int | None = Field(default=None, foreign_key="staff.id")
+    assigned_at: datetime | None = None
+    outcome: HandoffOutcome | None = None
     closed_by: int | None = Field(default=None, foreign_key="staff.id")
     closed_at: datetime | None = None
 

@@ -21,10 +21,9 @@ from feedback.models import (
     Message,
     Reason,
     Role,
-    Staff,
     Thumb,
 )
-from feedback.repo import feedback_by_message, get_conversation, list_messages
+from feedback.repo import feedback_by_message, get_conversation, list_messages, staff_names_by_id
 
 KINDS = ("thumbs_down", "handoff", "recent")
 
@@ -191,13 +190,4 @@ def staff_names(session: Session, corrections: list[Correction], handoffs: Seque
     ids = {i for c in corrections for i in (c.staff_id, c.reviewed_by) if i} | {
         h.closed_by for h in handoffs if h.closed_by
     }
-    return (
-        dict(
-            cast(
-                "Sequence[tuple[int, str]]",  # primary keys: never NULL
-                session.exec(select(Staff.id, Staff.name).where(col(Staff.id).in_(ids))).all(),
-            )
-        )
-        if ids
-        else {}
-    )
+    return staff_names_by_id(session, ids=list(ids))

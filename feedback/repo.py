@@ -21,8 +21,6 @@ from feedback.models import (
     CorrectionStatus,
     Feedback,
     GroundingSource,
-    Handoff,
-    HandoffStatus,
     Message,
     Reason,
     Role,
@@ -86,6 +84,8 @@ def add_message(
     latency_ms: float | None = None,
     grounding: str | None = None,
     sources: Sequence[GroundingSource] = (),
+    staff_id: int | None = None,
+    commit: bool = True,
 ) -> Message:
     seq = session.exec(
         select(func.count()).select_from(Message).where(Message.conversation_id == conversation_id)
@@ -101,13 +101,15 @@ def add_message(
         completion_tokens=completion_tokens,
         latency_ms=latency_ms,
         grounding=grounding,
+        staff_id=staff_id,
     )
     session.add(message)
     session.flush()  # the message's row first: its sources refer to it
     for rank, source in enumerate(sources):
         source.message_id, source.rank = message.id, rank
         session.add(source)
-    session.commit()
+    if commit:
+        session.commit()
     return message
 
 
@@ -229,44 +231,6 @@ def _upsert_vote(dialect: str) -> Insert:
         index_elements=["message_id"],
         set_={name: statement.excluded[name] for name in ("thumb", "reason", "comment", "updated_at")},
     )
-
-
-def request_handoff(session: Session, *, conversation_id: str, note: str | None = None) -> Handoff:
-    """The customer wants a human. Linked to the latest answer of the session; asking again while
-    one is open returns the open request (with the newer note, if any)."""
-    get_conversation(session, conversation_id=conversation_id)
-    handoff = session.exec(
-        select(Handoff).where(Handoff.conversation_id == conversation_id, Handoff.status == HandoffStatus.open)
-    ).first()
-    if handoff is None:
-        last = session.exec(
-            select(Message.id)
-            .where(Message.conversation_id == conversation_id, Message.role == Role.assistant)
-            .order_by(col(Message.seq).desc())
-        ).first()
-        handoff = Handoff(conversation_id=conversation_id, message_id=last)
-    handoff.note = note if note is not None else handoff.note
-    session.add(handoff)
-    session.commit()
-    return handoff
-
-
-def list_handoffs(session: Session, *, status: HandoffStatus | None = HandoffStatus.open) -> list[Handoff]:
-    query = select(Handoff).order_by(col(Handoff.created_at).desc(), col(Handoff.id).desc())
-    return list(session.exec(query if status is None else query.where(Handoff.status == status)))
-
-
-def close_handoff(session: Session, *, handoff_id: int, actor: Staff) -> Handoff:
-    handoff = session.get(Handoff, handoff_id)
-    if handoff is None:
-        raise NotFound(f"no handoff request {handoff_id}")
-    if handoff.status == HandoffStatus.closed:
-        raise Conflict(f"handoff request {handoff_id} is already closed")
-    handoff.status, handoff.closed_by, handoff.closed_at = HandoffStatus.closed, actor.id, utcnow()
-    session.add(handoff)
-    audit_action(session, actor, "handoff.close", str(handoff_id))
-    session.commit()
-    return handoff
 
 
 # corrections (staff) ----------------------------------------------------------------------------
@@ -456,6 +420,13 @@ def create_staff(
 def staff_by_token(session: Session, *, token: str) -> Staff | None:
     """The account a token belongs to (disabled ones included: callers tell them apart)."""
     return session.exec(select(Staff).where(Staff.token_hash == hash_token(token))).first()
+
+
+def staff_names_by_id(session: Session, *, ids: Sequence[int]) -> dict[int, str]:
+    if not ids:
+        return {}
+    rows = session.exec(select(Staff.id, Staff.name).where(col(Staff.id).in_(set(ids)))).all()
+    return {cast(int, staff_id): name for staff_id, name in rows}
 
 
 def list_staff(session: Session) -> list[Staff]:

@@ -29,9 +29,22 @@ from bot.runtime.interface import (
 from bot.server.chat_service import ChatService
 from bot.server.errors import HANDLED, error_reply
 from bot.server.limits import ClientLimits
+from bot.server.live import LiveBus
 from bot.server.metrics import Metrics
 from bot.server.round_launcher import round_launcher
-from bot.server.routes import chat, console, health, knowledge, openai_api, rounds, staff, versions, votes, widget
+from bot.server.routes import (
+    chat,
+    console,
+    handoffs,
+    health,
+    knowledge,
+    openai_api,
+    rounds,
+    staff,
+    versions,
+    votes,
+    widget,
+)
 from bot.server.settings import Settings
 from feedback.db import Store, open_store
 from feedback.ingest import VoteWriter
@@ -91,13 +104,17 @@ def _lifespan(settings: Settings, generator: Generator, store: Store | None, emb
         threads = 1 if settings.model_process else None  # the model decodes on the other cores
         state.embedder = embedder or load_embedder(settings.embedding_model, threads)  # loaded at its first use
         state.retriever = make_retriever(settings, state.store, state.embedder)
+        state.live = LiveBus(state.store)
+        await state.live.start()
         state.chat = ChatService(
-            settings, state.store, state.bridge, state.adapters, state.metrics, state.limits, state.retriever
-        )
+            settings, state.store, state.bridge, state.adapters, state.metrics, state.limits, state.retriever,
+            state.live,
+        )  # fmt: skip
         task = asyncio.create_task(_start(app))
         try:
             yield
         finally:
+            await state.live.stop()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -165,7 +182,7 @@ def create_app(
         allow_methods=["GET", "POST", "PATCH"],
         allow_headers=["Authorization", "Content-Type"],
     )
-    for module in (health, widget, chat, votes, staff, rounds, versions, knowledge, openai_api, console):
+    for module in (health, widget, chat, votes, handoffs, staff, rounds, versions, knowledge, openai_api, console):
         app.include_router(module.router)
     app.mount("/staff/static", StaticFiles(packages=[("bot.server", "console/static")]), name="console-static")
     _install_error_handlers(app)

@@ -23,11 +23,12 @@ from bot.runtime.interface import (
 from bot.server.batching import Batched
 from bot.server.grounding import Grounding, Policy, ground
 from bot.server.limits import ClientLimits, LimitExceeded
+from bot.server.live import LiveBus, conversation_topic
 from bot.server.metrics import Metrics
 from bot.server.settings import Settings
-from feedback import repo
+from feedback import handoffs, repo
 from feedback.db import Store
-from feedback.models import Role
+from feedback.models import HandoffStatus, Role
 
 log = logging.getLogger(__name__)
 UNAVAILABLE = "The assistant is unavailable right now; the team has been alerted. Please try again later."
@@ -55,6 +56,23 @@ class Reply:
     sources: tuple[dict[str, str], ...] = ()  # the passages that grounded the answer: title, url, kind
 
 
+@dataclass(frozen=True)
+class Forwarded:
+    """The message went to the person handling the conversation: the bot does not answer it."""
+
+    session_id: str
+    message_id: str
+    agent: str
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    messages: list[dict]  # the conversation so far, as chat messages
+    message_id: str
+    session_started: datetime
+    agent: str | None  # who has the conversation, when a person does
+
+
 async def _quoted(text: str, version: str) -> AsyncIterator[str | GenerationResult]:
     """A reply that needs no model (a quoted answer), as deltas word by word and then the result."""
     for piece in re.findall(r"\s*\S+", text):
@@ -72,9 +90,10 @@ class ChatService:
         metrics: Metrics,
         limits: ClientLimits,
         retriever: Retriever | None = None,
+        live: LiveBus | None = None,
     ) -> None:
         self.settings, self.store, self.bridge, self.adapters = settings, store, bridge, adapters
-        self.metrics, self.limits = metrics, limits
+        self.metrics, self.limits, self.live = metrics, limits, live or LiveBus()
         self.policy = Policy(settings.quote_min_score, settings.no_answer_text)
         self._retrieve = Batched(retriever.retrieve_many) if retriever is not None else None
 
@@ -148,20 +167,21 @@ class ChatService:
         (an unknown id is never adopted: ids are made by the server)."""
         return await asyncio.to_thread(self._open, session_id)
 
-    def _record_user(self, session_id: str, text: str) -> tuple[list[dict], str, datetime]:
-        """Store the customer's message; the conversation so far as chat messages, the new id, and when
-        the session started."""
+    def _record_user(self, session_id: str, text: str) -> _Recorded:
+        """Store the customer's message; with the conversation so far, and who has it if a person does."""
         with self.store.session() as session:
             conversation = repo.get_or_create_conversation(
                 session, conversation_id=session_id, system_prompt=self.settings.system_prompt
             )
             message = repo.add_message(session, conversation_id=conversation.id, role=Role.user, text=text)
             history = repo.list_messages(session, conversation_id=conversation.id)
+            state = handoffs.live_state(session, conversation_id=conversation.id)
         system = [{"role": "system", "content": conversation.system_prompt}] if conversation.system_prompt else []
-        return (
-            system + [{"role": m.role.value, "content": m.text} for m in history],
+        return _Recorded(
+            system + [{"role": m.role.chat_role, "content": m.text} for m in history],
             message.id,
             conversation.created_at,
+            state.agent if state is not None and state.status == HandoffStatus.taken else None,
         )
 
     def _forget(self, message_id: str) -> None:
@@ -183,21 +203,32 @@ class ChatService:
                 sources=grounding.rows(),
             ).id
 
-    async def reply(self, session_id: str, text: str, *, client: str, api: str = "chat") -> AsyncIterator[str | Reply]:
-        """Answer a customer message in a session. Yields text deltas, then the stored `Reply`."""
+    async def reply(
+        self, session_id: str, text: str, *, client: str, api: str = "chat"
+    ) -> AsyncIterator[str | Reply | Forwarded]:
+        """Answer a customer message in a session. Yields text deltas, then the stored `Reply`; or, while a
+        person has the conversation, `Forwarded` once the message is stored and sent on to them."""
         text = self.check_text(text, api)
         self.admit(client, api)
         started = time.perf_counter()
         retrieving = asyncio.ensure_future(self._grounding(text))  # while the message is stored
         try:
-            messages, user_message_id, session_started = await asyncio.to_thread(self._record_user, session_id, text)
+            recorded = await asyncio.to_thread(self._record_user, session_id, text)
         except BaseException:
             retrieving.cancel()
             raise
+        if recorded.agent is not None:
+            retrieving.cancel()
+            event = {"type": "customer_message", "session_id": session_id, "message_id": recorded.message_id,
+                     "text": text}  # fmt: skip
+            await self.live.publish_async(conversation_topic(session_id), event)
+            yield Forwarded(session_id, recorded.message_id, recorded.agent)
+            return
+        messages, user_message_id = recorded.messages, recorded.message_id
         grounding = await self._ground(messages, retrieving)
         request = GenerationRequest(
             messages,
-            adapter_version=self.adapters.version_for(session_id, session_started),
+            adapter_version=self.adapters.version_for(session_id, recorded.session_started),
             max_new_tokens=self.settings.max_new_tokens,
             temperature=self.settings.temperature,
         )

@@ -1,4 +1,4 @@
-"""The chat protocol v1: WebSocket frames and REST bodies as pydantic models. `docs/protocol.md`
+"""The chat protocol (v2; v1 clients still served): WebSocket frames and REST bodies as pydantic models. `docs/protocol.md`
 documents it and the widget mirrors it; change both together."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from feedback.models import Reason, SourceKind, Thumb
 
-PROTOCOL_VERSION = 1
-SUPPORTED_PROTOCOLS = (1,)
+PROTOCOL_VERSION = 2  # 2: live human handoff (agent_* frames, handoff, received, typing)
+SUPPORTED_PROTOCOLS = (1, 2)
 
 
 # client → server frames
@@ -32,7 +32,15 @@ class CancelFrame(BaseModel):
     type: Literal["cancel"]
 
 
-ClientFrame = TypeAdapter(Annotated[HelloFrame | UserMessageFrame | CancelFrame, Field(discriminator="type")])
+class TypingFrame(BaseModel):
+    """The customer is typing (v2): shown to the agent who has the conversation."""
+
+    type: Literal["typing"]
+
+
+ClientFrame = TypeAdapter(
+    Annotated[HelloFrame | UserMessageFrame | CancelFrame | TypingFrame, Field(discriminator="type")]
+)
 
 
 # server → client frames
@@ -71,6 +79,48 @@ class DoneFrame(BaseModel):
     sources: list[Source] = []
 
 
+class ReceivedFrame(BaseModel):
+    """v2: the message is stored and went to the person handling the conversation (no bot answer)."""
+
+    type: Literal["received"] = "received"
+    message_id: str
+
+
+class HandoffFrame(BaseModel):
+    """v2: the conversation's handoff, when it changes and on (re)connecting: waiting for a person
+    (`position` in the queue when known) or taken by `agent`."""
+
+    type: Literal["handoff"] = "handoff"
+    status: Literal["waiting", "taken"]
+    agent: str | None = None
+    position: int | None = None
+
+
+class AgentJoinedFrame(BaseModel):
+    type: Literal["agent_joined"] = "agent_joined"
+    name: str
+
+
+class AgentMessageFrame(BaseModel):
+    type: Literal["agent_message"] = "agent_message"
+    message_id: str
+    text: str
+    name: str
+
+
+class AgentTypingFrame(BaseModel):
+    type: Literal["agent_typing"] = "agent_typing"
+    name: str
+
+
+class AgentLeftFrame(BaseModel):
+    """The person left: `handed_back` (the assistant answers again) or `closed`."""
+
+    type: Literal["agent_left"] = "agent_left"
+    name: str
+    reason: Literal["handed_back", "closed"]
+
+
 class ErrorFrame(BaseModel):
     type: Literal["error"] = "error"
     code: str
@@ -91,6 +141,11 @@ class ChatResponse(BaseModel):
     reply: str
     adapter_version: str
     sources: list[Source] = []
+    agent: str | None = Field(
+        None,
+        description="set when a person is handling the conversation: the message went to them and `reply` is "
+        "empty; their answers appear in the transcript",
+    )
 
 
 class FeedbackState(BaseModel):
@@ -109,6 +164,7 @@ class TranscriptMessage(BaseModel):
     created_at: datetime
     feedback: FeedbackState | None = None
     sources: list[Source] = []
+    author: str | None = Field(None, description="an agent message's: the person's name")
 
 
 class Transcript(BaseModel):
@@ -140,3 +196,4 @@ class HandoffResponse(BaseModel):
     note: str | None
     status: str
     created_at: datetime
+    position: int | None = Field(None, description="while waiting: 1 = next to be taken")

@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 from sqlmodel import select
 
 from bot.server.app import create_app
-from feedback import repo
+from feedback import handoffs, repo
 from feedback.models import CorrectionStatus, GroundingSource, Role, SourceKind, StaffLogin, utcnow
 from feedback.rounds import recent_runs
 from tests.support.common import ARTIFACTS, needs_chromium, wait_until
@@ -115,7 +115,7 @@ def test_the_queue_works_from_the_keyboard_drafts_and_rejects(open_console, seed
     _item(page, 1).get_by_role("button", name="Close handoff request").click()
     _item(page, 1).locator(".notice.ok", has_text="Handoff request closed.").wait_for()
     with store.session() as s:
-        assert repo.list_handoffs(s) == []  # no open request left
+        assert handoffs.list_handoffs(s) == []  # no open request left
     page.keyboard.press("a")  # approve the handoff answer as it is
     _item(page, 1).locator(".notice.ok", has_text="Approved").wait_for()
     handoff = seeded.answers["handoff"]

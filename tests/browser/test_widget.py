@@ -13,6 +13,7 @@ import pytest
 from sqlmodel import select
 
 from bot.server.app import create_app
+from feedback import handoffs
 from feedback.models import Feedback, Reason, Thumb
 from tests.support.common import ARTIFACTS, ROOT, needs_chromium, wait_until
 from tests.support.fakes import FakeGenerator, HashEmbedder
@@ -280,7 +281,6 @@ def test_theming_strings_and_keyboard(browser, bot):
 
 
 def test_talk_to_a_human_is_stored_and_a_removed_widget_disconnects(page, store, bot):
-    from feedback import repo
 
     _open(page)
     _ask(page, "I need a person")
@@ -288,7 +288,7 @@ def test_talk_to_a_human_is_stored_and_a_removed_widget_disconnects(page, store,
     page.get_by_role("button", name="Talk to a human").click()
     page.get_by_text("a member of our team will follow up").wait_for()
     with store.session() as s:
-        assert len(repo.list_handoffs(s)) == 1
+        assert len(handoffs.list_handoffs(s)) == 1
     sockets = lambda: [c for c in bot.server.server_state.connections if "websocket" in type(c).__name__.lower()]  # noqa: E731
     assert len(sockets()) == 1
     page.evaluate("() => document.querySelector('support-chat').remove()")

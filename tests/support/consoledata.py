@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from feedback import repo
+from feedback import handoffs, repo
 from feedback.models import Message, Reason, Role, StaffRole, Thumb, utcnow
 from tests.support.common import FAQ
 
@@ -42,7 +42,7 @@ def seed_console(store) -> Seeded:
             comment="It's 3pm, your site says so.",
         )
         seeded.answers["handoff"] = _exchange(s, q2, a2, "base")
-        repo.request_handoff(s, conversation_id=seeded.answers["handoff"].conversation_id, note="I want a person")
+        handoffs.request_handoff(s, conversation_id=seeded.answers["handoff"].conversation_id, note="I want a person")
         seeded.answers["recent"] = _exchange(s, q3, a3, "base")
     return seeded
 

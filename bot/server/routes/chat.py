@@ -1,21 +1,28 @@
-"""Chat: `POST /api/chat`, `GET /api/sessions/{id}` and the WebSocket `/ws/chat` (protocol v1)."""
+"""Chat: `POST /api/chat`, `GET /api/sessions/{id}` and the WebSocket `/ws/chat` (protocol v2; v1 clients
+are served too: they get an agent's messages as a `token` and a `done`, and no other live frame)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from contextlib import aclosing
 
 from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from bot.server.chat_service import ChatError, ChatService, Reply
+from bot.server.chat_service import ChatError, ChatService, Forwarded, Reply
 from bot.server.deps import ChatDep, SessionDep, client_address
 from bot.server.limits import LimitExceeded
+from bot.server.live import conversation_topic
 from bot.server.protocol import (
     SUPPORTED_PROTOCOLS,
+    AgentJoinedFrame,
+    AgentLeftFrame,
+    AgentMessageFrame,
+    AgentTypingFrame,
     CancelFrame,
     ChatRequest,
     ChatResponse,
@@ -23,15 +30,18 @@ from bot.server.protocol import (
     DoneFrame,
     ErrorFrame,
     FeedbackState,
+    HandoffFrame,
     HelloFrame,
+    ReceivedFrame,
     SessionFrame,
     Source,
     TokenFrame,
     Transcript,
     TranscriptMessage,
+    TypingFrame,
 )
-from feedback import repo
-from feedback.models import Role
+from feedback import handoffs, repo
+from feedback.models import HandoffStatus, Role
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -44,6 +54,11 @@ async def chat(body: ChatRequest, chat: ChatDep, request: Request) -> ChatRespon
         session_id = await chat.open_session(body.session_id)
         async with aclosing(chat.reply(session_id, body.message, client=client_address(request), api="rest")) as reply:
             async for item in reply:
+                if isinstance(item, Forwarded):
+                    return ChatResponse(
+                        session_id=session_id, message_id=item.message_id, reply="", adapter_version="human",
+                        agent=item.agent,
+                    )  # fmt: skip
                 if isinstance(item, Reply):
                     return ChatResponse(
                         session_id=session_id,
@@ -63,6 +78,7 @@ def transcript(session_id: str, session: SessionDep) -> Transcript:
     votes = repo.feedback_by_message(session, conversation_id=session_id)
     history = repo.list_messages(session, conversation_id=session_id)
     sources = repo.sources_of(session, message_ids=[m.id for m in history if m.role == Role.assistant])
+    authors = repo.staff_names_by_id(session, ids=[m.staff_id for m in history if m.staff_id])
     messages = [
         TranscriptMessage(
             id=m.id,
@@ -72,6 +88,7 @@ def transcript(session_id: str, session: SessionDep) -> Transcript:
             created_at=m.created_at,
             feedback=FeedbackState.model_validate(votes[m.id]) if m.id in votes else None,
             sources=[Source.model_validate(source) for source in sources.get(m.id, [])],
+            author=authors.get(m.staff_id) if m.staff_id else None,
         )
         for m in history
     ]
@@ -104,7 +121,10 @@ class _Connection:
         self.ws, self.chat, self.max_frame_chars = ws, chat, max_frame_chars
         self.client = client_address(ws)
         self.session_id: str | None = None
+        self.protocol = 1  # until a hello asks for more
         self.answer: asyncio.Task | None = None
+        self.pump: asyncio.Task | None = None  # live events of the session (a person handling it)
+        self._typing_at = 0.0
         self._send_lock = asyncio.Lock()
 
     async def send(self, frame) -> None:
@@ -120,12 +140,16 @@ class _Connection:
         try:
             frame = ClientFrame.validate_json(raw)
         except ValidationError as exc:
+            if '"agent_' in raw[:200]:
+                return await self.error("bad_frame", "agent_* frames come from staff; a chat client cannot send them.")
             reason = exc.errors()[0].get("msg", "invalid frame")
             return await self.error("bad_frame", f"Malformed or unknown frame: {reason}.")
         if isinstance(frame, HelloFrame):
             return await self._hello(frame)
         if isinstance(frame, CancelFrame):
             return await self._cancel()
+        if isinstance(frame, TypingFrame):
+            return await self._typing()
         await self._start_answer(frame.text)
 
     async def _hello(self, frame: HelloFrame) -> None:
@@ -137,6 +161,7 @@ class _Connection:
                 f"Protocol {frame.protocol} is not supported; "
                 f"this server speaks {', '.join(map(str, SUPPORTED_PROTOCOLS))}.",
             )
+        self.protocol = frame.protocol
         await self._announce(frame.session_id)
 
     async def _announce(self, wanted: str | None) -> None:
@@ -144,7 +169,35 @@ class _Connection:
         resumed = wanted is not None and wanted == self.session_id
         if wanted is not None and not resumed:
             await self.error("unknown_session", "That session does not exist (or has expired); a new one was started.")
-        await self.send(SessionFrame(session_id=self.session_id, resumed=resumed))
+        self.pump = asyncio.create_task(self._pump_live(self.session_id))
+        await self.send(SessionFrame(session_id=self.session_id, protocol=self.protocol, resumed=resumed))
+        if resumed and self.protocol >= 2:
+            await self._send_handoff_state()
+
+    async def _send_handoff_state(self) -> None:
+        state = await asyncio.to_thread(self._live_state)
+        if state is not None:
+            taken = state.status == HandoffStatus.taken
+            await self.send(HandoffFrame(status="taken" if taken else "waiting", agent=state.agent,
+                                         position=state.position))  # fmt: skip
+
+    def _live_state(self) -> handoffs.LiveState | None:
+        with self.chat.store.session() as session:
+            return handoffs.live_state(session, conversation_id=self.session_id)
+
+    async def _pump_live(self, session_id: str) -> None:
+        """What the person handling the session says and does, as frames (v1: their messages only)."""
+        with self.chat.live.subscribe(conversation_topic(session_id)) as subscription:
+            async for event in subscription.events():
+                for frame in _customer_frames(event, self.protocol):
+                    await self.send(frame)
+
+    async def _typing(self) -> None:
+        if self.session_id is None or time.monotonic() - self._typing_at < 1.0:
+            return  # at most one a second reaches the agent
+        self._typing_at = time.monotonic()
+        event = {"type": "customer_typing", "session_id": self.session_id}
+        await self.chat.live.publish_async(conversation_topic(self.session_id), event)
 
     async def _cancel(self) -> None:
         if self.answer is None or self.answer.done():
@@ -167,6 +220,10 @@ class _Connection:
         try:
             async with aclosing(self.chat.reply(self.session_id, text, client=self.client, api="ws")) as reply:
                 async for item in reply:
+                    if isinstance(item, Forwarded):
+                        if self.protocol >= 2:
+                            await self.send(ReceivedFrame(message_id=item.message_id))
+                        continue
                     await self.send(_frame_for(item))
         except ChatError as exc:
             await self.error(exc.code, exc.message)
@@ -180,9 +237,32 @@ class _Connection:
             log.debug("answer stream ended early", exc_info=True)
 
     async def close(self) -> None:
-        if self.answer is not None and not self.answer.done():
-            self.answer.cancel()
-            await asyncio.gather(self.answer, return_exceptions=True)
+        for task in (self.answer, self.pump):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+
+def _customer_frames(event: dict, protocol: int) -> list:
+    """The frames a customer's client gets for a live event (none for what staff alone see)."""
+    kind = event.get("type")
+    if kind == "agent_message":
+        if protocol < 2:  # an old client shows it as an answer (it cannot be voted on)
+            done = DoneFrame(message_id=event["message_id"], adapter_version="human", prompt_tokens=0,
+                             completion_tokens=0, ttft_ms=0.0, total_ms=0.0)  # fmt: skip
+            return [TokenFrame(text=event["text"]), done]
+        return [AgentMessageFrame(message_id=event["message_id"], text=event["text"], name=event["name"])]
+    if protocol < 2:
+        return []
+    if kind == "agent_joined":
+        return [AgentJoinedFrame(name=event["name"])]
+    if kind == "agent_left":
+        return [AgentLeftFrame(name=event["name"], reason=event["reason"])]
+    if kind == "agent_typing":
+        return [AgentTypingFrame(name=event["name"])]
+    if kind == "handoff_waiting":
+        return [HandoffFrame(status="waiting", position=event.get("position"))]
+    return []
 
 
 def _origin_allowed(ws: WebSocket) -> bool:

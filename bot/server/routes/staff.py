@@ -279,17 +279,6 @@ def reject(
     )
 
 
-@router.get("/handoffs", response_model=list[HandoffResponse])
-def handoffs(session: SessionDep, _staff: StaffDep, include_closed: bool = False) -> list[HandoffResponse]:
-    found = repo.list_handoffs(session, status=None if include_closed else repo.HandoffStatus.open)
-    return [HandoffResponse.model_validate(h) for h in found]
-
-
-@router.post("/handoffs/{handoff_id}/close", response_model=HandoffResponse)
-def close(handoff_id: int, session: SessionDep, staff: StaffDep) -> HandoffResponse:
-    return HandoffResponse.model_validate(repo.close_handoff(session, handoff_id=handoff_id, actor=staff))
-
-
 # admins ---------------------------------------------------------------------------------------
 
 

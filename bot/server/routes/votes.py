@@ -1,5 +1,5 @@
-"""What customers send besides chat: votes on answers and requests to talk to a human (no auth: the
-ids are unguessable and only reach the customer who was served).
+"""Customers' votes on answers (no auth: the ids are unguessable and only reach the customer who was
+served). Requests to talk to a human are in `routes/handoffs.py`.
 
 Votes are the hottest write path (every thumb from every widget). They are group-committed
 (`feedback.ingest`), and `VoteIngest` answers them before FastAPI's routing, which otherwise costs
@@ -15,9 +15,8 @@ import re
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from bot.server.deps import SessionDep
 from bot.server.errors import HANDLED, error_reply
-from bot.server.protocol import FeedbackRequest, FeedbackResponse, HandoffRequest, HandoffResponse
+from bot.server.protocol import FeedbackRequest, FeedbackResponse
 from feedback import repo
 
 router = APIRouter(prefix="/api")
@@ -86,9 +85,3 @@ async def _read_body(receive) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
-
-
-@router.post("/sessions/{session_id}/handoff", response_model=HandoffResponse, status_code=201)
-def ask_for_human(session_id: str, body: HandoffRequest, session: SessionDep) -> HandoffResponse:
-    handoff = repo.request_handoff(session, conversation_id=session_id, note=body.note)
-    return HandoffResponse.model_validate(handoff)
