@@ -16,8 +16,11 @@
     typing: "The assistant is typing…", helpful: "Helpful", unhelpful: "Not helpful", why: "What was wrong?",
     wrong: "Wrong", outdated: "Outdated", unsafe: "Unsafe", other: "Other", reasonUnhelpful: "Unhelpful",
     comment: "Anything to add? (optional)", submit: "Send feedback", thanks: "Thank you for your feedback.",
-    sources: "Sources", human: "Talk to a human", humanDone: "Thanks, a member of our team will follow up in this conversation.",
+    sources: "Sources", human: "Talk to a human",
     queued: "waiting to send", failed: "Something went wrong. Please try again.",
+    waiting: "A person will join shortly.", position: "You are number {n} in the queue.",
+    joined: "{name} joined the conversation.", agentTyping: "{name} is typing…",
+    handedBack: "{name} handed you back to the assistant.", agentClosed: "{name} closed the conversation.",
   };
   const REASONS = ["wrong", "unhelpful", "outdated", "unsafe", "other"];
   const STORE = "supportloop-session:";
@@ -62,6 +65,8 @@ textarea.input{flex:1;border:1px solid var(--bd);border-radius:10px;padding:8px;
 form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
 .sources{align-self:flex-start;max-width:85%;margin:-4px 0 0;padding:0 0 0 4px;list-style:none;font-size:12px;color:var(--mu)}
 .sources a{color:var(--a)}
+.agent{align-self:flex-start;background:var(--bg);border:1px solid var(--a)}
+.who{display:block;font-size:11px;font-weight:600;color:var(--a)}
 .human{font-size:12px;color:var(--mu);text-decoration:underline;padding:0 14px 8px;align-self:flex-start}
 @media (max-width:480px){.panel{position:fixed;inset:0;width:100vw;height:100vh;border-radius:0;border:0}}`;
 
@@ -135,6 +140,8 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
     #busy = false;
     #ready = false; // a session frame arrived on the current connection
     #warned = false;
+    #agent = null; // the name of the person handling the conversation, while one does
+    #typedAt = 0;
     #strings = {};
 
     static define(name = "support-chat") {
@@ -202,6 +209,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
         if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); this.#submit(); }
       });
       ui.human.addEventListener("click", () => this.#handoff());
+      ui.input.addEventListener("input", () => this.#typed());
       this.#labels();
       this.#setState(this.#ws ? "online" : "connecting");
     }
@@ -236,7 +244,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
       if (!this.#live) return;
       const ws = new WebSocket(this.server.replace(/^http/, "ws") + "/ws/chat");
       this.#ws = ws;
-      ws.onopen = () => ws.send(JSON.stringify({ type: "hello", protocol: 1, session_id: this.sessionId || null }));
+      ws.onopen = () => ws.send(JSON.stringify({ type: "hello", protocol: 2, session_id: this.sessionId || null }));
       ws.onmessage = (e) => this.#frame(e.data);
       ws.onclose = () => {
         if (this.#ws !== ws) return;
@@ -256,6 +264,10 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
       const handler = {
         session: () => this.#session(frame), token: () => this.#token(frame),
         done: () => this.#done(frame), error: () => this.#error(frame),
+        received: () => { this.#answerEnded(); this.#flush(); },
+        handoff: () => this.#handoffState(frame), agent_joined: () => this.#agentJoined(frame),
+        agent_message: () => this.#agentMessage(frame), agent_left: () => this.#agentLeft(frame),
+        agent_typing: () => { this.#ui.typing.textContent = this.#fill("agentTyping", frame.name); },
       }[frame && frame.type];
       if (!handler) return this.#warn("ignored an unknown frame", frame && frame.type);
       handler();
@@ -300,6 +312,51 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
       this.#flush();
     }
 
+    // ---- a person handling the conversation (protocol 2) ------------------------------------------------
+    #fill(key, name, n) {
+      return this.strings[key].replace("{name}", String(name || "")).replace("{n}", String(n ?? ""));
+    }
+
+    #handoffState(frame) {
+      if (frame.status === "taken") return this.#agentJoined({ name: frame.agent });
+      const position = Number.isInteger(frame.position) ? " " + this.#fill("position", "", frame.position) : "";
+      this.#note(this.strings.waiting + position);
+    }
+
+    #agentJoined(frame) {
+      if (this.#agent === String(frame.name || "")) return;
+      this.#agent = String(frame.name || "");
+      this.#note(this.#fill("joined", this.#agent));
+    }
+
+    #agentMessage(frame) {
+      if (typeof frame.text !== "string") return this.#warn("ignored an agent message without text");
+      this.#agent = String(frame.name || this.#agent || "");
+      this.#personBubble(frame.text, this.#agent);
+      this.#ui.typing.textContent = "";
+      this.#emit("message", { role: "agent", text: frame.text, messageId: frame.message_id, name: this.#agent });
+    }
+
+    #agentLeft(frame) {
+      this.#agent = null;
+      this.#ui.typing.textContent = "";
+      this.#note(this.#fill(frame.reason === "closed" ? "agentClosed" : "handedBack", frame.name));
+    }
+
+    /** A person's message: their name and the text, always as text (never HTML), and no votes. */
+    #personBubble(text, name) {
+      const bubble = el("div", { class: "msg agent" }, el("span", { class: "who", text: String(name || "") }), text);
+      this.#ui.log.append(bubble);
+      this.#scroll();
+      return bubble;
+    }
+
+    #typed() {
+      if (!this.#agent || Date.now() - this.#typedAt < 1500 || this.#ws?.readyState !== WebSocket.OPEN) return;
+      this.#typedAt = Date.now();
+      this.#ws.send(JSON.stringify({ type: "typing" }));
+    }
+
     #answerEnded() {
       this.#answer = null;
       this.#busy = false;
@@ -326,7 +383,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
       this.#ws.send(JSON.stringify({ type: "user_message", text }));
       bubble.classList.remove("queued");
       bubble.removeAttribute("title");
-      this.#ui.typing.textContent = this.strings.typing;
+      this.#ui.typing.textContent = this.#agent ? "" : this.strings.typing;
     }
 
     // ---- transcript -------------------------------------------------------------------------------
@@ -368,6 +425,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
         const reply = await fetch(`${this.server}/api/sessions/${encodeURIComponent(id)}`);
         if (!reply.ok) return;
         for (const m of (await reply.json()).messages || []) {
+          if (m.role === "agent") { this.#personBubble(String(m.text || ""), m.author); continue; }
           const bubble = this.#bubble(m.role === "user" ? "user" : "assistant", String(m.text || ""));
           if (m.role === "assistant" && m.id) bubble.after(this.#votes(m.id, m.feedback && m.feedback.thumb));
           if (m.role === "assistant") this.#sources(bubble, m.sources);
@@ -432,7 +490,11 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
         const reply = await fetch(`${this.server}/api/sessions/${encodeURIComponent(id)}/handoff`, {
           method: "POST", headers: { "Content-Type": "application/json" }, body: "{}",
         });
-        this.#note(reply.ok ? this.strings.humanDone : this.strings.failed);
+        if (!reply.ok) return this.#note(this.strings.failed);
+        const asked = await reply.json();
+        if (asked.status === "taken" || this.#ws?.readyState === WebSocket.OPEN) return;  // the socket says it
+        const position = Number.isInteger(asked.position) ? " " + this.#fill("position", "", asked.position) : "";
+        this.#note(this.strings.waiting + position);
       } catch { this.#note(this.strings.failed); }
     }
   }

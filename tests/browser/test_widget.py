@@ -13,8 +13,8 @@ import pytest
 from sqlmodel import select
 
 from bot.server.app import create_app
-from feedback import handoffs
-from feedback.models import Feedback, Reason, Thumb
+from feedback import handoffs, repo
+from feedback.models import Feedback, Reason, StaffRole, Thumb
 from tests.support.common import ARTIFACTS, ROOT, needs_chromium, wait_until
 from tests.support.fakes import FakeGenerator, HashEmbedder
 from tests.support.grounding import add_page
@@ -286,7 +286,7 @@ def test_talk_to_a_human_is_stored_and_a_removed_widget_disconnects(page, store,
     _ask(page, "I need a person")
     page.locator("support-chat .msg.assistant[data-message-id]").wait_for()
     page.get_by_role("button", name="Talk to a human").click()
-    page.get_by_text("a member of our team will follow up").wait_for()
+    page.get_by_text("A person will join shortly. You are number 1 in the queue.").wait_for()
     with store.session() as s:
         assert len(handoffs.list_handoffs(s)) == 1
     sockets = lambda: [c for c in bot.server.server_state.connections if "websocket" in type(c).__name__.lower()]  # noqa: E731
@@ -295,6 +295,38 @@ def test_talk_to_a_human_is_stored_and_a_removed_widget_disconnects(page, store,
     wait_until(lambda: not sockets(), timeout=10)  # removed from the page: it hung up and does not come back
     page.wait_for_timeout(1500)
     assert not sockets()
+
+
+def test_a_person_takes_over_chats_as_text_and_hands_back_to_the_bot(page, store, bot, fake):
+    with store.session() as s:
+        token = repo.create_staff(s, name="Bob <i>", role=StaffRole.agent)[1]
+    staff = {"Authorization": f"Bearer {token}"}
+    _open(page)
+    _ask(page, "I need a person")
+    page.locator("support-chat .msg.assistant[data-message-id]").wait_for()
+    page.get_by_role("button", name="Talk to a human").click()
+    page.get_by_text("You are number 1 in the queue.").wait_for()
+    handoff = httpx.get(f"{bot.url}/api/handoffs", headers=staff).json()[0]
+    assert httpx.post(f"{bot.url}/api/handoffs/{handoff['id']}/take", headers=staff).status_code == 200
+    page.get_by_text("Bob <i> joined the conversation.").wait_for()
+    _ask(page, "Hello?")
+    wait_until(lambda: len(httpx.get(f"{bot.url}/api/sessions/{handoff['session_id']}").json()["messages"]) == 3)
+    answered = len(fake.requests)
+    hostile = '<img src=x onerror="window.pwned=1"> call us'
+    sent = httpx.post(f"{bot.url}/api/handoffs/{handoff['id']}/messages", json={"text": hostile}, headers=staff)
+    assert sent.status_code == 201
+    person = page.locator("support-chat .msg.agent")
+    person.wait_for()
+    assert person.locator(".who").text_content() == "Bob <i>"
+    assert person.text_content() == "Bob <i>" + hostile  # shown as text: no element made from it
+    assert person.locator("img").count() == 0 and page.evaluate("() => window.pwned") is None
+    assert page.locator("support-chat .msg.agent + .votes").count() == 0  # no thumbs on a person's message
+    assert len(fake.requests) == answered  # the bot did not answer "Hello?"
+    httpx.post(f"{bot.url}/api/handoffs/{handoff['id']}/hand-back", headers=staff)
+    page.get_by_text("Bob <i> handed you back to the assistant.").wait_for()
+    _ask(page, "Thanks")
+    wait_until(lambda: _answers(page).count() == 2)
+    page.screenshot(path=str(ARTIFACTS / "widget-handoff.png"))
 
 
 def test_a_reloaded_page_shows_the_sessions_transcript_and_votes(page):
