@@ -142,6 +142,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
     #warned = false;
     #agent = null; // the name of the person handling the conversation, while one does
     #typedAt = 0;
+    #waiting = null; // the "a person will join shortly" note, updated as the queue moves
     #strings = {};
 
     static define(name = "support-chat") {
@@ -320,12 +321,14 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
     #handoffState(frame) {
       if (frame.status === "taken") return this.#agentJoined({ name: frame.agent });
       const position = Number.isInteger(frame.position) ? " " + this.#fill("position", "", frame.position) : "";
-      this.#note(this.strings.waiting + position);
+      if (this.#waiting?.isConnected) this.#waiting.textContent = this.strings.waiting + position;  // the queue moved
+      else this.#waiting = this.#note(this.strings.waiting + position);
     }
 
     #agentJoined(frame) {
       if (this.#agent === String(frame.name || "")) return;
       this.#agent = String(frame.name || "");
+      this.#waiting = null;
       this.#note(this.#fill("joined", this.#agent));
     }
 
@@ -413,8 +416,10 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
     }
 
     #note(text) {
-      this.#ui.log.append(el("div", { class: "note", role: "status", text }));
+      const note = el("div", { class: "note", role: "status", text });
+      this.#ui.log.append(note);
       this.#scroll();
+      return note;
     }
 
     #scroll() { this.#ui.log.scrollTop = this.#ui.log.scrollHeight; }

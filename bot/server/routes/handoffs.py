@@ -73,6 +73,13 @@ def _inbox_changed(bus: LiveBus, handoff: Handoff) -> None:
     bus.publish(STAFF_TOPIC, {"type": "inbox", "handoff_id": handoff.id, "status": handoff.status.value})
 
 
+def _queue_moved(bus: LiveBus, session: Session) -> None:
+    """Every waiting customer's new place, once a request left the queue."""
+    waiting = handoffs.list_handoffs(session, statuses=(HandoffStatus.open,))
+    for place, handoff in enumerate(waiting, start=1):
+        bus.publish(conversation_topic(handoff.conversation_id), {"type": "handoff_waiting", "position": place})
+
+
 # customers ---------------------------------------------------------------------------------------
 
 
@@ -108,6 +115,8 @@ def take(
     if before != staff.id:
         _bus(request).publish(conversation_topic(handoff.conversation_id), {"type": "agent_joined", "name": staff.name})
     _inbox_changed(_bus(request), handoff)
+    if before is None:
+        _queue_moved(_bus(request), session)
     return _item(session, handoff)
 
 
@@ -117,6 +126,8 @@ def _end(handoff_id: int, session: Session, staff: Staff, request: Request, outc
     if was_taken:
         event = {"type": "agent_left", "name": staff.name, "reason": outcome.value}
         _bus(request).publish(conversation_topic(handoff.conversation_id), event)
+    else:
+        _queue_moved(_bus(request), session)
     _inbox_changed(_bus(request), handoff)
     return _item(session, handoff)
 

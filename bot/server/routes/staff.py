@@ -60,6 +60,7 @@ class CorrectionOut(BaseModel):
     revision: int
     staff_id: int
     reviewed_by: int | None
+    origin: str = Field("staff", description="staff (written in review) or handoff (an agent's live replies)")
     created_at: datetime
     updated_at: datetime
     reviewed_at: datetime | None

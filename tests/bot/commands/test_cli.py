@@ -74,9 +74,9 @@ def test_missing_model_gives_clear_error(tmp_path):
 def test_db_upgrade_migrates_and_is_repeatable(tmp_path):
     env = {"SUPPORTLOOP_DATABASE_URL": f"sqlite:///{tmp_path / 'ops.db'}"}
     first = _run("db", "upgrade", env=env)
-    assert first.returncode == 0 and "schema empty → 0007" in first.stdout, first.stderr
+    assert first.returncode == 0 and "schema empty → 0008" in first.stdout, first.stderr
     again = _run("db", "upgrade", env=env)
-    assert again.returncode == 0 and "schema 0007 → 0007" in again.stdout
+    assert again.returncode == 0 and "schema 0008 → 0008" in again.stdout
     bad = _run("export", "--format", "csv", str(tmp_path / "x.jsonl"), env=env)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 

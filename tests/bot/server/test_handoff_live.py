@@ -120,6 +120,10 @@ def test_an_agent_takes_over_chats_live_and_hands_back_to_the_bot(settings, any_
         assert message == {"type": "agent_message", "message_id": sent.json()["message_id"],
                            "text": "<b>10 GBP</b> a day.", "name": "bob"}  # fmt: skip
         assert len(fake.requests) == answered  # the bot stayed out of it
+        draft = httpx.get(f"{server.url}/api/corrections", headers={"Authorization": f"Bearer {tokens['ada']}"}).json()
+        assert [(c["id"], c["status"], c["origin"], c["text"]) for c in draft] == [
+            (sent.json()["draft_correction_id"], "draft", "handoff", "<b>10 GBP</b> a day.")
+        ]  # of the answer before the handoff, never approved by itself
 
         assert _api(server.url, tokens["bob"], f"/api/handoffs/{asked['id']}/hand-back").status_code == 200
         assert customer.next("agent_left") == {"type": "agent_left", "name": "bob", "reason": "handed_back"}
@@ -229,3 +233,16 @@ def test_the_customer_and_the_agent_on_two_servers_of_one_postgresql_store(two_s
         assert sent.status_code == 201
         frame = customer.until("agent_message")
         assert (frame["text"], frame["message_id"]) == (text, sent.json()["message_id"])
+
+
+def test_waiting_customers_are_told_their_new_place_when_the_queue_moves(settings, any_store, tokens):
+    with running(settings, any_store, FakeGenerator()) as server:
+        first, second = Customer(server.url), Customer(server.url)
+        asked = []
+        for customer, place in ((first, 1), (second, 2)):
+            customer.ask("Hello")
+            asked.append(httpx.post(f"{server.url}/api/sessions/{customer.session_id}/handoff", json={}).json())
+            assert customer.until("handoff")["position"] == place
+        _api(server.url, tokens["bob"], f"/api/handoffs/{asked[0]['id']}/take")
+        assert second.until("handoff") == {"type": "handoff", "status": "waiting", "agent": None, "position": 1}
+        assert first.until("agent_joined")["name"] == "bob"

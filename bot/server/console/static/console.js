@@ -214,11 +214,11 @@
       h("a", { href: `/staff/conversations/${encodeURIComponent(entry.session_id)}` }, "Open conversation")),
     entry.feedback?.thumb === "down" && h("p", { class: "complaint" }, `Customer voted it down: ${entry.feedback.reason || "no reason given"}`,
       entry.feedback.comment ? ` — “${entry.feedback.comment}”` : ""),
-    entry.handoff && h("p", { class: "complaint" }, `Customer asked for a human${entry.handoff.status === "open" ? "" : " (closed)"}`,
+    entry.handoff && h("p", { class: "complaint" }, `Customer asked for a human${{ closed: " (closed)", taken: " (an agent has the conversation)" }[entry.handoff.status] || ""}`,
       entry.handoff.note ? `: “${entry.handoff.note}”` : ""),
     h("div", { class: "context", "aria-label": "Conversation before the answer" },
       entry.context.length > context.length && h("p", { class: "muted" }, `… ${entry.context.length - context.length} earlier messages`),
-      context.length ? context.map((m) => h("p", { class: "turn" }, h("b", {}, m.role === "user" ? "Customer" : "Bot"), m.text))
+      context.length ? context.map((m) => h("p", { class: "turn" }, h("b", {}, m.role === "user" ? "Customer" : m.role === "agent" ? "Agent" : "Bot"), m.text))
         : h("p", { class: "muted" }, "(the conversation's first answer)")),
     h("h3", { class: "muted" }, "Bot answer"),
     h("div", { class: `answer${last?.status === "approved" ? " original" : ""}`, "data-role": "answer" }, entry.message.text),
@@ -232,7 +232,10 @@
   }
 
   function correctionLine(c) {
-    if (c.status === "draft") return `Draft correction by ${name(c.staff_id)} (revision ${c.revision})`;
+    if (c.status === "draft") {
+      const from = c.origin === "handoff" ? " from handoff (the agent's live replies)" : "";
+      return `Draft correction${from} by ${name(c.staff_id)} (revision ${c.revision})`;
+    }
     if (c.status === "approved") return `✓ Correction approved by ${name(c.reviewed_by)}`;
     return `Rejected by ${name(c.reviewed_by)}: not used for training`;
   }
@@ -372,7 +375,7 @@
   function turnView(m, staffName) {
     const approved = m.corrections.filter((c) => c.status === "approved").at(-1);
     return h("li", { class: `card turn-${m.role}`, "data-message": m.id },
-      h("div", { class: "meta" }, h("b", {}, m.role === "user" ? "Customer" : "Bot"), h("span", {}, when(m.created_at)),
+      h("div", { class: "meta" }, h("b", {}, m.role === "user" ? "Customer" : m.role === "agent" ? "Agent" : "Bot"), h("span", {}, when(m.created_at)),
         m.adapter_version && h("span", { class: "badge" }, `version ${m.adapter_version}`),
         m.feedback && h("span", {}, `voted ${m.feedback.thumb}${m.feedback.reason ? `: ${m.feedback.reason}` : ""}`,
           m.feedback.comment ? ` — “${m.feedback.comment}”` : "")),
