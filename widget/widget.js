@@ -142,6 +142,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
     #warned = false;
     #agent = null; // the name of the person handling the conversation, while one does
     #typedAt = 0;
+    #typingLater = null;
     #waiting = null; // the "a person will join shortly" note, updated as the queue moves
     #strings = {};
 
@@ -354,10 +355,13 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
       return bubble;
     }
 
+    /** Tell the person that the customer is typing: at most every 1.5 s, the last keystroke included. */
     #typed() {
-      if (!this.#agent || Date.now() - this.#typedAt < 1500 || this.#ws?.readyState !== WebSocket.OPEN) return;
+      if (!this.#agent || this.#typingLater) return;
+      const wait = this.#typedAt + 1500 - Date.now();
+      if (wait > 0) { this.#typingLater = setTimeout(() => { this.#typingLater = null; this.#typed(); }, wait); return; }
       this.#typedAt = Date.now();
-      this.#ws.send(JSON.stringify({ type: "typing" }));
+      if (this.#ws?.readyState === WebSocket.OPEN) this.#ws.send(JSON.stringify({ type: "typing" }));
     }
 
     #answerEnded() {

@@ -1,5 +1,5 @@
 """The staff console at `/staff`: server-rendered page shells (login, review queue, a conversation,
-adapters, knowledge, team) whose data `console.js` fetches from the staff and admin APIs with the login cookie and
+inbox, adapters, knowledge, team) whose data `console.js` fetches from the staff and admin APIs with the login cookie and
 the page's CSRF token. Pages without a live login go to the login page; admin pages answer agents 403."""
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ HEADERS = {  # pages carry data: never cached, never framed, scripts and styles 
 }
 PAGES = {
     "queue": ("Review queue", StaffRole.agent),
+    "inbox": ("Inbox", StaffRole.agent),
     "conversation": ("Conversation", StaffRole.agent),
     "adapters": ("Adapters", StaffRole.admin),
     "knowledge": ("Knowledge", StaffRole.admin),
@@ -146,6 +147,11 @@ def _page(request: Request, session, page: str, **data) -> Response:
 @router.get("", response_class=HTMLResponse)
 def queue_page(request: Request, session: SessionDep) -> Response:
     return _page(request, session, "queue")
+
+
+@router.get("/inbox", response_class=HTMLResponse)
+def inbox_page(request: Request, session: SessionDep) -> Response:
+    return _page(request, session, "inbox")
 
 
 @router.get("/conversations/{conversation_id}", response_class=HTMLResponse)
