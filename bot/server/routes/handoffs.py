@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -211,6 +212,7 @@ async def _pump(ws: WebSocket, subscription: Any) -> None:
 
 
 async def _serve_staff(ws: WebSocket, staff: Staff, bus: LiveBus, subscription: Any) -> None:
+    typed_at: dict[str, float] = {}  # per conversation: at most one typing event a second goes out
     while True:
         raw = await ws.receive_text()
         try:
@@ -227,5 +229,6 @@ async def _serve_staff(ws: WebSocket, staff: Staff, bus: LiveBus, subscription: 
             await ws.send_text(json.dumps({"type": "watching", "session_id": frame.session_id}))
         elif frame.type == "unwatch":
             subscription.discard(topic)
-        else:
+        elif time.monotonic() - typed_at.get(frame.session_id, 0.0) >= 1.0:
+            typed_at[frame.session_id] = time.monotonic()
             await bus.publish_async(topic, {"type": "agent_typing", "session_id": frame.session_id, "name": staff.name})
