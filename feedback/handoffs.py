@@ -61,6 +61,18 @@ def request_handoff(session: Session, *, conversation_id: str, note: str | None 
     return handoff
 
 
+def leave_contact(session: Session, *, conversation_id: str, email: str) -> Handoff:
+    """Nobody was available: the customer leaves an email for staff to write back (on the session's
+    waiting request, asked for now if there is none)."""
+    handoff = live_handoff(session, conversation_id=conversation_id) or request_handoff(
+        session, conversation_id=conversation_id
+    )
+    handoff.contact_email = email
+    session.add(handoff)
+    session.commit()
+    return handoff
+
+
 def live_handoff(session: Session, *, conversation_id: str) -> Handoff | None:
     """The conversation's waiting or taken handoff, if any."""
     query = select(Handoff).where(Handoff.conversation_id == conversation_id, col(Handoff.status).in_(LIVE))

@@ -142,6 +142,9 @@ class Handoff(SQLModel, table=True):
     assigned_to: int | None = Field(default=None, foreign_key="staff.id")
     assigned_at: datetime | None = None
     outcome: HandoffOutcome | None = None
+    contact_email: str | None = Field(
+        default=None, max_length=254, description="left by the customer when nobody was available (PII: never exported)"
+    )
     closed_by: int | None = Field(default=None, foreign_key="staff.id")
     closed_at: datetime | None = None
 

@@ -21,6 +21,8 @@
     waiting: "A person will join shortly.", position: "You are number {n} in the queue.",
     joined: "{name} joined the conversation.", agentTyping: "{name} is typing…",
     handedBack: "{name} handed you back to the assistant.", agentClosed: "{name} closed the conversation.",
+    leaveEmail: "Leave your email and we will write back.", email: "Your email", emailSend: "Send",
+    emailDone: "Thanks, we will write to {name}.",
   };
   const REASONS = ["wrong", "unhelpful", "outdated", "unsafe", "other"];
   const STORE = "supportloop-session:";
@@ -67,6 +69,9 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
 .sources a{color:var(--a)}
 .agent{align-self:flex-start;background:var(--bg);border:1px solid var(--a)}
 .who{display:block;font-size:11px;font-weight:600;color:var(--a)}
+.contact{display:flex;gap:6px;align-self:stretch}
+.contact input{flex:1;border:1px solid var(--bd);border-radius:8px;padding:6px;background:var(--bg)}
+.contact button{background:var(--a);color:#fff;border-radius:8px;padding:0 10px}
 .human{font-size:12px;color:var(--mu);text-decoration:underline;padding:0 14px 8px;align-self:flex-start}
 @media (max-width:480px){.panel{position:fixed;inset:0;width:100vw;height:100vh;border-radius:0;border:0}}`;
 
@@ -143,6 +148,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
     #agent = null; // the name of the person handling the conversation, while one does
     #typedAt = 0;
     #typingLater = null;
+    #contact = null; // the "leave your email" form, while shown
     #waiting = null; // the "a person will join shortly" note, updated as the queue moves
     #strings = {};
 
@@ -321,6 +327,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
 
     #handoffState(frame) {
       if (frame.status === "taken") return this.#agentJoined({ name: frame.agent });
+      if (frame.available === false) return this.#offline(String(frame.message || ""));
       const position = Number.isInteger(frame.position) ? " " + this.#fill("position", "", frame.position) : "";
       if (this.#waiting?.isConnected) this.#waiting.textContent = this.strings.waiting + position;  // the queue moved
       else this.#waiting = this.#note(this.strings.waiting + position);
@@ -331,6 +338,28 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
       this.#agent = String(frame.name || "");
       this.#waiting = null;
       this.#note(this.#fill("joined", this.#agent));
+    }
+
+    /** Nobody can come now: say why, and offer to leave an email (the request stays in the queue). */
+    #offline(message) {
+      if (this.#contact?.isConnected) return;
+      const s = this.strings;
+      const input = el("input", { type: "email", required: "", maxlength: "254", autocomplete: "email", "aria-label": s.email, placeholder: s.email });
+      const form = el("form", { class: "contact" }, input, el("button", { type: "submit", text: s.emailSend }));
+      form.addEventListener("submit", async (e) => {
+        e.preventDefault();
+        try {
+          const reply = await fetch(`${this.server}/api/sessions/${encodeURIComponent(this.sessionId)}/contact`, {
+            method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ email: input.value.trim() }),
+          });
+          if (!reply.ok) throw new Error(this.strings.failed);
+          form.replaceWith(el("div", { class: "note", role: "status", text: this.#fill("emailDone", (await reply.json()).email) }));
+        } catch (exc) { this.#note(exc.message || this.strings.failed); }
+      });
+      this.#note(`${message} ${s.leaveEmail}`.trim());
+      this.#contact = form;
+      this.#ui.log.append(form);
+      this.#scroll();
     }
 
     #agentMessage(frame) {

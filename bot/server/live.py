@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -41,6 +42,8 @@ def conversation_topic(conversation_id: str) -> str:
 
 
 STAFF_TOPIC = "staff"
+PRESENCE_TOPIC = "presence"  # between replicas only: how many consoles each has connected
+PRESENCE_SECONDS = 15.0  # each replica repeats its count this often; one not heard of for 3× is gone
 
 
 class Subscription:
@@ -75,6 +78,10 @@ class LiveBus:
         self._subscribers: defaultdict[str, set[Subscription]] = defaultdict(set)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.consoles = 0  # staff consoles connected here
+        self._remote_consoles: dict[str, tuple[int, float]] = {}  # other replicas: (count, when heard)
 
     @property
     def shared(self) -> bool:
@@ -84,12 +91,40 @@ class LiveBus:
         self._loop = asyncio.get_running_loop()
         if self.shared:
             self._listener = asyncio.create_task(self._listen(on_connected))
+            self._heartbeat = asyncio.create_task(self._announce_presence())
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        for task in (self._listener, self._heartbeat):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # ---- which staff consoles are connected, on every replica -------------------------------------
+
+    async def console_connected(self, change: int) -> None:
+        """A console socket opened (+1) or closed (-1) here; the other replicas hear of it."""
+        self.consoles += change
+        if self.shared:
+            await asyncio.to_thread(self._notify, PRESENCE_TOPIC, {"type": "presence", "count": self.consoles})
+
+    def consoles_online(self) -> int:
+        fresh = time.monotonic() - 3 * PRESENCE_SECONDS
+        return self.consoles + sum(count for count, heard in self._remote_consoles.values() if heard >= fresh)
+
+    async def _announce_presence(self) -> None:
+        while True:
+            await asyncio.to_thread(self._notify, PRESENCE_TOPIC, {"type": "presence", "count": self.consoles})
+            await asyncio.sleep(PRESENCE_SECONDS)
+
+    def _heard_presence(self, origin: str, count: int) -> None:
+        new = origin not in self._remote_consoles
+        self._remote_consoles[origin] = (count, time.monotonic())
+        if new and self.consoles and self._loop is not None:  # a replica that just started: tell it ours now
+            event = {"type": "presence", "count": self.consoles}
+            task = self._loop.create_task(asyncio.to_thread(self._notify, PRESENCE_TOPIC, event))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     @contextlib.contextmanager
     def subscribe(self, *topics: str) -> Iterator[Subscription]:
@@ -170,6 +205,8 @@ class LiveBus:
             if note["origin"] == self.origin:
                 return
             event = note["event"]
+            if note["topic"] == PRESENCE_TOPIC:
+                return self._heard_presence(note["origin"], int(event["count"]))
             if "text_ref" in event:
                 event["text"] = await asyncio.to_thread(self._text_of, event.pop("text_ref"))
             self._deliver(note["topic"], event)

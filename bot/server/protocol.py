@@ -88,12 +88,15 @@ class ReceivedFrame(BaseModel):
 
 class HandoffFrame(BaseModel):
     """v2: the conversation's handoff, when it changes and on (re)connecting: waiting for a person
-    (`position` in the queue when known) or taken by `agent`."""
+    (`position` in the queue when known; `available` false with a `message` when nobody can come now)
+    or taken by `agent`."""
 
     type: Literal["handoff"] = "handoff"
     status: Literal["waiting", "taken"]
     agent: str | None = None
     position: int | None = None
+    available: bool = True  # false: nobody can take it now (outside opening hours, or no one online)
+    message: str | None = None  # then: why, for the customer
 
 
 class AgentJoinedFrame(BaseModel):
@@ -197,3 +200,5 @@ class HandoffResponse(BaseModel):
     status: str
     created_at: datetime
     position: int | None = Field(None, description="while waiting: 1 = next to be taken")
+    available: bool = Field(True, description="whether someone can take it now (opening hours, staff online)")
+    message: str | None = Field(None, description="when nobody is available: why, for the customer")

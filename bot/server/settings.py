@@ -11,6 +11,7 @@ from limits import parse
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.server.availability import Hours
 from feedback.pii import Scrubber
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -40,6 +41,11 @@ class Settings(BaseSettings):
         "60/minute", description="messages per client address, in the `limits` notation (e.g. 60/minute, 1000/hour)"
     )
     max_sessions_per_client: int = Field(20, ge=1, description="open chat connections per client address")
+    handoff_hours: str = Field(
+        "",
+        description="when people take conversations over, e.g. 'mon-fri 09:00-17:00, sat 10:00-14:00'; empty: any time",
+    )
+    handoff_timezone: str = Field("UTC", description="the time zone of handoff_hours (an IANA name, e.g. Europe/Paris)")
     max_queue: int = Field(64, ge=0, description="requests waiting for a batch slot before 'busy'")
     max_batch: int = Field(16, ge=1, description="requests generated together in one batch")
     threads: int = Field(
@@ -161,6 +167,24 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"SUPPORTLOOP_PII_SCRUB: {exc}") from exc
         return value
+
+    @field_validator("handoff_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            Hours.parse("", value)
+        except Exception as exc:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name, e.g. Europe/Paris)") from exc
+        return value
+
+    @field_validator("handoff_hours")
+    @classmethod
+    def _readable_hours(cls, value: str) -> str:
+        Hours.parse(value)  # a ValueError says what is wrong
+        return value
+
+    def hours(self) -> Hours:
+        return Hours.parse(self.handoff_hours, self.handoff_timezone)
 
     @field_validator("rate_limit")
     @classmethod

@@ -4,11 +4,13 @@ with hostile CSS of its own. Screenshots go to $SUPPORTLOOP_ARTIFACTS (default: 
 
 from __future__ import annotations
 
+import json
 import threading
 
 import httpx
 import pytest
 from sqlmodel import select
+from websockets.sync.client import connect
 
 from bot.server.app import create_app
 from feedback import handoffs, repo
@@ -248,10 +250,15 @@ def test_talk_to_a_human_is_stored_and_a_removed_widget_disconnects(page, store,
     _open(page)
     _ask(page, "I need a person")
     page.locator("support-chat .msg.assistant[data-message-id]").wait_for()
-    page.get_by_role("button", name="Talk to a human").click()
-    page.get_by_text("A person will join shortly. You are number 1 in the queue.").wait_for()
+    page.get_by_role("button", name="Talk to a human").click()  # no staff console is connected
+    page.get_by_text("Nobody from our team is online right now. Leave your email and we will write back.").wait_for()
+    email = page.locator("support-chat form.contact input[type=email]")
+    email.fill("jo@example.com")
+    email.press("Enter")
+    page.get_by_text("Thanks, we will write to jo@example.com.").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "widget-offline.png"))
     with store.session() as s:
-        assert len(handoffs.list_handoffs(s)) == 1
+        assert [h.contact_email for h in handoffs.list_handoffs(s)] == ["jo@example.com"]
     sockets = lambda: [c for c in bot.server.server_state.connections if "websocket" in type(c).__name__.lower()]  # noqa: E731
     assert len(sockets()) == 1
     page.evaluate("() => document.querySelector('support-chat').remove()")
@@ -264,6 +271,8 @@ def test_a_person_takes_over_chats_as_text_and_hands_back_to_the_bot(page, store
     with store.session() as s:
         token = repo.create_staff(s, name="Bob <i>", role=StaffRole.agent)[1]
     staff = {"Authorization": f"Bearer {token}"}
+    console = connect(bot.url.replace("http", "ws") + "/ws/staff", additional_headers=staff)  # someone is online
+    json.loads(console.recv(timeout=10))
     _open(page)
     _ask(page, "I need a person")
     page.locator("support-chat .msg.assistant[data-message-id]").wait_for()
@@ -290,6 +299,7 @@ def test_a_person_takes_over_chats_as_text_and_hands_back_to_the_bot(page, store
     _ask(page, "Thanks")
     wait_until(lambda: _answers(page).count() == 2)
     page.screenshot(path=str(ARTIFACTS / "widget-handoff.png"))
+    console.close()
 
 
 def test_a_reloaded_page_shows_the_sessions_transcript_and_votes(page):

@@ -13,6 +13,7 @@ from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisco
 from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from bot.server.availability import availability
 from bot.server.chat_service import ChatError, ChatService, Forwarded, Reply
 from bot.server.deps import ChatDep, SessionDep, client_address
 from bot.server.limits import LimitExceeded
@@ -178,8 +179,9 @@ class _Connection:
         state = await asyncio.to_thread(self._live_state)
         if state is not None:
             taken = state.status == HandoffStatus.taken
-            await self.send(HandoffFrame(status="taken" if taken else "waiting", agent=state.agent,
-                                         position=state.position))  # fmt: skip
+            found = availability(self.chat.settings.hours(), self.chat.live.consoles_online())
+            await self.send(HandoffFrame(status="taken" if taken else "waiting", agent=state.agent, position=state.position,
+                                         available=taken or found.available, message=None if taken else found.message))  # fmt: skip
 
     def _live_state(self) -> handoffs.LiveState | None:
         with self.chat.store.session() as session:
@@ -261,7 +263,8 @@ def _customer_frames(event: dict, protocol: int) -> list:
     if kind == "agent_typing":
         return [AgentTypingFrame(name=event["name"])]
     if kind == "handoff_waiting":
-        return [HandoffFrame(status="waiting", position=event.get("position"))]
+        return [HandoffFrame(status="waiting", position=event.get("position"), available=event.get("available", True),
+                             message=event.get("message"))]  # fmt: skip
     return []
 
 

@@ -10,12 +10,13 @@ import json
 import logging
 import time
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, ValidationError
 from sqlmodel import Session
 
+from bot.server.availability import Availability, availability
 from bot.server.deps import LOGIN_COOKIE, SessionDep, StaffDep, same_origin
 from bot.server.live import STAFF_TOPIC, LiveBus, conversation_topic
 from bot.server.protocol import HandoffRequest, HandoffResponse
@@ -26,14 +27,30 @@ from feedback.models import Handoff, HandoffOutcome, HandoffStatus, Staff, utcno
 log = logging.getLogger(__name__)
 router = APIRouter()
 AGENT_MESSAGE_CHARS = 4000
+EMAIL = r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$"  # something a person can write back to; not a full RFC 5322 check
 AgentText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=AGENT_MESSAGE_CHARS)]
 
 
 class InboxItem(HandoffResponse):
     agent: str | None = Field(None, description="who has the conversation, once taken")
+    contact_email: str | None = Field(None, description="left by the customer when nobody was available")
     assigned_at: datetime | None = None
     waiting_s: float = Field(description="seconds since the customer asked (until taken)")
     outcome: str | None = None
+
+
+class AvailabilityOut(BaseModel):
+    available: bool
+    message: str | None = Field(None, description="when nobody is available: why, for the customer")
+
+
+class ContactRequest(BaseModel):
+    email: Annotated[str, StringConstraints(strip_whitespace=True, max_length=254, pattern=EMAIL)]
+
+
+class ContactOut(BaseModel):
+    handoff_id: int
+    email: str
 
 
 class TakeRequest(BaseModel):
@@ -74,25 +91,52 @@ def _inbox_changed(bus: LiveBus, handoff: Handoff) -> None:
     bus.publish(STAFF_TOPIC, {"type": "inbox", "handoff_id": handoff.id, "status": handoff.status.value})
 
 
-def _queue_moved(bus: LiveBus, session: Session) -> None:
+def _waiting(position: int | None, found: Availability) -> dict[str, Any]:
+    return {"type": "handoff_waiting", "position": position, "available": found.available, "message": found.message}
+
+
+def _queue_moved(request: Request, session: Session) -> None:
     """Every waiting customer's new place, once a request left the queue."""
-    waiting = handoffs.list_handoffs(session, statuses=(HandoffStatus.open,))
+    waiting, found = handoffs.list_handoffs(session, statuses=(HandoffStatus.open,)), _availability(request)
     for place, handoff in enumerate(waiting, start=1):
-        bus.publish(conversation_topic(handoff.conversation_id), {"type": "handoff_waiting", "position": place})
+        _bus(request).publish(conversation_topic(handoff.conversation_id), _waiting(place, found))
+
+
+def _availability(request: Request) -> Availability:
+    return availability(request.app.state.settings.hours(), _bus(request).consoles_online())
 
 
 # customers ---------------------------------------------------------------------------------------
 
 
+@router.get("/api/handoff/availability", response_model=AvailabilityOut)
+def can_talk_to_a_person(request: Request) -> AvailabilityOut:
+    """Whether a person can take a conversation now: within the opening hours, with a console connected."""
+    found = _availability(request)
+    return AvailabilityOut(available=found.available, message=found.message)
+
+
 @router.post("/api/sessions/{session_id}/handoff", response_model=HandoffResponse, status_code=201)
 def ask_for_human(session_id: str, body: HandoffRequest, session: SessionDep, request: Request) -> HandoffResponse:
-    """The customer asks for a person: waiting in the inbox (asking again returns the same request)."""
+    """The customer asks for a person: waiting in the inbox (asking again returns the same request).
+    When nobody is available (`available` false, with the reason) the widget offers to leave an email."""
     handoff = handoffs.request_handoff(session, conversation_id=session_id, note=body.note)
-    reply = HandoffResponse.model_validate({**handoff.model_dump(), "position": handoffs.position(session, handoff)})
+    found = _availability(request)
+    reply = HandoffResponse.model_validate({**handoff.model_dump(), "position": handoffs.position(session, handoff),
+                                            "available": found.available, "message": found.message})  # fmt: skip
     _inbox_changed(_bus(request), handoff)
     if handoff.status == HandoffStatus.open:
-        _bus(request).publish(conversation_topic(session_id), {"type": "handoff_waiting", "position": reply.position})
+        _bus(request).publish(conversation_topic(session_id), _waiting(reply.position, found))
     return reply
+
+
+@router.post("/api/sessions/{session_id}/contact", response_model=ContactOut, status_code=201)
+def leave_email(session_id: str, body: ContactRequest, session: SessionDep, request: Request) -> ContactOut:
+    """Nobody was available: an email for staff to write back to, kept with the request (personal data:
+    shown to staff in the inbox, never exported for training)."""
+    handoff = handoffs.leave_contact(session, conversation_id=session_id, email=body.email)
+    _inbox_changed(_bus(request), handoff)
+    return ContactOut(handoff_id=cast(int, handoff.id), email=body.email)
 
 
 # staff -------------------------------------------------------------------------------------------
@@ -117,7 +161,7 @@ def take(
         _bus(request).publish(conversation_topic(handoff.conversation_id), {"type": "agent_joined", "name": staff.name})
     _inbox_changed(_bus(request), handoff)
     if before is None:
-        _queue_moved(_bus(request), session)
+        _queue_moved(request, session)
     return _item(session, handoff)
 
 
@@ -128,7 +172,7 @@ def _end(handoff_id: int, session: Session, staff: Staff, request: Request, outc
         event = {"type": "agent_left", "name": staff.name, "reason": outcome.value}
         _bus(request).publish(conversation_topic(handoff.conversation_id), event)
     else:
-        _queue_moved(_bus(request), session)
+        _queue_moved(request, session)
     _inbox_changed(_bus(request), handoff)
     return _item(session, handoff)
 
@@ -193,6 +237,7 @@ async def staff_socket(ws: WebSocket) -> None:
                                        "message": "Log in to the console, or send a staff bearer token."}))  # fmt: skip
         return await ws.close(code=1008)
     bus = _bus(ws)
+    await bus.console_connected(+1)
     with bus.subscribe(STAFF_TOPIC) as subscription:
         pump = asyncio.create_task(_pump(ws, subscription))
         try:
@@ -204,6 +249,7 @@ async def staff_socket(ws: WebSocket) -> None:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
+            await bus.console_connected(-1)
 
 
 async def _pump(ws: WebSocket, subscription: Any) -> None:

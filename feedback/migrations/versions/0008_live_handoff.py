@@ -1,5 +1,5 @@
 """Live human handoff: agent messages (role `agent`, with their author), handoff requests taken by an
-agent and handed back or closed, and corrections drafted from an agent's live reply (`origin`).
+agent and handed back or closed (with the email a customer may leave when nobody is available), and corrections drafted from an agent's live reply (`origin`).
 
 Revision ID: 0008
 Revises: 0007
@@ -39,6 +39,7 @@ def upgrade() -> None:
     _add_staff_reference("handoff", "assigned_to", ASSIGNED_FK)
     op.add_column("handoff", sa.Column("assigned_at", UTCDateTime(), nullable=True))
     op.add_column("handoff", sa.Column("outcome", outcome_enum, nullable=True))
+    op.add_column("handoff", sa.Column("contact_email", AutoString(length=254), nullable=True))
     op.add_column("correction", sa.Column("origin", AutoString(length=16), nullable=False, server_default="staff"))
 
 
@@ -58,6 +59,7 @@ def downgrade() -> None:
     with op.batch_alter_table("handoff") as batch:
         if _postgres():
             batch.drop_constraint(ASSIGNED_FK, type_="foreignkey")
+        batch.drop_column("contact_email")
         batch.drop_column("outcome")
         batch.drop_column("assigned_at")
         batch.drop_column("assigned_to")

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 from websockets.sync.client import connect
 
 from bot.server.app import create_app
+from bot.server.availability import DAYS
 from bot.server.live import MAX_PAYLOAD
-from feedback import repo
+from feedback import export, repo
 from feedback.db import open_store
 from feedback.models import StaffRole
 from tests.support.common import drop_postgres, postgres_url, wait_until
@@ -90,8 +92,10 @@ def test_an_agent_takes_over_chats_live_and_hands_back_to_the_bot(settings, any_
         customer, console = Customer(server.url), Console(server.url, tokens["bob"])
         assert customer.ask("Is there parking?")[-1]["type"] == "done"
         asked = httpx.post(f"{server.url}/api/sessions/{customer.session_id}/handoff", json={"note": "a person"}).json()
-        assert asked["status"] == "open" and asked["position"] == 1
-        assert customer.next("handoff") == {"type": "handoff", "status": "waiting", "agent": None, "position": 1}
+        assert (asked["status"], asked["position"], asked["available"]) == ("open", 1, True)  # bob's console is on
+        assert customer.next("handoff") == {
+            "type": "handoff", "status": "waiting", "agent": None, "position": 1, "available": True, "message": None
+        }  # fmt: skip
         assert console.until("inbox")["handoff_id"] == asked["id"]
         inbox = httpx.get(server.url + "/api/handoffs", headers={"Authorization": f"Bearer {tokens['bob']}"}).json()
         assert [(h["id"], h["status"], h["agent"]) for h in inbox] == [(asked["id"], "open", None)]
@@ -189,6 +193,8 @@ def test_an_old_client_gets_the_agent_s_messages_as_answers_and_keeps_the_handof
             "status": "taken",
             "agent": "bob",
             "position": None,
+            "available": True,
+            "message": None,
         }
 
 
@@ -244,5 +250,57 @@ def test_waiting_customers_are_told_their_new_place_when_the_queue_moves(setting
             asked.append(httpx.post(f"{server.url}/api/sessions/{customer.session_id}/handoff", json={}).json())
             assert customer.until("handoff")["position"] == place
         _api(server.url, tokens["bob"], f"/api/handoffs/{asked[0]['id']}/take")
-        assert second.until("handoff") == {"type": "handoff", "status": "waiting", "agent": None, "position": 1}
+        moved = second.until("handoff")
+        assert (moved["status"], moved["position"], moved["available"]) == ("waiting", 1, False)  # no console is on
         assert first.until("agent_joined")["name"] == "bob"
+
+
+def test_with_nobody_online_the_customer_is_told_and_can_leave_an_email(settings, any_store, tokens):
+    with running(settings, any_store, FakeGenerator()) as server:
+        customer = Customer(server.url)
+        customer.ask("My email is jo.doe+shop@mail.example.co.uk, can someone call me?")
+        asked = httpx.post(f"{server.url}/api/sessions/{customer.session_id}/handoff", json={}).json()
+        assert (asked["status"], asked["available"]) == ("open", False)
+        assert asked["message"] == "Nobody from our team is online right now."
+        assert customer.until("handoff")["available"] is False
+        contact = f"{server.url}/api/sessions/{customer.session_id}/contact"
+        refused = httpx.post(contact, json={"email": "not an email"})
+        assert refused.status_code == 422 and "email" in refused.text
+        left = httpx.post(contact, json={"email": "jo.doe+shop@mail.example.co.uk"})
+        assert left.status_code == 201 and left.json() == {
+            "handoff_id": asked["id"],
+            "email": "jo.doe+shop@mail.example.co.uk",
+        }
+        inbox = httpx.get(server.url + "/api/handoffs", headers={"Authorization": f"Bearer {tokens['bob']}"}).json()
+        assert [(h["id"], h["contact_email"]) for h in inbox] == [(asked["id"], "jo.doe+shop@mail.example.co.uk")]
+        assert httpx.get(server.url + "/api/handoff/availability").json()["available"] is False
+        Console(server.url, tokens["bob"])  # a console comes online
+        wait_until(
+            lambda: httpx.get(server.url + "/api/handoff/availability").json() == {"available": True, "message": None}
+        )
+    with any_store.session() as s:  # what training could see of it: nothing of the email
+        answer = [m for m in repo.list_messages(s, conversation_id=customer.session_id) if m.role.value == "assistant"][
+            0
+        ]
+        admin = next(m for m in repo.list_staff(s) if m.name == "ada")
+        repo.add_correction(s, message_id=answer.id, actor=admin, text="We will call you back.", approve=True)
+        records = json.dumps(export.correction_records(s))
+    assert "We will call you back." in records and "jo.doe" not in records and "mail.example" not in records
+
+
+def test_outside_opening_hours_the_customer_is_told_when_people_are_there(settings, any_store, tokens):
+    other = DAYS[(datetime.now(UTC).weekday() + 3) % 7]  # not today, nor tomorrow
+    hours = settings.model_copy(update={"handoff_hours": f"{other} 09:00-17:00"})
+    with running(hours, any_store, FakeGenerator()) as server:
+        Console(server.url, tokens["bob"])  # online, but out of hours
+        customer = Customer(server.url)
+        customer.ask("Hello")
+        asked = httpx.post(f"{server.url}/api/sessions/{customer.session_id}/handoff", json={}).json()
+        assert asked["available"] is False and asked["message"] == f"Our team is available {other} 09:00-17:00 (UTC)."
+
+
+def test_a_console_on_one_replica_makes_people_available_on_the_other(two_servers):
+    (a, b), tokens = two_servers
+    assert httpx.get(a.url + "/api/handoff/availability").json()["available"] is False
+    Console(b.url, tokens["bob"])
+    wait_until(lambda: httpx.get(a.url + "/api/handoff/availability").json()["available"] is True)

@@ -32,6 +32,7 @@
       h("div", {}, h("b", {}, `Session ${r.session_id.slice(0, 8)}`), " · ", age,
         taken ? h("span", { class: "badge owner" }, mine ? "yours" : `taken by ${r.agent}`) : h("span", { class: "badge" }, `#${r.position} in queue`)),
       r.note && h("p", { class: "note" }, r.note),
+      r.contact_email && h("p", { class: "note", "data-role": "contact" }, "Left an email to write back to: ", h("b", {}, r.contact_email)),
       h("div", { class: "actions" },
         mine ? h("button", { class: "primary", "data-action": "open", onclick: () => openChat(r) }, "Open")
           : h("button", { class: "primary", "data-action": "take", onclick: () => take(r, taken && me.admin) },
