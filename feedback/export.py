@@ -143,6 +143,8 @@ def thumbs_up_records(
         if vote.thumb == Thumb.up and vote.message_id not in corrected and _within(vote.updated_at, since, until):
             message = session.get(Message, vote.message_id)
             assert message is not None  # the vote's foreign key guarantees it
+            if message.adapter_version is None:  # not the model's text (votes on those are refused too)
+                continue
             records += [{**v, "completion": _assistant(scrub(message.text))} for v in prompts.variants(message)]
     return records
 

@@ -13,7 +13,7 @@ from typing import Any
 
 KINDS = ("iban", "card", "email", "phone")  # applied in this order: the most specific first
 
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+(?:'[A-Za-z0-9._%+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # Compact (DE89370400440532013000) or printed in groups of four (GB82 WEST 1234 5698 7654 32).
 _IBAN = re.compile(
     r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,4})?)"
@@ -21,9 +21,12 @@ _IBAN = re.compile(
     re.IGNORECASE,
 )
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
-# An optional +country code, then at least 7 digits in groups separated by spaces, dots, dashes or a
-# parenthesised area code; at most 15 digits (E.164).
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{2,5}(?:[ .-]?\d{2,5}){1,4}(?![\w])")
+# An optional +country code (which may be followed by a one-digit group, as in +33 6 12 34 56 78), then at
+# least 7 digits in groups separated by spaces, dots, dashes or a parenthesised area code; at most 15
+# digits (E.164).
+_PHONE = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}(?:[ .-]?\d(?=[ .-]))?[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{2,5}(?:[ .-]?\d{2,5}){1,4}(?![\w])"
+)
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{2}[./-]\d{2}[./-]\d{4}")
 

@@ -184,12 +184,13 @@ def record_votes(session: Session, votes: list[Vote]) -> list[Vote | Exception]:
     """Store many votes in one transaction (an upsert per message, so concurrent writers on any
     number of connections or replicas never duplicate a vote); commits. Returns, per vote, the vote
     as stored or the exception that refused it (NotFound, Invalid); refused votes do not stop the others."""
-    roles = dict(
-        session.exec(
-            select(Message.id, col(Message.role)).where(col(Message.id).in_({v.message_id for v in votes}))
-        ).all()
-    )
-    outcomes = [_vote_problem(vote, roles.get(vote.message_id)) or vote for vote in votes]
+    found = session.exec(
+        select(Message.id, col(Message.role), col(Message.adapter_version)).where(
+            col(Message.id).in_({v.message_id for v in votes})
+        )
+    ).all()
+    authors = {message_id: (role, version) for message_id, role, version in found}
+    outcomes = [_vote_problem(vote, *authors.get(vote.message_id, (None, None))) or vote for vote in votes]
     now = utcnow()
     rows = {
         v.message_id: {
@@ -209,11 +210,16 @@ def record_votes(session: Session, votes: list[Vote]) -> list[Vote | Exception]:
     return outcomes
 
 
-def _vote_problem(vote: Vote, role: Role | None) -> Exception | None:
+def _vote_problem(vote: Vote, role: Role | None, version: str | None) -> Exception | None:
+    """Votes go on answers the model wrote (they stamp a version), never on text a client wrote: a
+    conversation sent to the OpenAI API may carry `assistant` turns of the client's own, and a thumbs-up
+    on one would put that text into the SFT data."""
     if role is None:
         return NotFound(f"no message with id {vote.message_id!r}")
     if role != Role.assistant:
-        return Invalid("votes go on the bot's answers, not on customer messages")
+        return Invalid("votes go on the bot's answers, not on customer or staff messages")
+    if version is None:
+        return Invalid("votes go on the bot's own answers; this turn was written by the client, not by the model")
     if vote.reason is not None and vote.thumb != Thumb.down:
         return Invalid("a reason can only be given with a thumbs down")
     return None

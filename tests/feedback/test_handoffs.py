@@ -100,7 +100,9 @@ def test_a_thumbed_down_answer_is_the_rejected_turn_when_the_request_named_none(
         conversation = repo.get_or_create_conversation(s, conversation_id=None, system_prompt="")
         handoff = handoffs.request_handoff(s, conversation_id=conversation.id)  # before any answer
         repo.add_message(s, conversation_id=conversation.id, role=Role.user, text="Breakfast?")
-        bot = repo.add_message(s, conversation_id=conversation.id, role=Role.assistant, text="No.")
+        bot = repo.add_message(
+            s, conversation_id=conversation.id, role=Role.assistant, text="No.", adapter_version="base"
+        )
         repo.record_votes(s, [repo.Vote(bot.id, Thumb.down, None, None)])
         handoffs.take(s, handoff_id=handoff.id, actor=people["bob"])
         _, draft = handoffs.agent_reply(s, handoff_id=handoff.id, actor=people["bob"], text="Breakfast is 7 to 10.")

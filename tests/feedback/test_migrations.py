@@ -54,10 +54,17 @@ def _legacy_rows(engine) -> None:
         for seq, (mid, role) in enumerate([("m1", "user"), ("m2", "assistant")]):
             c.execute(
                 sa.text(
-                    "INSERT INTO message (id, conversation_id, seq, role, text, created_at) "
-                    "VALUES (:id, 'c1', :seq, :role, :text, :t)"
-                ),
-                {"id": mid, "seq": seq, "role": role, "text": f"text {mid}", "t": now},
+                    "INSERT INTO message (id, conversation_id, seq, role, text, adapter_version, created_at) "
+                    "VALUES (:id, 'c1', :seq, :role, :text, :version, :t)"
+                ),  # 0.1 stamped every answer with the version that wrote it, as now
+                {
+                    "id": mid,
+                    "seq": seq,
+                    "role": role,
+                    "text": f"text {mid}",
+                    "t": now,
+                    "version": "base" if role == "assistant" else None,
+                },
             )
         c.execute(
             sa.text(

@@ -12,7 +12,11 @@ from feedback.tokens import hash_token
 
 def _conversation(session, turns: list[tuple[Role, str]], system: str = "Be brief.") -> list:
     conversation = repo.get_or_create_conversation(session, conversation_id=None, system_prompt=system)
-    return [repo.add_message(session, conversation_id=conversation.id, role=role, text=text) for role, text in turns]
+    return [  # the model's answers carry the version that wrote them, as the server stores them
+        repo.add_message(session, conversation_id=conversation.id, role=role, text=text,
+                         adapter_version="base" if role == Role.assistant else None)
+        for role, text in turns
+    ]  # fmt: skip
 
 
 def test_messages_keep_order_and_version(any_store):
@@ -21,7 +25,7 @@ def test_messages_keep_order_and_version(any_store):
         repo.add_message(s, conversation_id=user.conversation_id, role=Role.assistant, text="x", adapter_version="v1-x")
         listed = repo.list_messages(s, conversation_id=user.conversation_id)
     assert [m.seq for m in listed] == [0, 1, 2]
-    assert [m.adapter_version for m in listed] == [None, None, "v1-x"]
+    assert [m.adapter_version for m in listed] == [None, "base", "v1-x"]
 
 
 def test_resuming_unknown_session_creates_new(any_store):
