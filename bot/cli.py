@@ -82,12 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bot.commands.settings import BadSettings
     from bot.runtime.types import ModelNotAvailable
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ModelNotAvailable as exc:
+    except (ModelNotAvailable, BadSettings) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -19,6 +19,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.setswitchinterval(0.001)  # hand the GIL back to the batch thread sooner than the 5 ms default
     app = create_app(settings)
+    warning = origins_warning(args.host, settings.allowed_origins)
+    if warning:
+        logging.getLogger("supportloop").warning(warning)
+        print(f"\n*** {warning} ***\n", file=sys.stderr, flush=True)
     print(
         f"supportloop: serving on http://{args.host}:{args.port}/ (open it in a browser); "
         f"data in {settings.data_dir.resolve()}, store {settings.db_url}",
@@ -28,6 +32,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app, host=args.host, port=args.port, log_level="info", ws="websockets-sansio", access_log=not args.no_access_log
     )
     return 0
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def origins_warning(host: str, origins: list[str]) -> str | None:
+    """A loud warning when the server is reachable from other machines while any site may embed the chat
+    (the default `*`, meant for the demo): other sites could then spend this server's model on their
+    visitors. Warned, not refused: the chat routes carry no credentials, and a demo behind a proxy is
+    legitimate. Production sets SUPPORTLOOP_ALLOWED_ORIGINS to its own sites."""
+    if host in LOOPBACK or "*" not in origins:
+        return None
+    return (
+        f"serving on {host} while SUPPORTLOOP_ALLOWED_ORIGINS allows every site ('*'): any web page can embed "
+        "this chat. Set SUPPORTLOOP_ALLOWED_ORIGINS='[\"https://your-site.example\"]' for production."
+    )
 
 
 def cmd_model_pull(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from bot.runtime.interface import (
     load_embedder,
     resolve_base_model,
 )
+from bot.server.body_limit import BodyLimit
 from bot.server.chat_service import ChatService
 from bot.server.errors import HANDLED, error_reply
 from bot.server.limits import ClientLimits
@@ -175,6 +176,9 @@ def create_app(
     app = FastAPI(title="supportloop", lifespan=_lifespan(settings, generator, store, embedder))
     app.state.settings = settings
     app.state.launch_round = round_launcher(settings)
+    app.add_middleware(  # innermost: refusals still get the CORS headers the widget needs to read them
+        BodyLimit, default=settings.max_body_bytes, limits={"/api/admin/knowledge": settings.max_upload_bytes}
+    )
     app.add_middleware(votes.VoteIngest)  # inside CORS: the widget's cross-origin votes get CORS headers
     app.add_middleware(
         CORSMiddleware,

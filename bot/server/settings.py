@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy (reproducible answers)")
     max_message_chars: int = Field(2000, ge=1, description="longest accepted customer message")
     max_frame_chars: int = Field(16_000, ge=64, description="longest accepted WebSocket frame")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="largest accepted request body (413 beyond, unread)")
+    max_upload_bytes: int = Field(
+        64 << 20, ge=1024, description="largest knowledge-base upload (all its files together), for admins"
+    )
     rate_limit: str = Field(
         "60/minute", description="messages per client address, in the `limits` notation (e.g. 60/minute, 1000/hour)"
     )

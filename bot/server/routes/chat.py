@@ -12,6 +12,7 @@ from contextlib import aclosing
 from fastapi import APIRouter, HTTPException, Request, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.websockets import WebSocketState
 
 from bot.server.availability import availability
 from bot.server.chat_service import ChatError, ChatService, Forwarded, Reply
@@ -236,7 +237,15 @@ class _Connection:
             with contextlib.suppress(Exception):
                 await self.error("cancelled", "The answer was cancelled.")
         except Exception:
-            log.debug("answer stream ended early", exc_info=True)
+            if self._gone():  # the client left while the answer streamed: nobody to tell
+                log.debug("answer stream ended early", exc_info=True)
+                return
+            log.exception("answer failed")  # a bug: the team needs the traceback; the client a clear frame
+            with contextlib.suppress(Exception):
+                await self.error("internal", "The server failed to answer; please try again.")
+
+    def _gone(self) -> bool:
+        return WebSocketState.DISCONNECTED in (self.ws.client_state, self.ws.application_state)
 
     async def close(self) -> None:
         for task in (self.answer, self.pump):
