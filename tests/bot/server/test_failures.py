@@ -35,7 +35,11 @@ def test_an_unexpected_failure_during_an_answer_reaches_the_client_and_the_log(s
             ws.send_text('{"type": "user_message", "text": "Hello?"}')
             session = ws.receive_json()
             error = ws.receive_json()
-            assert error == {"type": "error", "code": "internal", "message": "The server failed to answer; please try again."}
+            assert error == {
+                "type": "error",
+                "code": "internal",
+                "message": "The server failed to answer; please try again.",
+            }
             ws.send_text('{"type": "user_message", "text": "Still there?"}')  # the connection stays usable
             assert ws.receive_json()["code"] == "internal"
         assert "an unexpected bug in the engine" in caplog.text  # logged with its traceback, for the team
