@@ -190,4 +190,31 @@ def create_app(
         app.include_router(module.router)
     app.mount("/staff/static", StaticFiles(packages=[("bot.server", "console/static")]), name="console-static")
     _install_error_handlers(app)
+    _document_refusals(app)
     return app
+
+
+REFUSAL = {"title": "Refusal", "type": "object", "required": ["detail"],
+           "properties": {"detail": {"type": "string", "title": "Detail"}}}  # fmt: skip
+
+
+def _document_refusals(app: FastAPI) -> None:
+    """A 422 is either FastAPI's validation report (`detail`: a list) or one of the app's refusals of a
+    rule (`detail`: a message, e.g. an empty chat message): say both in the OpenAPI schema."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("schemas", {})["Refusal"] = REFUSAL
+            either = {"anyOf": [{"$ref": "#/components/schemas/HTTPValidationError"},
+                                {"$ref": "#/components/schemas/Refusal"}]}  # fmt: skip
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    invalid = operation.get("responses", {}).get("422", {}).get("content", {}).get("application/json")
+                    if invalid is not None:
+                        invalid["schema"] = either
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field
 from sqlmodel import Session
 from starlette.requests import HTTPConnection
 
@@ -42,6 +43,9 @@ def get_chat(request: Request) -> ChatService:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+MAX_ROW_ID = 2**63 - 1  # the databases' BIGINT: a larger number in a path is a 422, not a driver error
+RowId = Annotated[int, Path(ge=0, le=MAX_ROW_ID, description="a row id")]
+StoredInt = Annotated[int, Field(ge=0, le=MAX_ROW_ID)]  # an id or revision in a request body
 ChatDep = Annotated[ChatService, Depends(get_chat)]
 _bearer = HTTPBearer(auto_error=False)
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, Validatio
 from sqlmodel import Session
 
 from bot.server.availability import Availability, availability
-from bot.server.deps import LOGIN_COOKIE, SessionDep, StaffDep, same_origin
+from bot.server.deps import LOGIN_COOKIE, RowId, SessionDep, StaffDep, same_origin
 from bot.server.live import STAFF_TOPIC, LiveBus, conversation_topic
 from bot.server.protocol import HandoffRequest, HandoffResponse
 from feedback import handoffs, repo
@@ -151,7 +151,7 @@ def inbox(session: SessionDep, _staff: StaffDep, include_closed: bool = False) -
 
 @router.post("/api/handoffs/{handoff_id}/take", response_model=InboxItem)
 def take(
-    handoff_id: int, session: SessionDep, staff: StaffDep, request: Request, body: TakeRequest | None = None
+    handoff_id: RowId, session: SessionDep, staff: StaffDep, request: Request, body: TakeRequest | None = None
 ) -> InboxItem:
     """Take the conversation over: the bot stops answering it. 409 naming the owner when someone else
     has it (admins may `reassign`), or when it is closed."""
@@ -178,20 +178,20 @@ def _end(handoff_id: int, session: Session, staff: Staff, request: Request, outc
 
 
 @router.post("/api/handoffs/{handoff_id}/hand-back", response_model=InboxItem)
-def hand_back(handoff_id: int, session: SessionDep, staff: StaffDep, request: Request) -> InboxItem:
+def hand_back(handoff_id: RowId, session: SessionDep, staff: StaffDep, request: Request) -> InboxItem:
     """Give the conversation back to the bot: it answers the customer's next message."""
     return _end(handoff_id, session, staff, request, HandoffOutcome.handed_back)
 
 
 @router.post("/api/handoffs/{handoff_id}/close", response_model=InboxItem)
-def close(handoff_id: int, session: SessionDep, staff: StaffDep, request: Request) -> InboxItem:
+def close(handoff_id: RowId, session: SessionDep, staff: StaffDep, request: Request) -> InboxItem:
     """Close the request (waiting or taken); a taken one only by its owner or an admin."""
     return _end(handoff_id, session, staff, request, HandoffOutcome.closed)
 
 
 @router.post("/api/handoffs/{handoff_id}/messages", response_model=AgentMessageOut, status_code=201)
 def reply(
-    handoff_id: int, body: AgentMessageRequest, session: SessionDep, staff: StaffDep, request: Request
+    handoff_id: RowId, body: AgentMessageRequest, session: SessionDep, staff: StaffDep, request: Request
 ) -> AgentMessageOut:
     """Send the customer a message (stored with role `agent` and the author), streamed to their widget."""
     message, draft = handoffs.agent_reply(session, handoff_id=handoff_id, actor=staff, text=body.text)

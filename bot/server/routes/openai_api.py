@@ -169,7 +169,15 @@ async def _prepend(first: str | Reply, rest: AsyncIterator[str | Reply]) -> Asyn
         yield item
 
 
-@router.post("/chat/completions")
+@router.post(
+    "/chat/completions",
+    responses={
+        200: {
+            "description": "the completion (JSON), or with `stream: true` its chunks as server-sent events",
+            "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def chat_completions(body: CompletionRequest, chat: ChatDep, request: Request):
     version = _version(body.model, chat.adapters.active_version)
     stream = _stream_for(body, chat, version, client_address(request))

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field, field_validator
 from sqlmodel import select
 
-from bot.server.deps import AdminDep, SessionDep
+from bot.server.deps import AdminDep, RowId, SessionDep
 from feedback import rounds
 from feedback.methods import parse_methods
 from feedback.models import Adapter, TrainingRun
@@ -63,7 +63,7 @@ def training_runs(
 
 
 @router.get("/train/{run_id}", response_model=TrainStatus)
-def training_status(run_id: int, session: SessionDep, _admin: AdminDep) -> TrainStatus:
+def training_status(run_id: RowId, session: SessionDep, _admin: AdminDep) -> TrainStatus:
     return _status(session, rounds.get_run(session, run_id=run_id))
 
 

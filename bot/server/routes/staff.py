@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from bot.server.deps import AdminDep, SessionDep, StaffDep
+from bot.server.deps import MAX_ROW_ID, AdminDep, RowId, SessionDep, StaffDep, StoredInt
 from bot.server.protocol import FeedbackState, HandoffResponse, Source
 from feedback import repo
 from feedback.models import CorrectionStatus, Reason, Role, StaffRole
@@ -35,6 +35,7 @@ class CorrectionRequest(BaseModel):
     based_on: int | None = Field(
         None,
         ge=0,
+        le=MAX_ROW_ID,
         description="the newest correction of this answer the editor saw (0: "
         "none); if another was added since, nothing is saved (409)",
     )
@@ -42,12 +43,12 @@ class CorrectionRequest(BaseModel):
 
 class CorrectionEdit(BaseModel):
     text: Text
-    revision: int  # the revision the edit started from (stale edits are refused with 409)
+    revision: StoredInt  # the revision the edit started from (stale edits are refused with 409)
     approve: bool = False  # approve the edited text in the same write
 
 
 class ReviewRequest(BaseModel):
-    revision: int | None = None
+    revision: StoredInt | None = None
 
 
 class CorrectionOut(BaseModel):
@@ -175,7 +176,7 @@ def queue(
     session: SessionDep,
     _staff: StaffDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
     reason: Reason | None = None,
     version: str | None = None,
     since: datetime | None = None,
@@ -245,7 +246,7 @@ def corrections(
 
 
 @router.patch("/corrections/{correction_id}", response_model=CorrectionOut)
-def edit(correction_id: int, body: CorrectionEdit, session: SessionDep, staff: StaffDep) -> CorrectionOut:
+def edit(correction_id: RowId, body: CorrectionEdit, session: SessionDep, staff: StaffDep) -> CorrectionOut:
     return CorrectionOut.model_validate(
         repo.edit_correction(
             session,
@@ -260,7 +261,7 @@ def edit(correction_id: int, body: CorrectionEdit, session: SessionDep, staff: S
 
 @router.post("/corrections/{correction_id}/approve", response_model=CorrectionOut)
 def approve(
-    correction_id: int, session: SessionDep, staff: StaffDep, body: ReviewRequest | None = None
+    correction_id: RowId, session: SessionDep, staff: StaffDep, body: ReviewRequest | None = None
 ) -> CorrectionOut:
     return CorrectionOut.model_validate(
         repo.review_correction(
@@ -271,7 +272,7 @@ def approve(
 
 @router.post("/corrections/{correction_id}/reject", response_model=CorrectionOut)
 def reject(
-    correction_id: int, session: SessionDep, staff: StaffDep, body: ReviewRequest | None = None
+    correction_id: RowId, session: SessionDep, staff: StaffDep, body: ReviewRequest | None = None
 ) -> CorrectionOut:
     return CorrectionOut.model_validate(
         repo.review_correction(
@@ -295,7 +296,7 @@ def staff_create(body: StaffCreate, session: SessionDep, admin: AdminDep) -> Sta
 
 
 @router.patch("/staff/{staff_id}", response_model=StaffOut)
-def staff_update(staff_id: int, body: StaffUpdate, session: SessionDep, admin: AdminDep) -> StaffOut:
+def staff_update(staff_id: RowId, body: StaffUpdate, session: SessionDep, admin: AdminDep) -> StaffOut:
     return StaffOut.model_validate(
         repo.update_staff(session, staff_id=staff_id, actor=admin, role=body.role, disabled=body.disabled)
     )
@@ -306,7 +307,7 @@ def audit(
     session: SessionDep,
     _admin: AdminDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
 ) -> list[ActionOut]:
     return [
         ActionOut(

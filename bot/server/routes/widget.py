@@ -18,7 +18,14 @@ def _widget() -> tuple[bytes, str]:
     return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
-@router.get("/widget.js")
+@router.get(
+    "/widget.js",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/javascript": {"schema": {"type": "string"}}}, "description": "the widget's script"},
+        304: {"description": "unchanged since the ETag the browser sent"},
+    },
+)
 def widget(request: Request) -> Response:
     """The embeddable widget: cached for an hour by browsers and CDNs, revalidated by its ETag (CORS
     for the allowed origins comes from the app's middleware)."""
