@@ -174,7 +174,7 @@ async def _prepend(first: str | Reply, rest: AsyncIterator[str | Reply]) -> Asyn
     responses={
         200: {
             "description": "the completion (JSON), or with `stream: true` its chunks as server-sent events",
-            "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"application/json": {}, "text/event-stream": {}},
         }
     },
 )
