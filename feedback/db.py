@@ -6,17 +6,21 @@ The schema is made and kept current by the Alembic migrations in `feedback.migra
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Session, create_engine
 
 from feedback import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+log = logging.getLogger(__name__)
 
 
 def sqlite_url(path: Path) -> str:
@@ -70,3 +74,22 @@ def open_store(url: str) -> Store:
     store = Store(url)
     store.migrate()
     return store
+
+
+async def notifications(url: str, channel: str, what: str, retry_seconds: float = 5.0) -> AsyncIterator[str | None]:
+    """PostgreSQL NOTIFY payloads on `channel` of the store at `url`, for ever: `None` each time listening
+    starts (notifications sent while not listening are lost: catch up then), then each payload. After a
+    lost connection it logs that `what` is lost and reconnects. Close it with `contextlib.aclosing`."""
+    import psycopg
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                await conn.execute(f"LISTEN {channel}")
+                yield None
+                async for note in conn.notifies():
+                    yield note.payload
+        except (psycopg.Error, OSError) as exc:
+            log.warning("%s lost (%s); reconnecting", what, exc)
+            await asyncio.sleep(retry_seconds)

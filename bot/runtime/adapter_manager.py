@@ -25,7 +25,7 @@ from typing import TypeVar
 from bot.runtime.bridge import GenerationBridge
 from bot.runtime.types import AdapterError
 from feedback import canary, repo, versions
-from feedback.db import Store
+from feedback.db import Store, notifications
 from feedback.registry import BASE_VERSION
 from feedback.versions import CanaryTarget, ServingState, Target
 
@@ -242,18 +242,8 @@ class AdapterManager:
 
 async def listen(url: str, wake: asyncio.Event, retry_seconds: float = 5.0) -> None:
     """Set `wake` whenever the store announces a change of active version (PostgreSQL NOTIFY on
-    `repo.ADAPTER_CHANNEL`); reconnects after a lost connection (polling covers the gap)."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-    while True:
-        try:
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-                await conn.execute(f"LISTEN {repo.ADAPTER_CHANNEL}")
-                wake.set()  # catch up on anything missed while not listening
-                async for _ in conn.notifies():
-                    wake.set()
-        except (psycopg.Error, OSError) as exc:
-            log.warning("adapter change notifications lost (%s); polling until reconnected", exc)
-            await asyncio.sleep(retry_seconds)
+    `repo.ADAPTER_CHANNEL`), and on (re)connecting, to catch up (polling covers the gaps)."""
+    what = "adapter change notifications (polling until reconnected)"
+    async with contextlib.aclosing(notifications(url, repo.ADAPTER_CHANNEL, what, retry_seconds)) as notes:
+        async for _ in notes:
+            wake.set()

@@ -23,12 +23,12 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from sqlalchemy import text as sql
 
-from feedback.db import Store
+from feedback.db import Store, notifications
 from feedback.models import Message
 
 log = logging.getLogger(__name__)
@@ -87,10 +87,10 @@ class LiveBus:
     def shared(self) -> bool:
         return self.store is not None and self.store.engine.dialect.name == "postgresql"
 
-    async def start(self, on_connected: Callable[[], None] | None = None) -> None:
+    async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self.shared:
-            self._listener = asyncio.create_task(self._listen(on_connected))
+            self._listener = asyncio.create_task(self._listen())
             self._heartbeat = asyncio.create_task(self._announce_presence())
 
     async def stop(self) -> None:
@@ -106,7 +106,10 @@ class LiveBus:
         """A console socket opened (+1) or closed (-1) here; the other replicas hear of it."""
         self.consoles += change
         if self.shared:
-            await asyncio.to_thread(self._notify, PRESENCE_TOPIC, {"type": "presence", "count": self.consoles})
+            await asyncio.to_thread(self._announce)
+
+    def _announce(self) -> None:
+        self._notify(PRESENCE_TOPIC, {"type": "presence", "count": self.consoles})
 
     def consoles_online(self) -> int:
         fresh = time.monotonic() - 3 * PRESENCE_SECONDS
@@ -114,15 +117,14 @@ class LiveBus:
 
     async def _announce_presence(self) -> None:
         while True:
-            await asyncio.to_thread(self._notify, PRESENCE_TOPIC, {"type": "presence", "count": self.consoles})
+            await asyncio.to_thread(self._announce)
             await asyncio.sleep(PRESENCE_SECONDS)
 
     def _heard_presence(self, origin: str, count: int) -> None:
         new = origin not in self._remote_consoles
         self._remote_consoles[origin] = (count, time.monotonic())
         if new and self.consoles and self._loop is not None:  # a replica that just started: tell it ours now
-            event = {"type": "presence", "count": self.consoles}
-            task = self._loop.create_task(asyncio.to_thread(self._notify, PRESENCE_TOPIC, event))
+            task = self._loop.create_task(asyncio.to_thread(self._announce))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -136,9 +138,6 @@ class LiveBus:
         finally:
             for topic in list(subscription.topics):
                 subscription.discard(topic)
-
-    def listeners(self, topic: str) -> int:
-        return len(self._subscribers.get(topic, ()))
 
     def publish(self, topic: str, event: dict[str, Any]) -> None:
         """Deliver here at once, and to the other replicas (blocking: call it off the loop, or through
@@ -182,22 +181,13 @@ class LiveBus:
         except Exception:  # the other replicas miss it; the store has the messages
             log.warning("live event not sent to the other servers", exc_info=True)
 
-    async def _listen(self, on_connected: Callable[[], None] | None, retry_seconds: float = 2.0) -> None:
-        import psycopg
-
+    async def _listen(self) -> None:
         assert self.store is not None
-        dsn = self.store.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    if on_connected is not None:
-                        on_connected()
-                    async for note in conn.notifies():
-                        await self._received(note.payload)
-            except (psycopg.Error, OSError) as exc:
-                log.warning("live events from other servers lost (%s); reconnecting", exc)
-                await asyncio.sleep(retry_seconds)
+        url = self.store.engine.url.render_as_string(hide_password=False)
+        async with contextlib.aclosing(notifications(url, CHANNEL, "live events from other servers")) as notes:
+            async for payload in notes:
+                if payload is not None:
+                    await self._received(payload)
 
     async def _received(self, payload: str) -> None:
         try:
