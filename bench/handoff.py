@@ -34,6 +34,7 @@ TARGET_MS = 200
 class Conversation:
     number: int = 0  # the customer's
     session_id: str = ""
+    secret: str = ""  # the session's, for the customer's own calls
     handoff_id: int = 0
     sent_by_agent: list[str] = field(default_factory=list)
     seen_by_customer: list[str] = field(default_factory=list)
@@ -41,6 +42,10 @@ class Conversation:
     seen_by_agent: list[str] = field(default_factory=list)
     agent_to_customer_ms: list[float] = field(default_factory=list)
     customer_to_agent_ms: list[float] = field(default_factory=list)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-Session-Token": self.secret}
 
 
 class Customer:
@@ -52,12 +57,15 @@ class Customer:
     async def run(self, ready: asyncio.Event, sent_at: dict[str, float], rounds: int) -> None:
         async with websockets.connect(self.url.replace("http", "ws") + "/ws/chat", max_size=None) as ws:
             await ws.send(json.dumps({"type": "hello", "protocol": 2}))
-            self.talk.session_id = json.loads(await ws.recv())["session_id"]
+            session = json.loads(await ws.recv())
+            self.talk.session_id, self.talk.secret = session["session_id"], session["session_token"]
             await ws.send(json.dumps({"type": "user_message", "text": f"Customer {self.number}: can I bring a dog?"}))
             while json.loads(await ws.recv())["type"] not in ("done", "error"):
                 pass
             async with httpx.AsyncClient(timeout=30) as client:
-                asked = await client.post(f"{self.url}/api/sessions/{self.talk.session_id}/handoff", json={})
+                asked = await client.post(
+                    f"{self.url}/api/sessions/{self.talk.session_id}/handoff", json={}, headers=self.talk.headers
+                )
                 self.talk.handoff_id = asked.json()["id"]
             ready.set()
             await self._converse(ws, sent_at, rounds)
@@ -158,16 +166,16 @@ async def session(customer_url: str, agent_url: str, tokens: list[str], customer
     await asyncio.gather(*(a.run(sent_at, rounds, remaining) for a in agents))
     await asyncio.gather(*tasks)
     seconds = time.perf_counter() - started
-    stored = await _stored(customer_url, list(conversations))
+    stored = await _stored(customer_url, list(conversations.values()))
     return _report(list(conversations.values()), stored, [a.handled for a in agents], seconds)
 
 
-async def _stored(url: str, session_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+async def _stored(url: str, talks: list[Conversation]) -> dict[str, list[tuple[str, str]]]:
     async with httpx.AsyncClient(timeout=30) as client:
         found = {}
-        for session_id in session_ids:
-            messages = (await client.get(f"{url}/api/sessions/{session_id}")).json()["messages"]
-            found[session_id] = [(m["role"], m["text"]) for m in messages]
+        for talk in talks:
+            messages = (await client.get(f"{url}/api/sessions/{talk.session_id}", headers=talk.headers)).json()
+            found[talk.session_id] = [(m["role"], m["text"]) for m in messages["messages"]]
         return found
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import create_engine, insert, select
 
 from feedback.db import open_store
 from feedback.models import Conversation, Feedback, Message, Reason, Role
+from feedback.tokens import hash_token
 
 REASONS = [reason.value for reason in Reason]
 
@@ -34,12 +35,15 @@ def database(kind: str, folder: Path) -> str:
 
 
 def seed(url: str, answers: int) -> list[str]:
-    """`answers` conversations of one question and one answer; returns the answers' ids."""
+    """`answers` conversations of one question and one answer; returns the answers' ids. Each session's
+    secret is `secret(answer id)`, as a customer's widget would hold it."""
     store = open_store(url)
-    conversations = [{"id": uuid.uuid4().hex, "system_prompt": "Be brief."} for _ in range(answers)]
-    messages, ids = [], []
-    for conversation in conversations:
-        ids.append(uuid.uuid4().hex)
+    ids = [uuid.uuid4().hex for _ in range(answers)]
+    conversations = [
+        {"id": uuid.uuid4().hex, "system_prompt": "Be brief.", "token_hash": hash_token(secret(i))} for i in ids
+    ]
+    messages = []
+    for conversation, answer in zip(conversations, ids, strict=True):
         messages += [
             {
                 "id": uuid.uuid4().hex,
@@ -47,9 +51,10 @@ def seed(url: str, answers: int) -> list[str]:
                 "seq": 0,
                 "role": Role.user,
                 "text": "When is check-in?",
+                "adapter_version": None,  # every row names the same columns (an executemany takes the first's)
             },
             {
-                "id": ids[-1],
+                "id": answer,
                 "conversation_id": conversation["id"],
                 "seq": 1,
                 "role": Role.assistant,
@@ -71,6 +76,10 @@ def start_server(url: str, data_dir: str) -> tuple[subprocess.Popen, int]:
     return proc, int(base.rsplit(":", 1)[1])
 
 
+def secret(message_id: str) -> str:
+    return f"bench-secret-{message_id}"
+
+
 def vote_body(i: int) -> dict:
     return {"thumb": "down", "reason": REASONS[i % 5]} if i % 3 == 0 else {"thumb": "up"}
 
@@ -85,6 +94,7 @@ async def client(port: int, message_ids: list[str], deadline: float, sent: dict,
             body = json.dumps(vote_body(i)).encode()
             writer.write(
                 f"POST /api/messages/{message_id}/feedback HTTP/1.1\r\nHost: bench\r\n"
+                f"X-Session-Token: {secret(message_id)}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )

@@ -75,6 +75,12 @@ class AdapterStatus(str, enum.Enum):
 class Conversation(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)
     system_prompt: str = ""
+    token_hash: str | None = Field(
+        default=None,
+        max_length=64,
+        description="SHA-256 of the session's secret, which its customer shows to read, vote or resume (None: "
+        "no customer may: made before secrets existed, or by a tool)",
+    )
     created_at: datetime = Field(default_factory=utcnow)
 
 

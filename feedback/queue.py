@@ -181,13 +181,18 @@ def conversation_review(session: Session, *, conversation_id: str) -> Conversati
         feedback_by_message(session, conversation_id=conversation_id),
         corrections,
         handoffs,
-        staff_names(session, flat, handoffs),
+        staff_names(session, flat, handoffs, [m.staff_id for m in messages if m.staff_id]),
     )
 
 
-def staff_names(session: Session, corrections: list[Correction], handoffs: Sequence[Handoff] = ()) -> dict[int, str]:
-    """Names of the staff who wrote or reviewed `corrections` or closed `handoffs`."""
-    ids = {i for c in corrections for i in (c.staff_id, c.reviewed_by) if i} | {
-        h.closed_by for h in handoffs if h.closed_by
-    }
+def staff_names(
+    session: Session, corrections: list[Correction], handoffs: Sequence[Handoff] = (), authors: Sequence[int] = ()
+) -> dict[int, str]:
+    """Names of the staff who wrote or reviewed `corrections`, closed `handoffs`, or are `authors` (of
+    agent messages)."""
+    ids = (
+        {i for c in corrections for i in (c.staff_id, c.reviewed_by) if i}
+        | {h.closed_by for h in handoffs if h.closed_by}
+        | set(authors)
+    )
     return staff_names_by_id(session, ids=list(ids))

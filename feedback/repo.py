@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Insert, text, update
@@ -31,7 +32,7 @@ from feedback.models import (
     utcnow,
 )
 from feedback.registry import BASE_VERSION
-from feedback.tokens import hash_token, new_token
+from feedback.tokens import hash_token, new_session_token, new_token, token_matches
 
 ADAPTER_CHANNEL = "supportloop_adapters"  # PostgreSQL NOTIFY channel: what servers serve changed
 
@@ -55,8 +56,38 @@ def new_id() -> str:
 # conversations and messages -------------------------------------------------------------------
 
 
+def new_conversation(session: Session, *, system_prompt: str) -> tuple[Conversation, str]:
+    """A new conversation and its customer's secret (returned this once; the store keeps its digest)."""
+    token = new_session_token()
+    conversation = Conversation(id=new_id(), system_prompt=system_prompt, token_hash=hash_token(token))
+    session.add(conversation)
+    session.commit()
+    return conversation, token
+
+
+def customer_conversation(session: Session, *, conversation_id: str, token: str | None) -> Conversation:
+    """The conversation `conversation_id` if `token` is its secret; NotFound otherwise (an unknown id and
+    a wrong secret look the same, so that a guess tells nothing)."""
+    found = session.get(Conversation, conversation_id)
+    if found is None or not token_matches(token, found.token_hash):
+        raise NotFound(f"no session with id {conversation_id!r} and this session token")
+    return found
+
+
+def open_conversation(
+    session: Session, *, conversation_id: str | None, token: str | None, system_prompt: str
+) -> tuple[Conversation, str | None]:
+    """The customer's conversation to resume (and None), or a new one with its secret when the id is
+    absent, unknown or the secret is not its own (ids are made by the server, never adopted)."""
+    if conversation_id:
+        with contextlib.suppress(NotFound):
+            return customer_conversation(session, conversation_id=conversation_id, token=token), None
+    return new_conversation(session, system_prompt=system_prompt)
+
+
 def get_or_create_conversation(session: Session, *, conversation_id: str | None, system_prompt: str) -> Conversation:
-    """The conversation `conversation_id`, or a new one (also when that id is unknown)."""
+    """The conversation `conversation_id`, or a new one (also when that id is unknown) that no customer can
+    reach (no secret: for tools and imports; customers' sessions come from `open_conversation`)."""
     if conversation_id:
         found = session.get(Conversation, conversation_id)
         if found is not None:
@@ -167,6 +198,7 @@ class Vote:
     thumb: Thumb
     reason: Reason | None = None
     comment: str | None = None
+    session_token: str | None = field(default=None, repr=False)  # a customer's vote: their session's secret
 
 
 def set_feedback(
@@ -185,12 +217,12 @@ def record_votes(session: Session, votes: list[Vote]) -> list[Vote | Exception]:
     number of connections or replicas never duplicate a vote); commits. Returns, per vote, the vote
     as stored or the exception that refused it (NotFound, Invalid); refused votes do not stop the others."""
     found = session.exec(
-        select(Message.id, col(Message.role), col(Message.adapter_version)).where(
-            col(Message.id).in_({v.message_id for v in votes})
-        )
+        select(Message.id, col(Message.role), col(Message.adapter_version), col(Conversation.token_hash))
+        .join(Conversation, col(Conversation.id) == Message.conversation_id)
+        .where(col(Message.id).in_({v.message_id for v in votes}))
     ).all()
-    authors = {message_id: (role, version) for message_id, role, version in found}
-    outcomes = [_vote_problem(vote, *authors.get(vote.message_id, (None, None))) or vote for vote in votes]
+    answers = {message_id: (role, version, digest) for message_id, role, version, digest in found}
+    outcomes = [_vote_problem(vote, *answers.get(vote.message_id, (None, None, None))) or vote for vote in votes]
     now = utcnow()
     rows = {
         v.message_id: {
@@ -210,12 +242,13 @@ def record_votes(session: Session, votes: list[Vote]) -> list[Vote | Exception]:
     return outcomes
 
 
-def _vote_problem(vote: Vote, role: Role | None, version: str | None) -> Exception | None:
+def _vote_problem(vote: Vote, role: Role | None, version: str | None, digest: str | None) -> Exception | None:
     """Votes go on answers the model wrote (they stamp a version), never on text a client wrote: a
     conversation sent to the OpenAI API may carry `assistant` turns of the client's own, and a thumbs-up
-    on one would put that text into the SFT data."""
-    if role is None:
-        return NotFound(f"no message with id {vote.message_id!r}")
+    on one would put that text into the SFT data. A customer votes only in their own session (its secret):
+    another session's answer looks like no answer at all."""
+    if role is None or (vote.session_token is not None and not token_matches(vote.session_token, digest)):
+        return NotFound(f"no message with id {vote.message_id!r} in this session")
     if role != Role.assistant:
         return Invalid("votes go on the bot's answers, not on customer or staff messages")
     if version is None:

@@ -160,8 +160,21 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
     get strings() { return { ...STRINGS, ...this.#strings }; }
     set strings(value) { this.#strings = { ...value }; if (this.#ui.log) this.#render(); }
     get server() { return (this.getAttribute("server") || location.origin).replace(/\/+$/, ""); }
-    get sessionId() { return sessionStorage.getItem(STORE + this.server); }
-    set sessionId(id) { sessionStorage.setItem(STORE + this.server, id); }
+    // The session's id and secret (the secret comes once, with a new session; reading the transcript,
+    // voting, asking for a person and resuming need it). Kept for this tab, per server.
+    get #saved() {
+      try {
+        const saved = JSON.parse(sessionStorage.getItem(STORE + this.server));
+        return saved && typeof saved === "object" ? saved : {};
+      } catch { return {}; }
+    }
+    get sessionId() { return this.#saved.id || null; }
+    #keep(id, token) { sessionStorage.setItem(STORE + this.server, JSON.stringify({ id, token })); }
+    #headers(json = true) {
+      const headers = { "X-Session-Token": this.#saved.token || "" };
+      if (json) headers["Content-Type"] = "application/json";
+      return headers;
+    }
 
     connectedCallback() {
       if (!this.#ui.log) this.#render();
@@ -252,7 +265,9 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
       if (!this.#live) return;
       const ws = new WebSocket(this.server.replace(/^http/, "ws") + "/ws/chat");
       this.#ws = ws;
-      ws.onopen = () => ws.send(JSON.stringify({ type: "hello", protocol: 2, session_id: this.sessionId || null }));
+      ws.onopen = () => ws.send(JSON.stringify({
+        type: "hello", protocol: 2, session_id: this.sessionId, session_token: this.#saved.token || null,
+      }));
       ws.onmessage = (e) => this.#frame(e.data);
       ws.onclose = () => {
         if (this.#ws !== ws) return;
@@ -283,7 +298,8 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
 
     #session(frame) {
       if (typeof frame.session_id !== "string") return this.#warn("ignored a session frame without an id");
-      this.sessionId = frame.session_id;
+      if (typeof frame.session_token === "string") this.#keep(frame.session_id, frame.session_token);
+      else if (frame.session_id !== this.sessionId) this.#keep(frame.session_id, null);  // a server without secrets
       this.#ready = true;
       this.#retries = 0;
       this.#setState("online");
@@ -350,7 +366,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
         e.preventDefault();
         try {
           const reply = await fetch(`${this.server}/api/sessions/${encodeURIComponent(this.sessionId)}/contact`, {
-            method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ email: input.value.trim() }),
+            method: "POST", headers: this.#headers(), body: JSON.stringify({ email: input.value.trim() }),
           });
           if (!reply.ok) throw new Error(this.strings.failed);
           form.replaceWith(el("div", { class: "note", role: "status", text: this.#fill("emailDone", (await reply.json()).email) }));
@@ -460,7 +476,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
     async #restore(id) {
       if (this.#ui.log.childElementCount) return;
       try {
-        const reply = await fetch(`${this.server}/api/sessions/${encodeURIComponent(id)}`);
+        const reply = await fetch(`${this.server}/api/sessions/${encodeURIComponent(id)}`, { headers: this.#headers(false) });
         if (!reply.ok) return;
         for (const m of (await reply.json()).messages || []) {
           if (m.role === "agent") { this.#personBubble(String(m.text || ""), m.author); continue; }
@@ -510,7 +526,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
       other?.setAttribute("aria-pressed", "false");
       try {
         const reply = await fetch(`${this.server}/api/messages/${encodeURIComponent(messageId)}/feedback`, {
-          method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+          method: "POST", headers: this.#headers(), body: JSON.stringify(body),
         });
         if (!reply.ok) throw new Error((await reply.json()).detail || reply.statusText);
         this.#emit("feedback", { messageId, ...body });
@@ -526,7 +542,7 @@ form button{background:var(--a);color:#fff;border-radius:10px;padding:0 14px}
       if (!id) return this.#note(this.strings.failed);
       try {
         const reply = await fetch(`${this.server}/api/sessions/${encodeURIComponent(id)}/handoff`, {
-          method: "POST", headers: { "Content-Type": "application/json" }, body: "{}",
+          method: "POST", headers: this.#headers(), body: "{}",
         });
         if (!reply.ok) return this.#note(this.strings.failed);
         const asked = await reply.json();

@@ -28,6 +28,7 @@ from bot.runtime.interface import (
 )
 from bot.server.body_limit import BodyLimit
 from bot.server.chat_service import ChatService
+from bot.server.deps import SESSION_TOKEN_HEADER
 from bot.server.errors import HANDLED, error_reply
 from bot.server.limits import ClientLimits
 from bot.server.live import LiveBus
@@ -184,7 +185,7 @@ def create_app(
         CORSMiddleware,
         allow_origins=settings.allowed_origins,
         allow_methods=["GET", "POST", "PATCH"],
-        allow_headers=["Authorization", "Content-Type"],
+        allow_headers=["Authorization", "Content-Type", SESSION_TOKEN_HEADER],
     )
     for module in (health, widget, chat, votes, handoffs, staff, rounds, versions, knowledge, openai_api, console):
         app.include_router(module.router)

@@ -8,7 +8,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from bot.runtime.interface import (
@@ -54,6 +54,13 @@ class Reply:
     total_ms: float
     finish_reason: str = "stop"
     sources: tuple[dict[str, str], ...] = ()  # the passages that grounded the answer: title, url, kind
+    session_token: str | None = None  # the OpenAI API's: the new session's secret (votes need it)
+
+
+@dataclass(frozen=True)
+class Opened:
+    session_id: str
+    token: str | None  # a new session's secret, given to its customer this once (None: resumed)
 
 
 @dataclass(frozen=True)
@@ -156,16 +163,17 @@ class ChatService:
         except LimitExceeded as exc:
             raise self._refuse(api, exc.code, exc.message, 429) from exc
 
-    def _open(self, session_id: str | None) -> str:
+    def _open(self, session_id: str | None, token: str | None) -> Opened:
         with self.store.session() as session:
-            return repo.get_or_create_conversation(
-                session, conversation_id=session_id, system_prompt=self.settings.system_prompt
-            ).id
+            conversation, new_token = repo.open_conversation(
+                session, conversation_id=session_id, token=token, system_prompt=self.settings.system_prompt
+            )
+        return Opened(conversation.id, new_token)
 
-    async def open_session(self, session_id: str | None) -> str:
-        """The id of the session to resume, or of a new one when `session_id` is absent or unknown
-        (an unknown id is never adopted: ids are made by the server)."""
-        return await asyncio.to_thread(self._open, session_id)
+    async def open_session(self, session_id: str | None, token: str | None) -> Opened:
+        """The session to resume when `token` is its secret, or a new one (with its secret) when
+        `session_id` is absent, unknown or not the token's: ids are made by the server, never adopted."""
+        return await asyncio.to_thread(self._open, session_id, token)
 
     def _record_user(self, session_id: str, text: str) -> _Recorded:
         """Store the customer's message; with the conversation so far, and who has it if a person does."""
@@ -251,7 +259,7 @@ class ChatService:
         new session so that feedback can refer to the answer."""
         self.admit(client, "openai")
         started = time.perf_counter()
-        session_id, user_message_id, context = await asyncio.to_thread(self._record_conversation, messages)
+        session_id, token, user_message_id, context = await asyncio.to_thread(self._record_conversation, messages)
         grounding = await self._ground(context)
         request = GenerationRequest(
             context,
@@ -265,19 +273,19 @@ class ChatService:
             self._generate(session_id, user_message_id, request, started, "openai", grounding)
         ) as stream:
             async for item in stream:
-                yield item
+                yield replace(item, session_token=token) if isinstance(item, Reply) else item
 
-    def _record_conversation(self, messages: list[dict]) -> tuple[str, str, list[dict]]:
+    def _record_conversation(self, messages: list[dict]) -> tuple[str, str, str, list[dict]]:
         system = next((m["content"] for m in messages if m["role"] == "system"), self.settings.system_prompt)
         turns = [m for m in messages if m["role"] != "system"]
         with self.store.session() as session:
-            conversation = repo.get_or_create_conversation(session, conversation_id=None, system_prompt=system)
+            conversation, token = repo.new_conversation(session, system_prompt=system)
             stored = [
                 repo.add_message(session, conversation_id=conversation.id, role=Role(m["role"]), text=m["content"])
                 for m in turns
             ]
         context = [{"role": "system", "content": system}] if system else []
-        return conversation.id, stored[-1].id, context + turns
+        return conversation.id, token, stored[-1].id, context + turns
 
     async def _generate(
         self,

@@ -1,4 +1,9 @@
-"""`Annotated` dependencies: the store session, the chat service, the authenticated staff member.
+"""`Annotated` dependencies: the store session, the chat service, the customer's session secret, the
+authenticated staff member.
+
+Customers show their session's secret (given once, in the `session` frame or a REST reply) in
+`X-Session-Token` to read the transcript, vote, ask for a person or leave an email: session and message
+ids alone open nothing, since staff pages, logs and exports show them.
 
 Staff authenticate with `Authorization: Bearer <token>` (scripts, the CLI) or with the staff console's
 login cookie; a cookie-authenticated request that changes state must also carry the login's CSRF token
@@ -11,7 +16,7 @@ from collections.abc import Iterator
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Depends, Header, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field
 from sqlmodel import Session
@@ -47,6 +52,23 @@ MAX_ROW_ID = 2**63 - 1  # the databases' BIGINT: a larger number in a path is a 
 RowId = Annotated[int, Path(ge=0, le=MAX_ROW_ID, description="a row id")]
 StoredInt = Annotated[int, Field(ge=0, le=MAX_ROW_ID)]  # an id or revision in a request body
 ChatDep = Annotated[ChatService, Depends(get_chat)]
+SESSION_TOKEN_HEADER = "X-Session-Token"
+NO_SESSION_TOKEN = (
+    f"This needs the session's secret in {SESSION_TOKEN_HEADER} (given with the session id when it was started)."
+)
+SessionToken = Annotated[
+    str | None,
+    Header(alias=SESSION_TOKEN_HEADER, max_length=128, description="the customer's session secret"),
+]
+
+
+def require_session_token(token: SessionToken = None) -> str:
+    if not token:
+        raise HTTPException(401, NO_SESSION_TOKEN)
+    return token
+
+
+CustomerTokenDep = Annotated[str, Depends(require_session_token)]
 _bearer = HTTPBearer(auto_error=False)
 
 

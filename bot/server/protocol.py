@@ -21,6 +21,7 @@ class HelloFrame(BaseModel):
     type: Literal["hello"]
     protocol: int = PROTOCOL_VERSION
     session_id: str | None = Field(None, max_length=64)
+    session_token: str | None = Field(None, max_length=128, description="the session's secret: needed to resume it")
 
 
 class UserMessageFrame(BaseModel):
@@ -51,6 +52,7 @@ class SessionFrame(BaseModel):
     session_id: str
     protocol: int = PROTOCOL_VERSION
     resumed: bool = False
+    session_token: str | None = None  # a new session's secret, sent this once: keep it with the id
 
 
 class TokenFrame(BaseModel):
@@ -140,6 +142,11 @@ class ChatRequest(BaseModel):
 
 class ChatResponse(BaseModel):
     session_id: str
+    session_token: str | None = Field(
+        None,
+        description="set when a new session was started: its secret, given this once; send it in X-Session-Token "
+        "to continue the session, read it, vote or ask for a person",
+    )
     message_id: str
     reply: str
     adapter_version: str

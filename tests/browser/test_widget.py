@@ -141,13 +141,15 @@ def test_the_widget_reconnects_after_a_server_restart_and_keeps_the_transcript(b
         _open(page)
         _ask(page, "first question")
         page.locator("support-chat .msg.assistant[data-message-id]").wait_for()
-        session = page.evaluate(f"() => sessionStorage.getItem('supportloop-session:{bot.url}')")
+        kept = page.evaluate(f"() => sessionStorage.getItem('supportloop-session:{bot.url}')")
+        session = json.loads(kept)["id"]
+        assert len(json.loads(kept)["token"]) >= 43  # the session's secret, kept with its id
     page.locator("support-chat .panel[data-state=offline]").wait_for()
     _ask(page, "asked while offline")  # queued until the server is back
     with LiveServer(create_app(settings, generator=FakeGenerator(), store=store), port=port):  # a new process's
         wait_until(lambda: _answers(page).count() == 2, timeout=40)
         assert page.locator("support-chat .msg.user").all_text_contents() == ["first question", "asked while offline"]
-        assert page.evaluate(f"() => sessionStorage.getItem('supportloop-session:http://127.0.0.1:{port}')") == session
+        assert page.evaluate(f"() => sessionStorage.getItem('supportloop-session:http://127.0.0.1:{port}')") == kept
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "widget-reconnected.png"))
     context.close()
@@ -158,6 +160,32 @@ def test_the_widget_reconnects_after_a_server_restart_and_keeps_the_transcript(b
             "first question",
             "asked while offline",
         ]
+
+
+def test_another_customer_s_session_id_in_the_widget_s_storage_opens_nothing(page, bot, fake, store):
+    fake.enqueue("Your order ships Monday.", "An answer for you.")
+    other = httpx.post(f"{bot.url}/api/chat", json={"message": "Where is my order 5531?"}).json()
+    key = f"supportloop-session:{bot.url}"
+    page.evaluate(  # another customer's id, without their secret (seen in a log or a shared link)
+        "([key, id]) => sessionStorage.setItem(key, JSON.stringify({ id, token: 'guess' }))",
+        [key, other["session_id"]],
+    )
+    page.reload()
+    _open(page)
+    _ask(page, "Hello")
+    page.locator("support-chat .msg.assistant[data-message-id]").wait_for()  # answered, whole
+    assert page.locator("support-chat .msg").all_text_contents()[-1].startswith("An answer for you.")
+    assert "5531" not in page.locator("support-chat .log").text_content()  # nothing of the other session
+    kept = json.loads(page.evaluate("(key) => sessionStorage.getItem(key)", key))
+    assert kept["id"] != other["session_id"] and kept["token"] != "guess"  # a session of its own, with its secret
+    down = page.locator("support-chat .votes button[aria-label='Not helpful']")
+    down.first.click()  # the widget votes with its own secret
+    wait_until(lambda: _votes(store) == 1)
+
+
+def _votes(store) -> int:
+    with store.session() as s:
+        return len(s.exec(select(Feedback)).all())
 
 
 def test_an_unreachable_server_shows_offline_without_flooding_the_console(browser):
@@ -282,7 +310,8 @@ def test_a_person_takes_over_chats_as_text_and_hands_back_to_the_bot(page, store
     assert httpx.post(f"{bot.url}/api/handoffs/{handoff['id']}/take", headers=staff).status_code == 200
     page.get_by_text("Bob <i> joined the conversation.").wait_for()
     _ask(page, "Hello?")
-    wait_until(lambda: len(httpx.get(f"{bot.url}/api/sessions/{handoff['session_id']}").json()["messages"]) == 3)
+    conversation = f"{bot.url}/api/conversations/{handoff['session_id']}"
+    wait_until(lambda: len(httpx.get(conversation, headers=staff).json()["messages"]) == 3)
     answered = len(fake.requests)
     hostile = '<img src=x onerror="window.pwned=1"> call us'
     sent = httpx.post(f"{bot.url}/api/handoffs/{handoff['id']}/messages", json={"text": hostile}, headers=staff)

@@ -23,9 +23,9 @@ def _schema_diff(engine) -> list:
 def test_upgrade_from_empty_matches_the_models(any_db_url):
     store = open_store(any_db_url)
     try:
-        assert migrate.current(store.engine) == migrate.head() == "0008"
+        assert migrate.current(store.engine) == migrate.head() == "0009"
         assert _schema_diff(store.engine) == []
-        assert migrate.upgrade(store.engine) == "0008"  # idempotent
+        assert migrate.upgrade(store.engine) == "0009"  # idempotent
     finally:
         store.dispose()
 
@@ -33,11 +33,11 @@ def test_upgrade_from_empty_matches_the_models(any_db_url):
 def test_downgrade_then_upgrade_round_trips(any_db_url):
     engine = make_engine(any_db_url)
     try:
-        assert migrate.upgrade(engine) == "0008"
+        assert migrate.upgrade(engine) == "0009"
         assert migrate.downgrade(engine, "0001") == "0001"
         assert "handoff" not in sa.inspect(engine).get_table_names()
         assert "trainlock" not in sa.inspect(engine).get_table_names()
-        assert migrate.upgrade(engine) == "0008"
+        assert migrate.upgrade(engine) == "0009"
         assert _schema_diff(engine) == []
     finally:
         engine.dispose()
@@ -89,7 +89,7 @@ def test_a_database_made_before_migrations_is_upgraded_keeping_its_data(any_db_u
             migrate.command.upgrade(migrate._config(connection), "0001")
             connection.execute(sa.text("DROP TABLE alembic_version"))  # as create_all left it
         _legacy_rows(engine)
-        assert migrate.upgrade(engine) == "0008"
+        assert migrate.upgrade(engine) == "0009"
         assert _schema_diff(engine) == []
         store = Store(any_db_url)
         with store.session() as s:

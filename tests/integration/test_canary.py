@@ -36,12 +36,13 @@ def _random_adapter(base, folder) -> None:
     (folder / "manifest.json").write_text(json.dumps({"base_model": {"id": base_model_id(base)}}))
 
 
-def _ask(url: str, session_id: str | None = None) -> dict:
-    reply = httpx.post(
-        f"{url}/api/chat", json={"message": "Can I park my car at the hotel?", "session_id": session_id}, timeout=120
-    )
+def _ask(url: str, session: dict | None = None) -> dict:
+    """An answer in `session` (an earlier answer of it), else in a new session; with the session's secret."""
+    body = {"message": "Can I park my car at the hotel?", "session_id": session and session["session_id"]}
+    secret = session["session_token"] if session else ""
+    reply = httpx.post(f"{url}/api/chat", json=body, headers={"X-Session-Token": secret}, timeout=120)
     assert reply.status_code == 200 and reply.json()["reply"], reply.text
-    return reply.json()
+    return {**reply.json(), "session_token": reply.json()["session_token"] or secret}
 
 
 def test_a_worse_canary_on_the_real_model_is_rolled_back(tmp_path):
@@ -82,10 +83,13 @@ def test_a_worse_canary_on_the_real_model_is_rolled_back(tmp_path):
             answers[answer["adapter_version"]].append(answer)
             assert len(answers["v1"]) + len(answers["base"]) < 150
         for version, given in answers.items():  # a session keeps its version
-            assert {_ask(server.url, a["session_id"])["adapter_version"] for a in given[:3]} == {version}
+            assert {_ask(server.url, a)["adapter_version"] for a in given[:3]} == {version}
         for version, thumb in (("v1", "down"), ("base", "up")):
             for answer in answers[version][:20]:
-                vote = httpx.post(f"{server.url}/api/messages/{answer['message_id']}/feedback", json={"thumb": thumb})
+                mine = {"X-Session-Token": answer["session_token"]}
+                vote = httpx.post(
+                    f"{server.url}/api/messages/{answer['message_id']}/feedback", json={"thumb": thumb}, headers=mine
+                )
                 assert vote.status_code == 200, vote.text
         wait_until(
             lambda: httpx.get(f"{server.url}/api/admin/adapters", headers=admin).json()["canary"] is None, timeout=30

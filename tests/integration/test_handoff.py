@@ -42,10 +42,11 @@ def test_a_person_takes_over_from_the_real_model_and_hands_back(tmp_path):
         console = connect(server.url.replace("http", "ws") + "/ws/staff", additional_headers=staff)
         customer = connect(server.url.replace("http", "ws") + "/ws/chat")
         customer.send(json.dumps({"type": "hello", "protocol": 2}))
-        session_id = _until(customer, "session")["session_id"]
+        session = _until(customer, "session")
+        session_id, mine = session["session_id"], {"X-Session-Token": session["session_token"]}
         customer.send(json.dumps({"type": "user_message", "text": "Can I bring my dog to the Acorn Guest House?"}))
         first = _until(customer, "done")
-        asked = httpx.post(f"{server.url}/api/sessions/{session_id}/handoff", json={}).json()
+        asked = httpx.post(f"{server.url}/api/sessions/{session_id}/handoff", json={}, headers=mine).json()
         assert asked["available"] is True and asked["message_id"] == first["message_id"]
 
         assert httpx.post(f"{server.url}/api/handoffs/{asked['id']}/take", headers=staff).status_code == 200
@@ -68,7 +69,7 @@ def test_a_person_takes_over_from_the_real_model_and_hands_back(tmp_path):
         print("after hand-back:", text)
         assert frame["type"] == "done" and text.strip() and frame["adapter_version"] == "base"
         assert frame["prompt_tokens"] > first["prompt_tokens"] + 20  # the whole conversation, the agent's turn too
-        transcript = httpx.get(f"{server.url}/api/sessions/{session_id}").json()["messages"]
+        transcript = httpx.get(f"{server.url}/api/sessions/{session_id}", headers=mine).json()["messages"]
         assert [m["role"] for m in transcript] == ["user", "assistant", "user", "agent", "user", "assistant"]
         customer.close()
         console.close()

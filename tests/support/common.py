@@ -64,3 +64,21 @@ def ask_over_websocket(ws_url: str, text: str) -> dict:
             frames.append(json.loads(ws.recv(timeout=300)))
     assert frames[0]["type"] == "session" and frames[-1]["type"] == "done", frames
     return {"text": "".join(f["text"] for f in frames if f["type"] == "token").strip(), **frames[-1]}
+
+
+def customer_headers(store, *, message_id: str | None = None, session_id: str | None = None) -> dict[str, str]:
+    """The `X-Session-Token` header of the customer whose session is `session_id` (or holds `message_id`),
+    for conversations a test put in the store itself: the session is given a known secret."""
+    from feedback import repo
+    from feedback.models import Conversation
+    from feedback.tokens import hash_token
+
+    with store.session() as session:
+        if session_id is None:
+            session_id = repo.get_message(session, message_id=message_id).conversation_id
+        conversation = session.get(Conversation, session_id)
+        token = f"test-secret-{session_id}"
+        conversation.token_hash = hash_token(token)
+        session.add(conversation)
+        session.commit()
+    return {"X-Session-Token": token}

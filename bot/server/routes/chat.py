@@ -16,7 +16,7 @@ from starlette.websockets import WebSocketState
 
 from bot.server.availability import availability
 from bot.server.chat_service import ChatError, ChatService, Forwarded, Reply
-from bot.server.deps import ChatDep, SessionDep, client_address
+from bot.server.deps import ChatDep, CustomerTokenDep, SessionDep, SessionToken, client_address
 from bot.server.limits import LimitExceeded
 from bot.server.live import conversation_topic
 from bot.server.protocol import (
@@ -50,20 +50,24 @@ router = APIRouter()
 
 
 @router.post("/api/chat", response_model=ChatResponse)
-async def chat(body: ChatRequest, chat: ChatDep, request: Request) -> ChatResponse:
+async def chat(body: ChatRequest, chat: ChatDep, request: Request, token: SessionToken = None) -> ChatResponse:
+    """Answer one message. Without `session_id` (or with one whose secret is not in X-Session-Token) a new
+    session is started: its id and secret come back, the secret this once."""
     try:
         chat.check_text(body.message, "rest")
-        session_id = await chat.open_session(body.session_id)
+        opened = await chat.open_session(body.session_id, token)
+        session_id = opened.session_id
         async with aclosing(chat.reply(session_id, body.message, client=client_address(request), api="rest")) as reply:
             async for item in reply:
                 if isinstance(item, Forwarded):
                     return ChatResponse(
-                        session_id=session_id, message_id=item.message_id, reply="", adapter_version="human",
-                        agent=item.agent,
+                        session_id=session_id, session_token=opened.token, message_id=item.message_id, reply="",
+                        adapter_version="human", agent=item.agent,
                     )  # fmt: skip
                 if isinstance(item, Reply):
                     return ChatResponse(
                         session_id=session_id,
+                        session_token=opened.token,
                         message_id=item.message_id,
                         reply=item.text,
                         adapter_version=item.adapter_version,
@@ -75,8 +79,10 @@ async def chat(body: ChatRequest, chat: ChatDep, request: Request) -> ChatRespon
 
 
 @router.get("/api/sessions/{session_id}", response_model=Transcript)
-def transcript(session_id: str, session: SessionDep) -> Transcript:
-    conversation = repo.get_conversation(session, conversation_id=session_id)
+def transcript(session_id: str, session: SessionDep, token: CustomerTokenDep) -> Transcript:
+    """The customer's own session, with the secret given when it started (staff read conversations at
+    `/api/conversations/{id}`)."""
+    conversation = repo.customer_conversation(session, conversation_id=session_id, token=token)
     votes = repo.feedback_by_message(session, conversation_id=session_id)
     history = repo.list_messages(session, conversation_id=session_id)
     sources = repo.sources_of(session, message_ids=[m.id for m in history if m.role == Role.assistant])
@@ -164,15 +170,22 @@ class _Connection:
                 f"this server speaks {', '.join(map(str, SUPPORTED_PROTOCOLS))}.",
             )
         self.protocol = frame.protocol
-        await self._announce(frame.session_id)
+        await self._announce(frame.session_id, frame.session_token)
 
-    async def _announce(self, wanted: str | None) -> None:
-        self.session_id = await self.chat.open_session(wanted)
-        resumed = wanted is not None and wanted == self.session_id
+    async def _announce(self, wanted: str | None, token: str | None = None) -> None:
+        opened = await self.chat.open_session(wanted, token)
+        self.session_id, resumed = opened.session_id, opened.token is None
         if wanted is not None and not resumed:
-            await self.error("unknown_session", "That session does not exist (or has expired); a new one was started.")
+            await self.error(
+                "unknown_session",
+                "That session does not exist, has expired or needs its session_token; a new one was started.",
+            )
         self.pump = asyncio.create_task(self._pump_live(self.session_id))
-        await self.send(SessionFrame(session_id=self.session_id, protocol=self.protocol, resumed=resumed))
+        await self.send(
+            SessionFrame(
+                session_id=self.session_id, protocol=self.protocol, resumed=resumed, session_token=opened.token
+            )
+        )
         if resumed and self.protocol >= 2:
             await self._send_handoff_state()
 

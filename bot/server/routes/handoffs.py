@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, Validatio
 from sqlmodel import Session
 
 from bot.server.availability import Availability, availability
-from bot.server.deps import LOGIN_COOKIE, RowId, SessionDep, StaffDep, same_origin
+from bot.server.deps import LOGIN_COOKIE, CustomerTokenDep, RowId, SessionDep, StaffDep, same_origin
 from bot.server.live import STAFF_TOPIC, LiveBus, conversation_topic
 from bot.server.protocol import HandoffRequest, HandoffResponse
 from feedback import handoffs, repo
@@ -117,9 +117,12 @@ def can_talk_to_a_person(request: Request) -> AvailabilityOut:
 
 
 @router.post("/api/sessions/{session_id}/handoff", response_model=HandoffResponse, status_code=201)
-def ask_for_human(session_id: str, body: HandoffRequest, session: SessionDep, request: Request) -> HandoffResponse:
+def ask_for_human(
+    session_id: str, body: HandoffRequest, session: SessionDep, request: Request, token: CustomerTokenDep
+) -> HandoffResponse:
     """The customer asks for a person: waiting in the inbox (asking again returns the same request).
     When nobody is available (`available` false, with the reason) the widget offers to leave an email."""
+    repo.customer_conversation(session, conversation_id=session_id, token=token)
     handoff = handoffs.request_handoff(session, conversation_id=session_id, note=body.note)
     found = _availability(request)
     reply = HandoffResponse.model_validate({**handoff.model_dump(), "position": handoffs.position(session, handoff),
@@ -131,9 +134,12 @@ def ask_for_human(session_id: str, body: HandoffRequest, session: SessionDep, re
 
 
 @router.post("/api/sessions/{session_id}/contact", response_model=ContactOut, status_code=201)
-def leave_email(session_id: str, body: ContactRequest, session: SessionDep, request: Request) -> ContactOut:
+def leave_email(
+    session_id: str, body: ContactRequest, session: SessionDep, request: Request, token: CustomerTokenDep
+) -> ContactOut:
     """Nobody was available: an email for staff to write back to, kept with the request (personal data:
     shown to staff in the inbox, never exported for training)."""
+    repo.customer_conversation(session, conversation_id=session_id, token=token)
     handoff = handoffs.leave_contact(session, conversation_id=session_id, email=body.email)
     _inbox_changed(_bus(request), handoff)
     return ContactOut(handoff_id=cast(int, handoff.id), email=body.email)

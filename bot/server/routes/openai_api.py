@@ -132,6 +132,7 @@ def _ids(reply: Reply) -> dict:
     return {
         "message_id": reply.message_id,
         "session_id": reply.session_id,
+        "session_token": reply.session_token,
         "adapter_version": reply.adapter_version,
         "sources": list(reply.sources),
     }

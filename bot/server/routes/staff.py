@@ -76,6 +76,7 @@ class QueueMessage(BaseModel):
     adapter_version: str | None
     created_at: datetime
     sources: list[Source] = Field([], description="what grounded an answer: knowledge-base pages, staff answers")
+    staff_id: int | None = Field(None, description="an agent message's author (their name is in `names`)")
 
     @classmethod
     def shown(cls, message, sources: dict[str, list]) -> QueueMessage:

@@ -1,5 +1,6 @@
-"""Customers' votes on answers (no auth: the ids are unguessable and only reach the customer who was
-served). Requests to talk to a human are in `routes/handoffs.py`.
+"""Customers' votes on answers: only in their own session, shown by its secret (`X-Session-Token`);
+another session's answer looks like no answer at all (404). Requests to talk to a human are in
+`routes/handoffs.py`.
 
 Votes are the hottest write path (every thumb from every widget). They are group-committed
 (`feedback.ingest`), and `VoteIngest` answers them before FastAPI's routing, which otherwise costs
@@ -15,6 +16,7 @@ import re
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
+from bot.server.deps import NO_SESSION_TOKEN, SESSION_TOKEN_HEADER, CustomerTokenDep
 from bot.server.errors import HANDLED, error_reply
 from bot.server.protocol import FeedbackRequest, FeedbackResponse
 from feedback import repo
@@ -23,19 +25,22 @@ router = APIRouter(prefix="/api")
 MAX_VOTE_BYTES = 1 << 20  # a vote's comment is at most 2,000 characters; larger bodies are refused
 
 
-async def store_vote(app, message_id: str, body: FeedbackRequest) -> FeedbackResponse:
-    """Store the vote (group commit); the reply comes once it is committed."""
-    stored = await app.state.votes.submit(repo.Vote(message_id, body.thumb, body.reason, body.comment))
+async def store_vote(app, message_id: str, body: FeedbackRequest, token: str) -> FeedbackResponse:
+    """Store the vote (group commit) if `token` is the secret of the answer's session; the reply comes
+    once it is committed."""
+    stored = await app.state.votes.submit(repo.Vote(message_id, body.thumb, body.reason, body.comment, token))
     return FeedbackResponse(
         message_id=stored.message_id, thumb=stored.thumb, reason=stored.reason, comment=stored.comment
     )
 
 
 @router.post("/messages/{message_id}/feedback", response_model=FeedbackResponse)
-async def give_feedback(message_id: str, body: FeedbackRequest, request: Request) -> FeedbackResponse:
-    """Thumbs up or down on an answer, with an optional reason (thumbs down) and comment; a later vote
-    on the same answer replaces the earlier one. (Served by `VoteIngest`.)"""
-    return await store_vote(request.app, message_id, body)
+async def give_feedback(
+    message_id: str, body: FeedbackRequest, request: Request, token: CustomerTokenDep
+) -> FeedbackResponse:
+    """Thumbs up or down on an answer of the customer's session, with an optional reason (thumbs down) and
+    comment; a later vote on the same answer replaces the earlier one. (Served by `VoteIngest`.)"""
+    return await store_vote(request.app, message_id, body, token)
 
 
 class VoteIngest:
@@ -62,16 +67,26 @@ class VoteIngest:
         raw = await _read_body(receive)
         if raw is None:
             return 413, {"detail": f"A vote is at most {MAX_VOTE_BYTES} bytes."}, {}
+        token = _header(scope, SESSION_TOKEN_HEADER.lower().encode())
+        if not token:
+            return 401, {"detail": NO_SESSION_TOKEN}, {}
+        if len(token) > 128:
+            return 422, {"detail": f"{SESSION_TOKEN_HEADER} is at most 128 characters."}, {}
         try:
             body = FeedbackRequest.model_validate_json(raw)
         except ValidationError as exc:  # the same shape as FastAPI's 422
             errors = exc.errors(include_url=False, include_context=False, include_input=False)
             return 422, {"detail": [{**e, "loc": ["body", *e["loc"]]} for e in errors]}, {}
         try:
-            reply = await store_vote(scope["app"], message_id, body)
+            reply = await store_vote(scope["app"], message_id, body, token)
         except HANDLED as exc:
             return error_reply(exc)
         return 200, reply.model_dump_json().encode(), {}
+
+
+def _header(scope, name: bytes) -> str | None:
+    value = next((v for k, v in scope.get("headers", []) if k == name), None)
+    return value.decode("latin-1") if value is not None else None
 
 
 async def _read_body(receive) -> bytes | None:

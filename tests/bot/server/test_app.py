@@ -69,10 +69,13 @@ def test_websocket_frame_sequence(client, fake):
 def test_hello_resumes_session_with_context(client, fake):
     fake.enqueue("First answer.", "Second answer.")
     with client.websocket_connect("/ws/chat") as ws:
-        session_id = _ask(ws, "First question")[0]["session_id"]
+        session = _ask(ws, "First question")[0]
+    session_id, secret = session["session_id"], session["session_token"]
     with client.websocket_connect("/ws/chat") as ws:
-        ws.send_text(json.dumps({"type": "hello", "protocol": 1, "session_id": session_id}))
-        assert ws.receive_json() == {"type": "session", "session_id": session_id, "protocol": 1, "resumed": True}
+        ws.send_text(json.dumps({"type": "hello", "protocol": 1, "session_id": session_id, "session_token": secret}))
+        assert ws.receive_json() == {
+            "type": "session", "session_id": session_id, "protocol": 1, "resumed": True, "session_token": None
+        }  # fmt: skip
         frames = _ask(ws, "Second question")
     assert frames[0]["type"] == "token"  # the session was announced once, by hello
     context = [(m["role"], m["content"]) for m in fake.requests[-1].messages]
@@ -112,11 +115,13 @@ def test_rest_chat_and_feedback(client, fake):
     fake.enqueue("Yes, pets are welcome.")
     reply = client.post("/api/chat", json={"message": "Can I bring my dog?"}).json()
     assert reply["reply"] == "Yes, pets are welcome." and reply["adapter_version"] == "base"
-    follow = client.post("/api/chat", json={"session_id": reply["session_id"], "message": "Thanks"}).json()
-    assert follow["session_id"] == reply["session_id"]
+    mine = {"X-Session-Token": reply["session_token"]}
+    follow = client.post("/api/chat", json={"session_id": reply["session_id"], "message": "Thanks"}, headers=mine)
+    assert follow.json()["session_id"] == reply["session_id"] and follow.json()["session_token"] is None
     vote = client.post(
         f"/api/messages/{reply['message_id']}/feedback",
         json={"thumb": "down", "reason": "wrong", "comment": "No pets."},
+        headers=mine,
     )
     assert vote.status_code == 200 and vote.json()["thumb"] == "down"
 
@@ -130,14 +135,16 @@ def test_rest_chat_rejects_bad_input(client, body, status):
 
 
 def test_feedback_errors(client):
-    missing = client.post("/api/messages/nope/feedback", json={"thumb": "up"})
+    reply = client.post("/api/chat", json={"message": "hi"}).json()
+    message_id, mine = reply["message_id"], {"X-Session-Token": reply["session_token"]}
+    missing = client.post("/api/messages/nope/feedback", json={"thumb": "up"}, headers=mine)
     assert missing.status_code == 404 and "nope" in missing.json()["detail"]
-    message_id = client.post("/api/chat", json={"message": "hi"}).json()["message_id"]
-    assert client.post(f"/api/messages/{message_id}/feedback", json={"thumb": "sideways"}).status_code == 422
-    assert (
-        client.post(f"/api/messages/{message_id}/feedback", json={"thumb": "down", "reason": "boring"}).status_code
-        == 422
+    sideways = client.post(f"/api/messages/{message_id}/feedback", json={"thumb": "sideways"}, headers=mine)
+    assert sideways.status_code == 422
+    boring = client.post(
+        f"/api/messages/{message_id}/feedback", json={"thumb": "down", "reason": "boring"}, headers=mine
     )
+    assert boring.status_code == 422
 
 
 def test_corrections_need_a_valid_staff_token(client, store):
@@ -301,22 +308,27 @@ def test_full_queue_answers_busy_and_keeps_nothing(settings, store):
         with client.websocket_connect("/ws/chat") as ws:
             frames = _ask(ws, "hello?")
         assert frames[-1]["code"] == "busy"
-        session_id = frames[0]["session_id"]
-        assert client.get(f"/api/sessions/{session_id}").json()["messages"] == []
+        mine = {"X-Session-Token": frames[0]["session_token"]}
+        assert client.get(f"/api/sessions/{frames[0]['session_id']}", headers=mine).json()["messages"] == []
 
 
 def test_transcript_has_ids_versions_and_feedback(client, fake):
     fake.enqueue("Check-in is at 3pm.")
     reply = client.post("/api/chat", json={"message": "Check-in?"}).json()
-    client.post(f"/api/messages/{reply['message_id']}/feedback", json={"thumb": "down", "reason": "wrong"})
-    transcript = client.get(f"/api/sessions/{reply['session_id']}").json()
+    mine = {"X-Session-Token": reply["session_token"]}
+    client.post(
+        f"/api/messages/{reply['message_id']}/feedback", json={"thumb": "down", "reason": "wrong"}, headers=mine
+    )
+    transcript = client.get(f"/api/sessions/{reply['session_id']}", headers=mine).json()
     assert transcript["session_id"] == reply["session_id"]
     user, answer = transcript["messages"]
     assert (user["role"], user["text"], user["adapter_version"], user["feedback"]) == ("user", "Check-in?", None, None)
     assert answer["id"] == reply["message_id"] and answer["adapter_version"] == "base"
     assert answer["feedback"] == {"thumb": "down", "reason": "wrong", "comment": None}
-    missing = client.get("/api/sessions/nope")
+    missing = client.get("/api/sessions/nope", headers=mine)
     assert missing.status_code == 404 and "nope" in missing.json()["detail"]
+    anonymous = client.get(f"/api/sessions/{reply['session_id']}")
+    assert anonymous.status_code == 401 and "X-Session-Token" in anonymous.json()["detail"]
 
 
 def test_metrics_count_answers_tokens_and_refusals(client, fake):
@@ -404,7 +416,11 @@ def test_exact_frames_over_a_real_websocket(settings, store):
             frames = [json.loads(ws.recv(timeout=10)) for _ in range(4)]
             ws.send("{oops")
             error = json.loads(ws.recv(timeout=10))
-    assert session == {"type": "session", "session_id": session["session_id"], "protocol": 1, "resumed": False}
+    assert session == {
+        "type": "session", "session_id": session["session_id"], "protocol": 1, "resumed": False,
+        "session_token": session["session_token"],
+    }  # fmt: skip
+    assert len(session["session_token"]) >= 43  # 256 random bits
     assert frames[:3] == [
         {"type": "token", "text": "Breakfast"},
         {"type": "token", "text": " is"},

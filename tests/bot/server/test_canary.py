@@ -162,9 +162,15 @@ def test_concurrent_promotions_are_serialized(any_store, tmp_path):
 # through the app --------------------------------------------------------------------------------
 
 
-def _ask(client, session_id: str | None = None) -> tuple[str, str]:
-    reply = client.post("/api/chat", json={"message": "hi", "session_id": session_id}).json()
-    return reply["session_id"], reply["adapter_version"]
+def _ask(client, session: tuple[str, str] | None = None) -> tuple[tuple[str, str], str]:
+    """((session id, its secret), the answer's version) of a question in `session`, else in a new one."""
+    session_id, secret = session or (None, "")
+    reply = client.post(
+        "/api/chat", json={"message": "hi", "session_id": session_id}, headers={"X-Session-Token": secret}
+    )
+    reply = reply.json()
+    assert session is None or reply["session_id"] == session_id  # the same session, not a new one
+    return (reply["session_id"], reply["session_token"] or secret), reply["adapter_version"]
 
 
 def test_a_canary_answers_its_share_of_new_sessions_and_each_keeps_its_version(serve, admin, any_store, settings):

@@ -50,10 +50,11 @@ def settings_prompt(client) -> str:
 def _ask(client, text: str) -> dict:
     with client.websocket_connect("/ws/chat") as ws:
         ws.send_text(json.dumps({"type": "user_message", "text": text}))
-        text = ""
+        text, secret = "", None
         while (frame := ws.receive_json())["type"] not in ("done", "error"):
             text += frame.get("text", "") if frame["type"] == "token" else ""
-    return {**frame, "text": text}
+            secret = frame["session_token"] if frame["type"] == "session" else secret
+    return {**frame, "text": text, "session_token": secret}
 
 
 FAQ_PAGE = """# A and B Guest House
@@ -90,7 +91,7 @@ def test_kb_passages_ground_the_prompt_and_are_cited(grounded, fake, any_store, 
         rows = s.exec(select(GroundingSource)).all()
         assert [(r.rank, r.kind.value, r.url) for r in rows] == [(0, "kb", "https://help.example.com/a-and-b")]
         session_id = answer.conversation_id
-    transcript = client.get(f"/api/sessions/{session_id}").json()
+    transcript = client.get(f"/api/sessions/{session_id}", headers={"X-Session-Token": done["session_token"]}).json()
     assert transcript["messages"][1]["sources"] == done["sources"] and transcript["messages"][0]["sources"] == []
 
 

@@ -43,7 +43,8 @@ class Customer:
     def __init__(self, url: str, protocol: int = 2) -> None:
         self.ws = connect(url.replace("http", "ws") + "/ws/chat", open_timeout=10)
         self.ws.send(json.dumps({"type": "hello", "protocol": protocol}))
-        self.session_id = self.next("session")["session_id"]
+        session = self.next("session")
+        self.session_id, self.headers = session["session_id"], {"X-Session-Token": session["session_token"]}
 
     def next(self, kind: str | None = None, timeout: float = 10) -> dict:
         frame = json.loads(self.ws.recv(timeout=timeout))
@@ -82,6 +83,10 @@ class Console:
         self.ws.send(json.dumps(frame))
 
 
+def _secret(customer: Customer) -> dict:
+    return {"session_token": customer.headers["X-Session-Token"]}
+
+
 def _api(url: str, token: str, path: str, **body) -> httpx.Response:
     return httpx.post(url + path, json=body or None, headers={"Authorization": f"Bearer {token}"}, timeout=10)
 
@@ -91,7 +96,11 @@ def test_an_agent_takes_over_chats_live_and_hands_back_to_the_bot(settings, any_
     with running(settings, any_store, fake) as server:
         customer, console = Customer(server.url), Console(server.url, tokens["bob"])
         assert customer.ask("Is there parking?")[-1]["type"] == "done"
-        asked = httpx.post(f"{server.url}/api/sessions/{customer.session_id}/handoff", json={"note": "a person"}).json()
+        asked = httpx.post(
+            f"{server.url}/api/sessions/{customer.session_id}/handoff",
+            json={"note": "a person"},
+            headers=customer.headers,
+        ).json()
         assert (asked["status"], asked["position"], asked["available"]) == ("open", 1, True)  # bob's console is on
         assert customer.next("handoff") == {
             "type": "handoff", "status": "waiting", "agent": None, "position": 1, "available": True, "message": None
@@ -133,11 +142,17 @@ def test_an_agent_takes_over_chats_live_and_hands_back_to_the_bot(settings, any_
         assert customer.next("agent_left") == {"type": "agent_left", "name": "bob", "reason": "handed_back"}
         assert customer.ask("Thanks! And breakfast?")[-1]["type"] == "done"  # the bot answers again
         assert len(fake.requests) == answered + 1
-        transcript = httpx.get(f"{server.url}/api/sessions/{customer.session_id}").json()["messages"]
+        transcript = httpx.get(f"{server.url}/api/sessions/{customer.session_id}", headers=customer.headers).json()[
+            "messages"
+        ]
         assert [(m["role"], m["author"]) for m in transcript] == [
             ("user", None), ("assistant", None), ("user", None), ("agent", "bob"), ("user", None), ("assistant", None)
         ]  # fmt: skip
-        vote = httpx.post(f"{server.url}/api/messages/{message['message_id']}/feedback", json={"thumb": "up"})
+        vote = httpx.post(
+            f"{server.url}/api/messages/{message['message_id']}/feedback",
+            json={"thumb": "up"},
+            headers=customer.headers,
+        )
         assert vote.status_code == 422  # a person's message cannot be voted on
 
 
@@ -145,7 +160,9 @@ def test_refusals_name_the_problem(settings, any_store, tokens):
     with running(settings, any_store, FakeGenerator()) as server:
         customer = Customer(server.url)
         customer.ask("Hello")
-        asked = httpx.post(f"{server.url}/api/sessions/{customer.session_id}/handoff", json={}).json()
+        asked = httpx.post(
+            f"{server.url}/api/sessions/{customer.session_id}/handoff", json={}, headers=customer.headers
+        ).json()
         path = f"/api/handoffs/{asked['id']}"
         assert _api(server.url, tokens["bob"], path + "/messages", text="Hi").status_code == 409  # not taken yet
         assert _api(server.url, tokens["bob"], path + "/hand-back").status_code == 409
@@ -176,17 +193,22 @@ def test_an_old_client_gets_the_agent_s_messages_as_answers_and_keeps_the_handof
     with running(settings, any_store, FakeGenerator()) as server:
         old = Customer(server.url, protocol=1)
         old.ask("Hello")
-        asked = httpx.post(f"{server.url}/api/sessions/{old.session_id}/handoff", json={}).json()
+        asked = httpx.post(f"{server.url}/api/sessions/{old.session_id}/handoff", json={}, headers=old.headers).json()
         _api(server.url, tokens["bob"], f"/api/handoffs/{asked['id']}/take")
         sent = _api(server.url, tokens["bob"], f"/api/handoffs/{asked['id']}/messages", text="Hi, Bob here.").json()
         assert old.next("token")["text"] == "Hi, Bob here."
         done = old.next("done")
         assert (done["message_id"], done["adapter_version"]) == (sent["message_id"], "human")
         old.ws.send(json.dumps({"type": "user_message", "text": "Hi Bob"}))  # v1: stored and forwarded
-        wait_until(lambda: len(httpx.get(f"{server.url}/api/sessions/{old.session_id}").json()["messages"]) == 4)
+        wait_until(
+            lambda: (
+                len(httpx.get(f"{server.url}/api/sessions/{old.session_id}", headers=old.headers).json()["messages"])
+                == 4
+            )
+        )
 
         again = connect(server.url.replace("http", "ws") + "/ws/chat")
-        again.send(json.dumps({"type": "hello", "protocol": 2, "session_id": old.session_id}))
+        again.send(json.dumps({"type": "hello", "protocol": 2, "session_id": old.session_id, **_secret(old)}))
         assert json.loads(again.recv(timeout=10))["resumed"] is True
         assert json.loads(again.recv(timeout=10)) == {
             "type": "handoff",
@@ -224,7 +246,7 @@ def test_the_customer_and_the_agent_on_two_servers_of_one_postgresql_store(two_s
     (a, b), tokens = two_servers
     customer, console = Customer(a.url), Console(b.url, tokens["bob"])
     customer.ask("Hello")
-    asked = httpx.post(f"{a.url}/api/sessions/{customer.session_id}/handoff", json={}).json()
+    asked = httpx.post(f"{a.url}/api/sessions/{customer.session_id}/handoff", json={}, headers=customer.headers).json()
     assert console.until("inbox")["handoff_id"] == asked["id"]  # asked on A, seen on B
     assert _api(b.url, tokens["bob"], f"/api/handoffs/{asked['id']}/take").status_code == 200
     customer.next("handoff")
@@ -247,7 +269,11 @@ def test_waiting_customers_are_told_their_new_place_when_the_queue_moves(setting
         asked = []
         for customer, place in ((first, 1), (second, 2)):
             customer.ask("Hello")
-            asked.append(httpx.post(f"{server.url}/api/sessions/{customer.session_id}/handoff", json={}).json())
+            asked.append(
+                httpx.post(
+                    f"{server.url}/api/sessions/{customer.session_id}/handoff", json={}, headers=customer.headers
+                ).json()
+            )
             assert customer.until("handoff")["position"] == place
         _api(server.url, tokens["bob"], f"/api/handoffs/{asked[0]['id']}/take")
         moved = second.until("handoff")
@@ -259,14 +285,16 @@ def test_with_nobody_online_the_customer_is_told_and_can_leave_an_email(settings
     with running(settings, any_store, FakeGenerator()) as server:
         customer = Customer(server.url)
         customer.ask("My email is jo.doe+shop@mail.example.co.uk, can someone call me?")
-        asked = httpx.post(f"{server.url}/api/sessions/{customer.session_id}/handoff", json={}).json()
+        asked = httpx.post(
+            f"{server.url}/api/sessions/{customer.session_id}/handoff", json={}, headers=customer.headers
+        ).json()
         assert (asked["status"], asked["available"]) == ("open", False)
         assert asked["message"] == "Nobody from our team is online right now."
         assert customer.until("handoff")["available"] is False
         contact = f"{server.url}/api/sessions/{customer.session_id}/contact"
-        refused = httpx.post(contact, json={"email": "not an email"})
+        refused = httpx.post(contact, json={"email": "not an email"}, headers=customer.headers)
         assert refused.status_code == 422 and "email" in refused.text
-        left = httpx.post(contact, json={"email": "jo.doe+shop@mail.example.co.uk"})
+        left = httpx.post(contact, json={"email": "jo.doe+shop@mail.example.co.uk"}, headers=customer.headers)
         assert left.status_code == 201 and left.json() == {
             "handoff_id": asked["id"],
             "email": "jo.doe+shop@mail.example.co.uk",
@@ -295,7 +323,9 @@ def test_outside_opening_hours_the_customer_is_told_when_people_are_there(settin
         Console(server.url, tokens["bob"])  # online, but out of hours
         customer = Customer(server.url)
         customer.ask("Hello")
-        asked = httpx.post(f"{server.url}/api/sessions/{customer.session_id}/handoff", json={}).json()
+        asked = httpx.post(
+            f"{server.url}/api/sessions/{customer.session_id}/handoff", json={}, headers=customer.headers
+        ).json()
         assert asked["available"] is False and asked["message"] == f"Our team is available {other} 09:00-17:00 (UTC)."
 
 

@@ -40,9 +40,13 @@ def test_non_streaming_completion(served):
     request = fake.requests[-1]
     assert (request.max_new_tokens, request.temperature, request.top_p, request.stop) == (40, 0.3, 0.9, ("\n\n",))
     assert request.messages[0] == {"role": "system", "content": "Be brief."}
-    vote = httpx.post(f"{server.url}/api/messages/{ids['message_id']}/feedback", json={"thumb": "up"})
+    mine = {"X-Session-Token": ids["session_token"]}  # the new session's secret, for votes and the transcript
+    vote = httpx.post(f"{server.url}/api/messages/{ids['message_id']}/feedback", json={"thumb": "up"}, headers=mine)
     assert vote.status_code == 200
-    transcript = httpx.get(f"{server.url}/api/sessions/{ids['session_id']}").json()
+    assert (
+        httpx.post(f"{server.url}/api/messages/{ids['message_id']}/feedback", json={"thumb": "up"}).status_code == 401
+    )
+    transcript = httpx.get(f"{server.url}/api/sessions/{ids['session_id']}", headers=mine).json()
     assert [m["text"] for m in transcript["messages"]] == ["Check-in?", "Check-in is from 3pm."]
 
 

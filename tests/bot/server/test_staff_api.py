@@ -16,7 +16,7 @@ from bot.server.app import create_app
 from feedback import repo
 from feedback.db import Store, open_store
 from feedback.models import Feedback, Role, StaffRole, Thumb
-from tests.support.common import drop_postgres, postgres_url, wait_until
+from tests.support.common import customer_headers, drop_postgres, postgres_url, wait_until
 from tests.support.fakes import FakeGenerator
 from tests.support.services import LiveServer
 
@@ -87,12 +87,21 @@ def test_review_queue_orders_filters_and_pages(client, people, any_store):
         ids[key] = _answer(any_store, f"question {key}", f"answer {key}", version)
     for key, reason in (("old_down", "wrong"), ("new_down", "outdated"), ("reviewed", "wrong")):
         assert (
-            client.post(f"/api/messages/{ids[key]}/feedback", json={"thumb": "down", "reason": reason}).status_code
+            client.post(
+                f"/api/messages/{ids[key]}/feedback",
+                json={"thumb": "down", "reason": reason},
+                headers=customer_headers(any_store, message_id=ids[key]),
+            ).status_code
             == 200
         )
     with any_store.session() as s:
         session_id = repo.get_message(s, message_id=ids["handoff"]).conversation_id
-    assert client.post(f"/api/sessions/{session_id}/handoff", json={"note": "human please"}).status_code == 201
+    asked = client.post(
+        f"/api/sessions/{session_id}/handoff",
+        json={"note": "human please"},
+        headers=customer_headers(any_store, session_id=session_id),
+    )
+    assert asked.status_code == 201
     client.post(
         f"/api/messages/{ids['reviewed']}/corrections", json={"text": "fixed", "approve": True}, headers=people["bob"]
     )
@@ -147,9 +156,9 @@ def test_bad_feedback_is_refused_and_keeps_the_earlier_vote(client, any_store):
     answer = _answer(any_store, "Hi", "Hello!")
     with any_store.session() as s:
         user_message = repo.list_messages(s, conversation_id=repo.get_message(s, message_id=answer).conversation_id)[0]
-    url = f"/api/messages/{answer}/feedback"
+    url, customer = f"/api/messages/{answer}/feedback", customer_headers(any_store, message_id=answer)
     injection = "'); DROP TABLE feedback; --"
-    ok = client.post(url, json={"thumb": "down", "reason": "wrong", "comment": injection})
+    ok = client.post(url, json={"thumb": "down", "reason": "wrong", "comment": injection}, headers=customer)
     assert ok.status_code == 200 and ok.json()["comment"] == injection
     refusals = [
         ("/api/messages/nope/feedback", {"thumb": "up"}, 404, "nope"),
@@ -160,20 +169,21 @@ def test_bad_feedback_is_refused_and_keeps_the_earlier_vote(client, any_store):
         (url, {"thumb": "down", "comment": "x" * 1_000_000}, 422, "comment"),
     ]
     for target, body, status, words in refusals:
-        reply = client.post(target, json=body)
+        reply = client.post(target, json=body, headers=customer)
         assert reply.status_code == status and words in str(reply.json()["detail"]), (body, reply.text)
     with any_store.session() as s:
         votes = list(s.exec(select(Feedback)))
     assert [(v.thumb, v.reason.value, v.comment) for v in votes] == [(Thumb.down, "wrong", injection)]
-    assert client.post("/api/sessions/nope/handoff", json={}).status_code == 404
+    assert client.post("/api/sessions/nope/handoff", json={}, headers=customer).status_code == 404
 
 
 def test_handoffs_are_listed_and_closed_once(client, people, any_store):
     answer = _answer(any_store, "Refund?", "No.")
     with any_store.session() as s:
         session_id = repo.get_message(s, message_id=answer).conversation_id
-    first = client.post(f"/api/sessions/{session_id}/handoff", json={"note": "angry"}).json()
-    again = client.post(f"/api/sessions/{session_id}/handoff", json={}).json()
+    customer = customer_headers(any_store, session_id=session_id)
+    first = client.post(f"/api/sessions/{session_id}/handoff", json={"note": "angry"}, headers=customer).json()
+    again = client.post(f"/api/sessions/{session_id}/handoff", json={}, headers=customer).json()
     assert first["id"] == again["id"] and again["note"] == "angry" and first["message_id"] == answer
     assert [h["id"] for h in client.get("/api/handoffs", headers=people["bob"]).json()] == [first["id"]]
     assert client.post(f"/api/handoffs/{first['id']}/close", headers=people["bob"]).status_code == 200
@@ -183,13 +193,16 @@ def test_handoffs_are_listed_and_closed_once(client, people, any_store):
 
 def test_concurrent_voters_lose_nothing(settings, any_store):
     answers = [_answer(any_store, f"q{i}", f"a{i}") for i in range(40)]
+    secrets = [customer_headers(any_store, message_id=answer) for answer in answers]
     with LiveServer(create_app(settings, generator=FakeGenerator(), store=any_store)) as server:
 
         def vote(i: int) -> int:
             with httpx.Client(base_url=server.url) as http:
                 codes = [
                     http.post(
-                        f"/api/messages/{answers[(i + k) % 40]}/feedback", json={"thumb": "up" if k % 2 else "down"}
+                        f"/api/messages/{answers[(i + k) % 40]}/feedback",
+                        json={"thumb": "up" if k % 2 else "down"},
+                        headers=secrets[(i + k) % 40],
                     ).status_code
                     for k in range(40)
                 ]
@@ -263,15 +276,21 @@ def test_database_outage_gives_503_and_the_server_recovers(settings):
     store = open_store(url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"))
     try:
         answer = _answer(store, "Q?", "A.")
+        customer = customer_headers(store, message_id=answer)
         with TestClient(create_app(settings, generator=FakeGenerator(), store=store)) as client:
             wait_until(lambda: client.get("/readyz").status_code == 200)
-            assert client.post(f"/api/messages/{answer}/feedback", json={"thumb": "up"}).status_code == 200
+            assert (
+                client.post(f"/api/messages/{answer}/feedback", json={"thumb": "up"}, headers=customer).status_code
+                == 200
+            )
             proxy.cut()
-            down = client.post(f"/api/messages/{answer}/feedback", json={"thumb": "down"})
+            down = client.post(f"/api/messages/{answer}/feedback", json={"thumb": "down"}, headers=customer)
             assert down.status_code == 503 and "database is unavailable" in down.json()["detail"]
             assert down.headers["retry-after"] == "5"
             proxy.start()  # the database is back
-            back = client.post(f"/api/messages/{answer}/feedback", json={"thumb": "down", "reason": "wrong"})
+            back = client.post(
+                f"/api/messages/{answer}/feedback", json={"thumb": "down", "reason": "wrong"}, headers=customer
+            )
             assert back.status_code == 200 and back.json()["thumb"] == "down"
     finally:
         proxy.cut()
@@ -281,14 +300,19 @@ def test_database_outage_gives_503_and_the_server_recovers(settings):
 
 def test_the_vote_fast_path_answers_like_the_documented_route(client, any_store):
     answer = _answer(any_store, "Hi", "Hello!")
-    url = f"/api/messages/{answer}/feedback"
+    url, customer = f"/api/messages/{answer}/feedback", customer_headers(any_store, message_id=answer)
     assert url.replace(answer, "{message_id}") in client.get("/openapi.json").json()["paths"]
-    broken = client.post(url, content=b"{not json", headers={"Content-Type": "application/json"})
+    json_body = {"Content-Type": "application/json", **customer}
+    broken = client.post(url, content=b"{not json", headers=json_body)
     assert broken.status_code == 422 and broken.json()["detail"][0]["loc"][0] == "body"
-    missing = client.post(url, json={})
+    missing = client.post(url, json={}, headers=customer)
     assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "thumb"]
-    huge = client.post(url, content=b" " * (2 << 20), headers={"Content-Type": "application/json"})
+    huge = client.post(url, content=b" " * (2 << 20), headers=json_body)
     assert huge.status_code == 413 and "at most" in huge.json()["detail"]
-    cross = client.post(url, json={"thumb": "up"}, headers={"Origin": "https://shop.example"})
+    anonymous = client.post(url, json={"thumb": "up"})
+    assert anonymous.status_code == 401 and "X-Session-Token" in anonymous.json()["detail"]
+    too_long = client.post(url, json={"thumb": "up"}, headers={"X-Session-Token": "x" * 129})
+    assert too_long.status_code == 422 and "at most 128" in too_long.json()["detail"]
+    cross = client.post(url, json={"thumb": "up"}, headers={"Origin": "https://shop.example", **customer})
     assert cross.status_code == 200 and cross.headers["access-control-allow-origin"] == "*"
     assert cross.json() == {"thumb": "up", "reason": None, "comment": None, "message_id": answer}

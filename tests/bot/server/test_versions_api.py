@@ -212,8 +212,8 @@ def test_an_answer_keeps_the_version_it_started_on_across_a_promotion(client, ad
         ws.send_json({"type": "user_message", "text": "and now?"})
         done = next(f for f in iter(ws.receive_json, None) if f["type"] == "done")
         assert done["adapter_version"] == "v2"
-        session_id = frames[0]["session_id"]
-    transcript = client.get(f"/api/sessions/{session_id}").json()
+        session_id, secret = frames[0]["session_id"], frames[0]["session_token"]
+    transcript = client.get(f"/api/sessions/{session_id}", headers={"X-Session-Token": secret}).json()
     assert [(m["role"], m["adapter_version"]) for m in transcript["messages"] if m["role"] == "assistant"] == [
         ("assistant", "v1"),
         ("assistant", "v2"),

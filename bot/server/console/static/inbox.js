@@ -66,8 +66,8 @@
     ui.chat.hidden = false;
     watch("watch", r.session_id);
     try {
-      const transcript = await api("GET", `/api/sessions/${encodeURIComponent(r.session_id)}`);
-      transcript.messages.forEach((m) => turn(m.id, m.role, m.text, m.author));
+      const found = await api("GET", `/api/conversations/${encodeURIComponent(r.session_id)}`);
+      found.messages.forEach((m) => turn(m.id, m.role, m.text, m.staff_id ? found.names[m.staff_id] : null));
     } catch (err) { say(`Transcript not loaded: ${err.message}`); }
     reply.focus();
   }
