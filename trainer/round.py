@@ -16,6 +16,7 @@ from bot.runtime.base_model import base_model_id, resolve_device
 from feedback import repo
 from feedback.db import open_store
 from feedback.export import dataset_hash
+from feedback.failpoints import failpoint
 from feedback.methods import parse_methods
 from feedback.models import RunOutcome
 from feedback.pii import Scrubber
@@ -239,6 +240,7 @@ def _publish(
         version = version_name(next_number(config.adapters_dir, repo.adapter_versions(session)))
     manifest = manifest_for(version)
     final = publish_folder(staging, config.adapters_dir, version, manifest)
+    failpoint("publish:folder")
     losses = [loss for t in manifest["training"].values() for loss in t["losses"]]
     metrics = {
         "examples": sum(t["examples"] for t in manifest["training"].values()),

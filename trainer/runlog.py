@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from feedback.failpoints import failpoint
 from feedback.rounds import heartbeat, update_run
 
 _STEP = re.compile(r"^step (\d+)/(\d+) ")
@@ -58,6 +59,7 @@ class RunLog:
         with self._lock:
             self.progress = {"phase": name}
         self.flush(force=True)
+        failpoint(f"phase:{name}")
 
     def flush(self, force: bool = True) -> None:
         if not force and time.monotonic() - self._flushed < self.flush_seconds:

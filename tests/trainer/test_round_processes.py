@@ -108,6 +108,36 @@ def test_a_killed_round_leaves_nothing_visible_and_the_lock_refuses_a_second_mea
     store.dispose()
 
 
+KILL_POINTS = ["phase:snapshot", "phase:anchors", "phase:train sft", "phase:gate", "phase:publish", "publish:folder",
+               "phase:done"]  # fmt: skip
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_round_killed_at_any_phase_leaves_the_store_whole_and_the_next_round_recovers(env, point):
+    """SIGKILL at the start of each phase (`feedback.failpoints`), and between the adapter's folder reaching
+    the registry and its row reaching the store: servers never see half an adapter; the next round cleans
+    up and succeeds. Killed once registered (`phase:done`), the adapter is whole and stays."""
+    store = _store(env)
+    _seed(store)
+    adapters = Path(env["SUPPORTLOOP_DATA_DIR"]) / "adapters"
+    killed = _train({**env, "SUPPORTLOOP_FAILPOINT": point}, "--min-steps", "20")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    with store.session() as s:
+        registered = repo.adapter_versions(s)
+        assert [r.outcome for r in _runs(store)] == ["running"]  # until the next round finds it abandoned
+    if point == "phase:done":
+        assert len(registered) == 1 and (adapters / next(iter(registered)) / "adapter_model.safetensors").is_file()
+    else:
+        assert not registered  # nothing servers could load
+    done = _train(env, "--min-steps", "20")
+    assert done.returncode in (0, 4), done.stdout + done.stderr
+    with store.session() as s:
+        versions = repo.adapter_versions(s)
+    assert registry_entries(adapters) == sorted(versions) and len(versions) == len(registered) + 1
+    assert [r.outcome for r in _runs(store)][0] == "abandoned"
+    store.dispose()
+
+
 def test_if_needed_trains_only_on_enough_new_feedback(env):
     store = _store(env)
     _seed(store)
