@@ -94,7 +94,15 @@ ACCESS: dict[tuple[str, str], str] = {
     ("GET", "/staff/team"): PAGE,
     ("GET", "/staff/static"): PUBLIC,  # the console's CSS and scripts (no data)
 }
-CALLERS = ("nobody", "wrong token", "disabled staff", "agent", "admin", "cookie without CSRF", "cookie from another site")
+CALLERS = (
+    "nobody",
+    "wrong token",
+    "disabled staff",
+    "agent",
+    "admin",
+    "cookie without CSRF",
+    "cookie from another site",
+)
 OPEN = "open"  # past authorization: whatever the route answers to the dummy request, but never 401/403 or 5xx
 # The dummy request of a route: path parameters, and a body that cannot change anything once authorized
 # (training is asked for with a malformed body: a 422, never a real round).
