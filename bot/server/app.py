@@ -102,7 +102,9 @@ def _lifespan(settings: Settings, generator: Generator, store: Store | None, emb
             on_canary_rollback=lambda: state.metrics.canary_rollbacks.inc(),
         )
         state.metrics = Metrics(generator.stats, lambda: state.adapters.active_version)
-        state.limits = ClientLimits(settings.rate_limit, settings.max_sessions_per_client)
+        state.limits = ClientLimits(
+            settings.rate_limit, settings.max_sessions_per_client, settings.max_answers_per_client
+        )
         threads = 1 if settings.model_process else None  # the model decodes on the other cores
         state.embedder = embedder or load_embedder(settings.embedding_model, threads)  # loaded at its first use
         state.retriever = make_retriever(settings, state.store, state.embedder)

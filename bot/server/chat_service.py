@@ -240,7 +240,10 @@ class ChatService:
             max_new_tokens=self.settings.max_new_tokens,
             temperature=self.settings.temperature,
         )
-        async with aclosing(self._generate(session_id, user_message_id, request, started, api, grounding)) as stream:
+        async with (
+            self.limits.turn(client),
+            aclosing(self._generate(session_id, user_message_id, request, started, api, grounding)) as stream,
+        ):
             async for item in stream:
                 yield item
 
@@ -269,9 +272,10 @@ class ChatService:
             top_p=top_p,
             stop=stop,
         )
-        async with aclosing(
-            self._generate(session_id, user_message_id, request, started, "openai", grounding)
-        ) as stream:
+        async with (
+            self.limits.turn(client),
+            aclosing(self._generate(session_id, user_message_id, request, started, "openai", grounding)) as stream,
+        ):
             async for item in stream:
                 yield replace(item, session_token=token) if isinstance(item, Reply) else item
 

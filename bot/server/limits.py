@@ -1,11 +1,16 @@
-"""Abuse limits per client address: a message rate (the `limits` library's moving window) and a cap
-on concurrently open chat connections. Both are named settings with explicit refusal messages."""
+"""Abuse limits per client address: a message rate (the `limits` library's moving window), a cap on
+concurrently open chat connections (both named settings with explicit refusal messages), and a fair
+share of the model: at most `max_answers` of one client's answers generate at once, the others wait
+their turn, so one address flooding the server leaves the rest of the batch to everyone else."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from limits import parse, storage, strategies
 
@@ -17,11 +22,27 @@ class LimitExceeded(Exception):
 
 
 class ClientLimits:
-    def __init__(self, rate: str, max_sessions: int) -> None:
+    def __init__(self, rate: str, max_sessions: int, max_answers: int = 4) -> None:
         self.rate_text, self.rate = rate, parse(rate)
         self.limiter = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
-        self.max_sessions = max_sessions
+        self.max_sessions, self.max_answers = max_sessions, max_answers
         self.open: Counter[str] = Counter()
+        self._turns: dict[str, asyncio.Semaphore] = {}
+        self._waiting: Counter[str] = Counter()  # answers of each client generating or waiting
+
+    @asynccontextmanager
+    async def turn(self, client: str) -> AsyncIterator[None]:
+        """Hold one of `client`'s `max_answers` generation turns (waiting for one, first come first
+        served) for the length of an answer."""
+        turns = self._turns.setdefault(client, asyncio.Semaphore(self.max_answers))
+        self._waiting[client] += 1
+        try:
+            async with turns:
+                yield
+        finally:
+            self._waiting[client] -= 1
+            if self._waiting[client] <= 0:
+                del self._waiting[client], self._turns[client]
 
     def hit(self, client: str) -> None:
         """Count one message from `client`; refuse it when over the rate."""

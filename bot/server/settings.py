@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         "60/minute", description="messages per client address, in the `limits` notation (e.g. 60/minute, 1000/hour)"
     )
     max_sessions_per_client: int = Field(20, ge=1, description="open chat connections per client address")
+    max_answers_per_client: int = Field(
+        4, ge=1, description="answers of one client address generating at once; more wait their turn (fair share)"
+    )
     handoff_hours: str = Field(
         "",
         description="when people take conversations over, e.g. 'mon-fri 09:00-17:00, sat 10:00-14:00'; empty: any time",
