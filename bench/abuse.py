@@ -1,8 +1,9 @@
 """Abuse: 15 well-behaved customers keep their TTFT while one client address floods the real server.
 
-The real `supportloop serve` with SmolLM2 on loopback, default settings. 15 customers, each from its own
-address (`X-Forwarded-For`, trusted from loopback as behind a proxy), ask DSTC9 questions one after
-another with a second of reading between answers. The flooder uses one address: as many sockets as it may
+The real `supportloop serve` with SmolLM2 on loopback, default settings but answers of at most 64 tokens
+(as `bench/serve.py`). 15 customers, each from its own address (`X-Forwarded-For`, trusted from loopback
+as behind a proxy), hold conversations of 3 DSTC9 questions one after another, reading each answer for
+4 s: a steady load (longer conversations make every prompt longer, and TTFT with it). The flooder uses one address: as many sockets as it may
 open (`SUPPORTLOOP_MAX_SESSIONS_PER_CLIENT`, 20), each sending its next message the moment the previous one
 is answered or refused (0.1 s after a refusal). Three runs: the customers alone; with the flood; with the
 flood and the fair share off (`SUPPORTLOOP_MAX_ANSWERS_PER_CLIENT` = 20), to show what it buys.
@@ -23,7 +24,7 @@ import time
 import live
 import websockets
 
-CUSTOMERS, FLOOD_SOCKETS = 15, 20
+CUSTOMERS, FLOOD_SOCKETS, THINK_S, TURNS = 15, 20, 4.0, 3
 
 
 def _questions() -> list[str]:
@@ -44,16 +45,19 @@ async def _answer(ws, text: str) -> tuple[float | None, str]:
 
 
 async def customer(url: str, number: int, questions: list[str], until: float, ttfts: list, outcomes: list) -> None:
-    headers = {"X-Forwarded-For": f"198.51.100.{number + 1}"}
-    async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
-        turn = 0
-        while time.monotonic() < until:
-            ttft, outcome = await _answer(ws, questions[(number * 7 + turn) % len(questions)])
-            outcomes.append(outcome)
-            if outcome == "done" and ttft is not None:
-                ttfts.append(ttft)
-            turn += 1
-            await asyncio.sleep(1.0)  # reading the answer
+    """Conversations of `TURNS` questions, one after another, until `until`."""
+    headers, turn = {"X-Forwarded-For": f"198.51.100.{number + 1}"}, 0
+    while time.monotonic() < until:
+        async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
+            for _ in range(TURNS):
+                ttft, outcome = await _answer(ws, questions[(number * 7 + turn) % len(questions)])
+                outcomes.append(outcome)
+                if outcome == "done" and ttft is not None:
+                    ttfts.append(ttft)
+                turn += 1
+                await asyncio.sleep(THINK_S)  # reading the answer
+                if time.monotonic() >= until:
+                    return
 
 
 async def flooder(url: str, until: float, outcomes: list) -> None:
@@ -87,7 +91,8 @@ async def load(url: str, seconds: float, flood: bool) -> dict:
 
 def run(name: str, seconds: float, flood: bool, env: dict[str, str]) -> dict:
     with tempfile.TemporaryDirectory() as data:
-        proc, url = live.start_server({"SUPPORTLOOP_DATA_DIR": data, **env}, "--no-access-log")
+        settings = {"SUPPORTLOOP_DATA_DIR": data, "SUPPORTLOOP_MAX_NEW_TOKENS": "64", **env}
+        proc, url = live.start_server(settings, "--no-access-log")
         try:
             result = asyncio.run(load(url, seconds, flood))
         finally:
