@@ -1,9 +1,9 @@
 """Soak: 50 WebSocket sessions for 5 minutes on the real server (SmolLM2, loopback), with votes,
 corrections and 3 promotions; no error, nothing lost, memory and file descriptors flat.
 
-Each session is a customer from its own address (`X-Forwarded-For`, trusted from loopback as behind a
-proxy) asking DSTC9 questions one after another, voting on every answer (with the session's secret) and
-reading for 2 s; an agent corrects one answer in ten (half approved); three adapters (random LoRA
+Each of the 50 is a customer from its own address (`X-Forwarded-For`, trusted from loopback as behind a
+proxy) holding conversations of 5 DSTC9 questions (a new socket and session each, so connections come
+and go all along), voting on every answer (with the session's secret) and reading for 2 s; an agent corrects one answer in ten (half approved); three adapters (random LoRA
 weights, made on the spot as `bench/swap.py` does) are promoted at a quarter, half and three quarters of
 the run. Every 5 s the server's resident memory (its whole process tree: the server and its model
 workers) and open file descriptors are sampled. Afterwards every answer a customer saw `done` for and
@@ -34,6 +34,8 @@ from swap import make_adapters, register
 from bot.runtime.base_model import base_model_id, resolve_base_model
 from bot.server.settings import Settings
 
+TURNS, THINK_S = 5, 2.0  # questions a conversation, seconds reading each answer
+
 
 class Soak:
     def __init__(self, url: str, token: str, questions: list[str], until: float) -> None:
@@ -46,26 +48,28 @@ class Soak:
         self.errors: list[str] = []
 
     async def customer(self, number: int) -> None:
-        address = f"10.{number // 250}.{number % 250}.7"
+        """Conversations of `TURNS` questions (a new socket and session each) until the end."""
+        address, turn = f"10.{number // 250}.{number % 250}.7", 0
         try:
-            async with websockets.connect(self.ws_url, additional_headers={"X-Forwarded-For": address}) as ws:
-                await ws.send(json.dumps({"type": "hello", "protocol": 2}))
-                session = json.loads(await ws.recv())
-                headers = {"X-Session-Token": session["session_token"], "X-Forwarded-For": address}
-                async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=120) as http:
-                    turn = 0
-                    while time.monotonic() < self.until:
-                        await self._turn(
-                            ws,
-                            http,
-                            session["session_id"],
-                            self.questions[(number * 13 + turn) % len(self.questions)],
-                            turn,
-                        )
-                        turn += 1
-                        await asyncio.sleep(2.0)
+            while time.monotonic() < self.until:
+                turn = await self._conversation(number, address, turn)
         except Exception as exc:  # a broken connection is an error of the run
             self.errors.append(f"customer {number}: {type(exc).__name__}: {exc}")
+
+    async def _conversation(self, number: int, address: str, turn: int) -> int:
+        async with websockets.connect(self.ws_url, additional_headers={"X-Forwarded-For": address}) as ws:
+            await ws.send(json.dumps({"type": "hello", "protocol": 2}))
+            session = json.loads(await ws.recv())
+            headers = {"X-Session-Token": session["session_token"], "X-Forwarded-For": address}
+            async with httpx.AsyncClient(base_url=self.url, headers=headers, timeout=120) as http:
+                for _ in range(TURNS):
+                    question = self.questions[(number * 13 + turn) % len(self.questions)]
+                    await self._turn(ws, http, session["session_id"], question, turn)
+                    turn += 1
+                    await asyncio.sleep(THINK_S)
+                    if time.monotonic() >= self.until:
+                        break
+        return turn
 
     async def _turn(self, ws, http: httpx.AsyncClient, session_id: str, question: str, turn: int) -> None:
         await ws.send(json.dumps({"type": "user_message", "text": question}))
@@ -120,7 +124,7 @@ async def _sample(pid: int, until: float, samples: list[dict], started: float) -
 
 
 async def run(url: str, pid: int, token: str, versions: list[str], args) -> dict:
-    chosen, others = live.pick_pairs(100, 100)
+    chosen, others = live.pick_pairs(60, 60)
     started = time.monotonic()
     soak = Soak(url, token, [p["question"] for p in chosen + others], started + args.seconds)
     samples: list[dict] = []

@@ -9,11 +9,12 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bot.runtime.interface import (
     AdapterManager,
@@ -47,6 +48,7 @@ from bot.server.routes import (
     votes,
     widget,
 )
+from bot.server.schema import document_refusals
 from bot.server.settings import Settings
 from feedback.db import Store, open_store
 from feedback.ingest import VoteWriter
@@ -130,6 +132,13 @@ def _lifespan(settings: Settings, generator: Generator, store: Store | None, emb
     return lifespan
 
 
+def _openai_shaped(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """A refusal under /v1 in OpenAI's error shape, as OpenAI's clients read it."""
+    response = openai_api.OpenAIError(status, message, "invalid_request" if status < 500 else "unavailable").response()
+    response.headers.update(headers or {})
+    return response
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(openai_api.OpenAIError)
     async def openai_error(_request: Request, exc: openai_api.OpenAIError) -> JSONResponse:
@@ -145,8 +154,16 @@ def _install_error_handlers(app: FastAPI) -> None:
             400, f"Invalid request: {param or 'body'}: {first.get('msg')}.", "invalid_request", param
         ).response()
 
-    async def store_error(_request: Request, exc: Exception) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)
+    async def refused(request: Request, exc: StarletteHTTPException) -> Response:
+        if not request.url.path.startswith("/v1/"):  # e.g. an unparsable body, under /v1 in OpenAI's shape
+            return await http_exception_handler(request, exc)
+        return _openai_shaped(exc.status_code, str(exc.detail), exc.headers)
+
+    async def store_error(request: Request, exc: Exception) -> JSONResponse:
         status, body, headers = error_reply(exc)
+        if request.url.path.startswith("/v1/"):
+            return _openai_shaped(status, body["detail"], headers)
         return JSONResponse(body, status_code=status, headers=headers)
 
     for kind in HANDLED:
@@ -193,31 +210,5 @@ def create_app(
         app.include_router(module.router)
     app.mount("/staff/static", StaticFiles(packages=[("bot.server", "console/static")]), name="console-static")
     _install_error_handlers(app)
-    _document_refusals(app)
+    document_refusals(app)
     return app
-
-
-REFUSAL = {"title": "Refusal", "type": "object", "required": ["detail"],
-           "properties": {"detail": {"type": "string", "title": "Detail"}}}  # fmt: skip
-
-
-def _document_refusals(app: FastAPI) -> None:
-    """A 422 is either FastAPI's validation report (`detail`: a list) or one of the app's refusals of a
-    rule (`detail`: a message, e.g. an empty chat message): say both in the OpenAPI schema."""
-    build = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            schema = build()
-            schema.setdefault("components", {}).setdefault("schemas", {})["Refusal"] = REFUSAL
-            either = {"anyOf": [{"$ref": "#/components/schemas/HTTPValidationError"},
-                                {"$ref": "#/components/schemas/Refusal"}]}  # fmt: skip
-            for path in schema.get("paths", {}).values():
-                for operation in path.values():
-                    invalid = operation.get("responses", {}).get("422", {}).get("content", {}).get("application/json")
-                    if invalid is not None:
-                        invalid["schema"] = either
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
