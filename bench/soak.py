@@ -10,7 +10,8 @@ workers) and open file descriptors are sampled. Afterwards every answer a custom
 every acknowledged vote and correction is looked up in the store.
 
 Targets: 0 errors, 0 lost; RSS at the end within 5% of RSS after the warm-up (the first minute); open
-file descriptors flat. Prints JSON and one summary line.
+file descriptors flat: once the customers have gone, the server holds no more sockets than before they
+came and no other files (the store's pooled connections may hold the database file more times). Prints JSON and one summary line.
 
     .venv/bin/python bench/soak.py [--sessions 50] [--seconds 300] [--warmup 60]
 """
@@ -109,17 +110,19 @@ async def _promote(soak: Soak, versions: list[str], started: float, seconds: flo
                 soak.errors.append(f"promotion of {version}: {reply.status_code} {reply.text[:200]}")
 
 
-def _footprint(pid: int) -> tuple[float, int]:
-    """(resident MiB of the process and its descendants, open file descriptors of the server process)."""
+def _footprint(pid: int, started: float) -> dict:
+    """Resident MiB of the server and its descendants (the model workers), each and together, and the
+    server's open file descriptors."""
     server = psutil.Process(pid)
-    tree = [server, *server.children(recursive=True)]
-    return sum(p.memory_info().rss for p in tree) / 2**20, server.num_fds()
+    each = [round(p.memory_info().rss / 2**20, 1) for p in (server, *server.children(recursive=True))]
+    return {"t_s": round(time.monotonic() - started, 1), "rss_mib": round(sum(each), 1), "rss_each_mib": each,
+            "fds": server.num_fds(), "sockets": len(server.net_connections()),
+            "files": [f.path.rsplit("/", 1)[-1] for f in server.open_files()]}  # fmt: skip
 
 
 async def _sample(pid: int, until: float, samples: list[dict], started: float) -> None:
     while time.monotonic() < until:
-        rss, fds = _footprint(pid)
-        samples.append({"t_s": round(time.monotonic() - started, 1), "rss_mib": round(rss, 1), "fds": fds})
+        samples.append(_footprint(pid, started))
         await asyncio.sleep(5.0)
 
 
@@ -129,14 +132,16 @@ async def run(url: str, pid: int, token: str, versions: list[str], args) -> dict
     soak = Soak(url, token, [p["question"] for p in chosen + others], started + args.seconds)
     samples: list[dict] = []
     promotions: list[dict] = []
+    before = _footprint(pid, started)  # no customer connected yet
     await asyncio.gather(
         *(soak.customer(i) for i in range(args.sessions)),
         _promote(soak, versions, started, args.seconds, promotions),
         _sample(pid, started + args.seconds, samples, started),
     )
-    rss, fds = _footprint(pid)
-    samples.append({"t_s": round(time.monotonic() - started, 1), "rss_mib": round(rss, 1), "fds": fds})
-    return {"soak": soak, "samples": samples, "promotions": promotions}
+    samples.append(_footprint(pid, started))
+    await asyncio.sleep(3.0)  # every customer has hung up
+    after = _footprint(pid, started)
+    return {"soak": soak, "samples": samples, "promotions": promotions, "before": before, "after": after}
 
 
 def _lost(store_url: str, soak: Soak) -> dict:
@@ -151,8 +156,10 @@ def _lost(store_url: str, soak: Soak) -> dict:
         votes = {v.message_id: v.thumb.value for v in s.exec(select(Feedback))}
         corrections = {c.id: c.text for c in s.exec(select(Correction))}
     store.dispose()
+    differ = [a for a in soak.answers if texts.get(a["message_id"]) != a["text"].strip()]  # stored stripped
     return {
-        "answers": sum(texts.get(a["message_id"]) != a["text"] for a in soak.answers),
+        "answers": len(differ),
+        "answers_differing": [{"streamed": a["text"], "stored": texts.get(a["message_id"])} for a in differ[:5]],
         "votes": sum(votes.get(m) != thumb for m, thumb in soak.votes.items()),
         "corrections": sum(corrections.get(i) != text for i, text in soak.corrections.items()),
     }
@@ -163,7 +170,7 @@ def summarize(result: dict, lost: dict, warmup: float) -> dict:
     warm = next(s for s in samples if s["t_s"] >= warmup)
     end = samples[-1]
     growth = (end["rss_mib"] - warm["rss_mib"]) / warm["rss_mib"]
-    fd_values = [s["fds"] for s in samples if s["t_s"] >= warmup]
+    before, after = result["before"], result["after"]
     return {
         "answers": len(soak.answers),
         "votes": len(soak.votes),
@@ -175,9 +182,15 @@ def summarize(result: dict, lost: dict, warmup: float) -> dict:
         "rss_mib_after_warmup": warm["rss_mib"],
         "rss_mib_end": end["rss_mib"],
         "rss_growth_pct": round(growth * 100, 2),
-        "fds_after_warmup": warm["fds"],
-        "fds_end": end["fds"],
-        "fds_range_after_warmup": [min(fd_values), max(fd_values)],
+        "rss_each_mib_after_warmup": warm["rss_each_mib"],
+        "rss_each_mib_end": end["rss_each_mib"],
+        "fds_before_load": before["fds"],
+        "fds_peak": max(s["fds"] for s in samples),
+        "fds_after_load": after["fds"],
+        "sockets_before_load": before["sockets"],
+        "sockets_after_load": after["sockets"],
+        "files_before_load": before["files"],
+        "files_after_load": after["files"],
         "samples": samples,
     }
 
@@ -188,9 +201,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds before memory is the reference")
     parser.add_argument("--promotions", type=int, default=3)
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server's environment")
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="supportloop-soak-"))
     env = {"SUPPORTLOOP_DATA_DIR": str(data_dir), "SUPPORTLOOP_MAX_NEW_TOKENS": "48"}
+    env |= dict(item.split("=", 1) for item in args.env)
     token = live.staff_token(env)
     base = resolve_base_model(Settings().base_model, Settings().model_cache)
     versions = make_adapters(data_dir, base, args.promotions)
@@ -204,20 +219,22 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=60)
     report = summarize(result, _lost(store_url, result["soak"]), args.warmup)
-    lost = sum(report["lost"].values())
+    lost = sum(v for v in report["lost"].values() if isinstance(v, int))
     met = (
         report["errors"] == 0
         and lost == 0
         and report["rss_growth_pct"] <= 5
-        and report["fds_range_after_warmup"][1] - report["fds_range_after_warmup"][0] <= 4
+        and report["sockets_after_load"] <= report["sockets_before_load"]
+        and set(report["files_after_load"]) <= set(report["files_before_load"])
     )
     print(json.dumps({**report, "sessions": args.sessions, "seconds": args.seconds, "target_met": met}, indent=2))
     print(
         f"soak: {args.sessions} sessions × {args.seconds:.0f} s: {report['answers']} answers, {report['votes']} votes, "
         f"{report['corrections']} corrections, {len(report['promotions'])} promotions; errors {report['errors']}, "
         f"lost {lost}; RSS {report['rss_mib_after_warmup']:.0f} → {report['rss_mib_end']:.0f} MiB "
-        f"({report['rss_growth_pct']:+.1f}% after warm-up); fds {report['fds_after_warmup']} → {report['fds_end']} "
-        f"(range {report['fds_range_after_warmup'][0]}–{report['fds_range_after_warmup'][1]}); "
+        f"({report['rss_growth_pct']:+.1f}% after warm-up); fds {report['fds_before_load']} before the load, "
+        f"{report['fds_peak']} at most, {report['fds_after_load']} after (sockets {report['sockets_before_load']} → "
+        f"{report['sockets_after_load']}); "
         f"targets {'met' if met else 'NOT met'}"
     )
 
