@@ -15,6 +15,7 @@ import re
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
+from starlette.datastructures import Headers
 
 from bot.server.deps import NO_SESSION_TOKEN, SESSION_TOKEN_HEADER, CustomerTokenDep
 from bot.server.errors import HANDLED, error_reply
@@ -67,7 +68,7 @@ class VoteIngest:
         raw = await _read_body(receive)
         if raw is None:
             return 413, {"detail": f"A vote is at most {MAX_VOTE_BYTES} bytes."}, {}
-        token = _header(scope, SESSION_TOKEN_HEADER.lower().encode())
+        token = Headers(scope=scope).get(SESSION_TOKEN_HEADER)
         if not token:
             return 401, {"detail": NO_SESSION_TOKEN}, {}
         if len(token) > 128:
@@ -82,11 +83,6 @@ class VoteIngest:
         except HANDLED as exc:
             return error_reply(exc)
         return 200, reply.model_dump_json().encode(), {}
-
-
-def _header(scope, name: bytes) -> str | None:
-    value = next((v for k, v in scope.get("headers", []) if k == name), None)
-    return value.decode("latin-1") if value is not None else None
 
 
 async def _read_body(receive) -> bytes | None:

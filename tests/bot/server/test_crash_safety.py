@@ -130,7 +130,7 @@ class Load:
 def _staff(url: str) -> list[str]:
     store = open_store(url)
     with store.session() as s:
-        tokens = [repo.create_staff(s, name=f"agent{i}", role=StaffRole.admin)[1] for i in range(AGENTS)]
+        tokens = [repo.create_staff(s, name=f"agent{i}", role=StaffRole.agent)[1] for i in range(AGENTS)]
     store.dispose()
     return tokens
 
