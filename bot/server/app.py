@@ -31,7 +31,7 @@ from bot.server.body_limit import BodyLimit
 from bot.server.chat_service import ChatService
 from bot.server.deps import SESSION_TOKEN_HEADER
 from bot.server.errors import HANDLED, error_reply
-from bot.server.limits import ClientLimits
+from bot.server.limits import ClientLimits, FairShare
 from bot.server.live import LiveBus
 from bot.server.metrics import Metrics
 from bot.server.round_launcher import round_launcher
@@ -104,9 +104,8 @@ def _lifespan(settings: Settings, generator: Generator, store: Store | None, emb
             on_canary_rollback=lambda: state.metrics.canary_rollbacks.inc(),
         )
         state.metrics = Metrics(generator.stats, lambda: state.adapters.active_version)
-        state.limits = ClientLimits(
-            settings.rate_limit, settings.max_sessions_per_client, settings.max_answers_per_client
-        )
+        share = FairShare(settings.max_batch, settings.max_queue, settings.fair_share)
+        state.limits = ClientLimits(settings.rate_limit, settings.max_sessions_per_client, share)
         threads = 1 if settings.model_process else None  # the model decodes on the other cores
         state.embedder = embedder or load_embedder(settings.embedding_model, threads)  # loaded at its first use
         state.retriever = make_retriever(settings, state.store, state.embedder)

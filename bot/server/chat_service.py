@@ -240,10 +240,8 @@ class ChatService:
             max_new_tokens=self.settings.max_new_tokens,
             temperature=self.settings.temperature,
         )
-        async with (
-            self.limits.turn(client),
-            aclosing(self._generate(session_id, user_message_id, request, started, api, grounding)) as stream,
-        ):
+        answer = self._generate(session_id, user_message_id, request, started, api, grounding, client)
+        async with aclosing(answer) as stream:
             async for item in stream:
                 yield item
 
@@ -272,10 +270,8 @@ class ChatService:
             top_p=top_p,
             stop=stop,
         )
-        async with (
-            self.limits.turn(client),
-            aclosing(self._generate(session_id, user_message_id, request, started, "openai", grounding)) as stream,
-        ):
+        answer = self._generate(session_id, user_message_id, request, started, "openai", grounding, client)
+        async with aclosing(answer) as stream:
             async for item in stream:
                 yield replace(item, session_token=token) if isinstance(item, Reply) else item
 
@@ -299,10 +295,11 @@ class ChatService:
         started: float,
         api: str,
         grounding: Grounding,
+        client: str,
     ) -> AsyncIterator[str | Reply]:
         first_at = None
-        try:
-            async with aclosing(self._stream(request, grounding)) as stream:
+        try:  # a slot of the batch first (the fair share), then the model
+            async with self.limits.turn(client), aclosing(self._stream(request, grounding)) as stream:
                 async for item in stream:
                     if isinstance(item, str):
                         first_at = first_at or time.perf_counter()

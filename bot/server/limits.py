@@ -1,18 +1,23 @@
 """Abuse limits per client address: a message rate (the `limits` library's moving window), a cap on
 concurrently open chat connections (both named settings with explicit refusal messages), and a fair
-share of the model: at most `max_answers` of one client's answers generate at once, the others wait
-their turn, so one address flooding the server leaves the rest of the batch to everyone else."""
+share of the model (`FairShare`): when more answers wait than the batch holds, the next slot goes to the
+address with the fewest answers generating, so one address flooding the server cannot crowd out the
+others, while an address alone (or everyone behind one proxy address) still gets the whole batch."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 from limits import parse, storage, strategies
+
+from bot.runtime.types import Busy
 
 
 class LimitExceeded(Exception):
@@ -21,28 +26,73 @@ class LimitExceeded(Exception):
         self.code, self.message = code, message
 
 
-class ClientLimits:
-    def __init__(self, rate: str, max_sessions: int, max_answers: int = 4) -> None:
-        self.rate_text, self.rate = rate, parse(rate)
-        self.limiter = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
-        self.max_sessions, self.max_answers = max_sessions, max_answers
-        self.open: Counter[str] = Counter()
-        self._turns: dict[str, asyncio.Semaphore] = {}
-        self._waiting: Counter[str] = Counter()  # answers of each client generating or waiting
+@dataclass(order=True)
+class _Waiter:
+    seq: int
+    client: str = field(compare=False)
+    granted: asyncio.Future = field(compare=False)
+
+
+class FairShare:
+    """Up to `slots` answers generate at once (the model's batch); more wait, at most `max_waiting`
+    (beyond: `Busy`). A freed slot goes to the waiting address with the fewest answers generating, the
+    longest-waiting first among equals: work-conserving fair queueing per address. `fair=False`: first
+    come, first served."""
+
+    def __init__(self, slots: int, max_waiting: int, fair: bool = True) -> None:
+        self.slots, self.max_waiting, self.fair = slots, max_waiting, fair
+        self.active: Counter[str] = Counter()
+        self.waiting: list[_Waiter] = []
+        self._seq = itertools.count()
 
     @asynccontextmanager
     async def turn(self, client: str) -> AsyncIterator[None]:
-        """Hold one of `client`'s `max_answers` generation turns (waiting for one, first come first
-        served) for the length of an answer."""
-        turns = self._turns.setdefault(client, asyncio.Semaphore(self.max_answers))
-        self._waiting[client] += 1
+        """Hold a slot of the batch for `client` for the length of an answer (waiting for one if needed)."""
+        if sum(self.active.values()) < self.slots and not self.waiting:
+            self.active[client] += 1
+        else:
+            await self._wait(client)
         try:
-            async with turns:
-                yield
+            yield
         finally:
-            self._waiting[client] -= 1
-            if self._waiting[client] <= 0:
-                del self._waiting[client], self._turns[client]
+            self._release(client)
+
+    async def _wait(self, client: str) -> None:
+        if len(self.waiting) >= self.max_waiting:
+            raise Busy(f"the server is at capacity ({self.max_waiting} requests waiting)")
+        waiter = _Waiter(next(self._seq), client, asyncio.get_running_loop().create_future())
+        self.waiting.append(waiter)
+        try:
+            await waiter.granted
+        except asyncio.CancelledError:
+            if waiter.granted.done() and not waiter.granted.cancelled():
+                self._release(client)  # granted as it was cancelled: give the slot on
+            elif waiter in self.waiting:
+                self.waiting.remove(waiter)
+            raise
+
+    def _release(self, client: str) -> None:
+        self.active[client] -= 1
+        if self.active[client] <= 0:
+            del self.active[client]
+        while self.waiting and sum(self.active.values()) < self.slots:
+            chosen = min(self.waiting, key=lambda w: (self.active[w.client], w.seq) if self.fair else (0, w.seq))
+            self.waiting.remove(chosen)
+            self.active[chosen.client] += 1
+            chosen.granted.set_result(None)
+
+
+class ClientLimits:
+    def __init__(self, rate: str, max_sessions: int, share: FairShare | None = None) -> None:
+        self.rate_text, self.rate = rate, parse(rate)
+        self.limiter = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
+        self.max_sessions = max_sessions
+        self.open: Counter[str] = Counter()
+        self.share = share or FairShare(slots=16, max_waiting=64)
+
+    def turn(self, client: str):
+        """A slot of the model's batch for one of `client`'s answers (`FairShare.turn`)."""
+        return self.share.turn(client)
 
     def hit(self, client: str) -> None:
         """Count one message from `client`; refuse it when over the rate."""

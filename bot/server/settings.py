@@ -45,8 +45,10 @@ class Settings(BaseSettings):
         "60/minute", description="messages per client address, in the `limits` notation (e.g. 60/minute, 1000/hour)"
     )
     max_sessions_per_client: int = Field(20, ge=1, description="open chat connections per client address")
-    max_answers_per_client: int = Field(
-        4, ge=1, description="answers of one client address generating at once; more wait their turn (fair share)"
+    fair_share: bool = Field(
+        True,
+        description="when more answers wait than the batch holds, the next goes to the client address with the "
+        "fewest generating (false: first come, first served)",
     )
     handoff_hours: str = Field(
         "",

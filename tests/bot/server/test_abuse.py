@@ -1,6 +1,7 @@
-"""Abuse (issue 21) over real sockets on a real port: one client address flooding the server gets at most
-its fair share of the model (`SUPPORTLOOP_MAX_ANSWERS_PER_CLIENT`) while its other messages wait their
-turn, and a client that never reads its socket stalls nobody. Clients are told apart as behind a proxy
+"""Abuse (issue 21) over real sockets on a real port: when one client address floods the server, the
+batch's freed slots go to the other addresses first (`SUPPORTLOOP_FAIR_SHARE`) while the flood's other
+messages wait their turn; an address alone still gets the whole batch; and a client that never reads its
+socket stalls nobody. Clients are told apart as behind a proxy
 (`X-Forwarded-For`, which uvicorn trusts from loopback). The TTFT numbers on the real model are in
 `bench/abuse.py`."""
 
@@ -69,7 +70,7 @@ def _ask(url: str, address: str, text: str, finished: dict, key: str) -> None:
 
 def test_a_flooding_client_gets_its_share_and_the_others_are_served_before_its_backlog(served):
     fake = Counting("An answer of a few words.", delay=0.05)
-    _, server = served(fake, max_answers_per_client=4)
+    _, server = served(fake, max_batch=4)
     finished: dict = {}
     with server:
         flood = [threading.Thread(target=_ask, args=(server.url, "203.0.113.66", f"flood: {i}", finished, f"f{i}"))
@@ -84,10 +85,25 @@ def test_a_flooding_client_gets_its_share_and_the_others_are_served_before_its_b
         for thread in flood + good:
             thread.join(timeout=60)
     assert {outcome for _, outcome in finished.values()} == {"done"} and len(finished) == 15  # waited, not refused
-    assert fake.peak["flood"] == 4  # never more than its share in the model at once
+    assert fake.peak["flood"] == 4  # alone, the flood had the whole batch
     last_good = max(at for key, (at, _) in finished.items() if key.startswith("g"))
     flood_after = [key for key, (at, _) in finished.items() if key.startswith("f") and at > last_good]
-    assert len(flood_after) >= 4, "the others waited behind the flood's backlog"
+    assert len(flood_after) >= 6, "the others waited behind the flood's backlog"
+
+
+def test_one_address_alone_gets_the_whole_batch(served):
+    """Everyone behind one proxy address (or one busy customer) is not held to a share: nobody else waits."""
+    fake = Counting("An answer.", delay=0.05)
+    _, server = served(fake, max_batch=4)
+    finished: dict = {}
+    with server:
+        threads = [threading.Thread(target=_ask, args=(server.url, "203.0.113.7", f"all: {i}", finished, i))
+                   for i in range(8)]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert len(finished) == 8 and fake.peak["all"] == 4  # the whole batch, then the rest in turn
 
 
 def _silent_socket(url: str, address: str, text: str) -> socket.socket:

@@ -113,8 +113,8 @@ class Load:
                         return
                     with self.lock:
                         target = random.choice(self.answers)["message_id"] if self.answers else None
+                    time.sleep(0.1)  # an agent between two saves
                     if target is None:
-                        time.sleep(0.01)
                         continue
                     text = f"A better answer, number {n} by {token[-6:]}."
                     saved = http.post(f"/api/messages/{target}/corrections", json={"text": text, "approve": n % 2 == 0})
@@ -139,13 +139,18 @@ def test_kill_9_under_load_loses_nothing_that_was_acknowledged(database, tmp_pat
     port = free_port()
     server = fakeserver.start(tmp_path, database, port)  # migrates the store
     url = f"http://127.0.0.1:{port}"
-    with Load(url, _staff(database)) as load:
-        wait_until(lambda: load.failures or (len(load.answers) >= 30 and len(load.votes) >= 20
-                                             and len(load.corrections) >= 6), 120)  # fmt: skip
-        time.sleep(random.uniform(0.0, 0.5))  # then at a random moment, mid-stream, mid-vote, mid-save
-        killed_at = time.monotonic()
-        server.send_signal(signal.SIGKILL)
-        server.wait()
+    try:
+        with Load(url, _staff(database)) as load:
+            wait_until(lambda: load.failures or (len(load.answers) >= 30 and len(load.votes) >= 20
+                                                 and len(load.corrections) >= 6), 120)  # fmt: skip
+            time.sleep(random.uniform(0.0, 0.5))  # then at a random moment, mid-stream, mid-vote, mid-save
+            killed_at = time.monotonic()
+            server.send_signal(signal.SIGKILL)  # while the customers and agents are at it
+            server.wait()
+    finally:
+        if server.poll() is None:  # the load failed before the kill: do not leave the server behind
+            server.kill()
+            server.wait()
     assert load.failures_before(killed_at) == []
     server = fakeserver.start(tmp_path, database, port)  # the same store, after the crash
     try:
