@@ -1,8 +1,8 @@
 """Abuse limits per client address: a message rate (the `limits` library's moving window), a cap on
 concurrently open chat connections (both named settings with explicit refusal messages), and a fair
-share of the model (`FairShare`): when more answers wait than the batch holds, the next slot goes to the
-address with the fewest answers generating, so one address flooding the server cannot crowd out the
-others, while an address alone (or everyone behind one proxy address) still gets the whole batch."""
+share of the model (`FairShare`): each address holds at most an equal part of the batch among those using
+it (never less than a quarter), so one address flooding the server cannot crowd out the others, while an
+address alone (or everyone behind one proxy address) still gets the whole batch."""
 
 from __future__ import annotations
 
@@ -35,23 +35,33 @@ class _Waiter:
 
 class FairShare:
     """Up to `slots` answers generate at once (the model's batch); more wait, at most `max_waiting`
-    (beyond: `Busy`). A freed slot goes to the waiting address with the fewest answers generating, the
-    longest-waiting first among equals: work-conserving fair queueing per address. `fair=False`: first
-    come, first served."""
+    (beyond: `Busy`). Each address may hold at most an equal part of the batch among the addresses using
+    it, never less than a quarter of it: an address alone (or everyone behind one proxy) gets the whole
+    batch, while one address flooding next to others cannot fill the batch and slow every step for
+    them. A freed slot goes to the waiting address with the fewest answers generating, the
+    longest-waiting first among equals. `fair=False`: first come, first served, no part."""
 
     def __init__(self, slots: int, max_waiting: int, fair: bool = True) -> None:
         self.slots, self.max_waiting, self.fair = slots, max_waiting, fair
+        self.floor = max(1, slots // 4)
         self.active: Counter[str] = Counter()
         self.waiting: list[_Waiter] = []
         self._seq = itertools.count()
 
+    def part(self) -> int:
+        """The most slots one address may hold now."""
+        if not self.fair:
+            return self.slots
+        addresses = set(self.active) | {w.client for w in self.waiting}
+        return max(self.floor, -(-self.slots // max(1, len(addresses))))
+
+    def _may_start(self, client: str) -> bool:
+        return sum(self.active.values()) < self.slots and self.active[client] < self.part()
+
     @asynccontextmanager
     async def turn(self, client: str) -> AsyncIterator[None]:
         """Hold a slot of the batch for `client` for the length of an answer (waiting for one if needed)."""
-        if sum(self.active.values()) < self.slots and not self.waiting:
-            self.active[client] += 1
-        else:
-            await self._wait(client)
+        await self._wait(client)
         try:
             yield
         finally:
@@ -62,6 +72,7 @@ class FairShare:
             raise Busy(f"the server is at capacity ({self.max_waiting} requests waiting)")
         waiter = _Waiter(next(self._seq), client, asyncio.get_running_loop().create_future())
         self.waiting.append(waiter)
+        self._grant()  # at once if its part and a slot allow
         try:
             await waiter.granted
         except asyncio.CancelledError:
@@ -69,14 +80,21 @@ class FairShare:
                 self._release(client)  # granted as it was cancelled: give the slot on
             elif waiter in self.waiting:
                 self.waiting.remove(waiter)
+                self._grant()  # the part of the others may have grown
             raise
 
     def _release(self, client: str) -> None:
         self.active[client] -= 1
         if self.active[client] <= 0:
             del self.active[client]
-        while self.waiting and sum(self.active.values()) < self.slots:
-            chosen = min(self.waiting, key=lambda w: (self.active[w.client], w.seq) if self.fair else (0, w.seq))
+        self._grant()
+
+    def _grant(self) -> None:
+        while True:
+            ready = [w for w in self.waiting if not w.granted.done() and self._may_start(w.client)]  # done: cancelled
+            if not ready:
+                return
+            chosen = min(ready, key=lambda w: (self.active[w.client], w.seq) if self.fair else (0, w.seq))
             self.waiting.remove(chosen)
             self.active[chosen.client] += 1
             chosen.granted.set_result(None)
