@@ -11,7 +11,7 @@ import itertools
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -36,7 +36,8 @@ class _Waiter:
 class FairShare:
     """Up to `slots` answers generate at once (the model's batch); more wait, at most `max_waiting`
     (beyond: `Busy`). Each address may hold at most an equal part of the batch among the addresses using
-    it, never less than a quarter of it: an address alone (or everyone behind one proxy) gets the whole
+    it (generating, waiting, or with a chat socket open: a customer reading an answer will ask again),
+    never less than a quarter of it: an address alone (or everyone behind one proxy) gets the whole
     batch, while one address flooding next to others cannot fill the batch and slow every step for
     them. A freed slot goes to the waiting address with the fewest answers generating, the
     longest-waiting first among equals. `fair=False`: first come, first served, no part."""
@@ -44,6 +45,7 @@ class FairShare:
     def __init__(self, slots: int, max_waiting: int, fair: bool = True) -> None:
         self.slots, self.max_waiting, self.fair = slots, max_waiting, fair
         self.floor = max(1, slots // 4)
+        self.present: Callable[[], Iterable[str]] = tuple  # addresses connected (open chat sockets)
         self.active: Counter[str] = Counter()
         self.waiting: list[_Waiter] = []
         self._seq = itertools.count()
@@ -52,7 +54,7 @@ class FairShare:
         """The most slots one address may hold now."""
         if not self.fair:
             return self.slots
-        addresses = set(self.active) | {w.client for w in self.waiting}
+        addresses = set(self.active) | {w.client for w in self.waiting} | set(self.present())
         return max(self.floor, -(-self.slots // max(1, len(addresses))))
 
     def _may_start(self, client: str) -> bool:
@@ -107,6 +109,7 @@ class ClientLimits:
         self.max_sessions = max_sessions
         self.open: Counter[str] = Counter()
         self.share = share or FairShare(slots=16, max_waiting=64)
+        self.share.present = self.open.keys
 
     def turn(self, client: str):
         """A slot of the model's batch for one of `client`'s answers (`FairShare.turn`)."""
