@@ -23,6 +23,7 @@ from sqlmodel import Session
 from starlette.requests import HTTPConnection
 
 from bot.server.chat_service import ChatService
+from bot.server.protocol import MAX_SESSION_TOKEN
 from feedback import repo
 from feedback.logins import find_login
 from feedback.models import Staff, StaffLogin, StaffRole
@@ -58,7 +59,7 @@ NO_SESSION_TOKEN = (
 )
 SessionToken = Annotated[
     str | None,
-    Header(alias=SESSION_TOKEN_HEADER, max_length=128, description="the customer's session secret"),
+    Header(alias=SESSION_TOKEN_HEADER, max_length=MAX_SESSION_TOKEN, description="the customer's session secret"),
 ]
 
 

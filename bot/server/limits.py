@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from limits import parse, storage, strategies
 
@@ -26,11 +26,11 @@ class LimitExceeded(Exception):
         self.code, self.message = code, message
 
 
-@dataclass(order=True)
+@dataclass
 class _Waiter:
     seq: int
-    client: str = field(compare=False)
-    granted: asyncio.Future = field(compare=False)
+    client: str
+    granted: asyncio.Future
 
 
 class FairShare:

@@ -12,6 +12,7 @@ from feedback.models import Reason, SourceKind, Thumb
 
 PROTOCOL_VERSION = 2  # 2: live human handoff (agent_* frames, handoff, received, typing)
 SUPPORTED_PROTOCOLS = (1, 2)
+MAX_SESSION_TOKEN = 128  # characters of a session secret a client may send (ours are 43)
 
 
 # client → server frames
@@ -21,7 +22,9 @@ class HelloFrame(BaseModel):
     type: Literal["hello"]
     protocol: int = PROTOCOL_VERSION
     session_id: str | None = Field(None, max_length=64)
-    session_token: str | None = Field(None, max_length=128, description="the session's secret: needed to resume it")
+    session_token: str | None = Field(
+        None, max_length=MAX_SESSION_TOKEN, description="the session's secret: needed to resume it"
+    )
 
 
 class UserMessageFrame(BaseModel):

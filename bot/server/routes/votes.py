@@ -19,7 +19,7 @@ from starlette.datastructures import Headers
 
 from bot.server.deps import NO_SESSION_TOKEN, SESSION_TOKEN_HEADER, CustomerTokenDep
 from bot.server.errors import HANDLED, error_reply
-from bot.server.protocol import FeedbackRequest, FeedbackResponse
+from bot.server.protocol import MAX_SESSION_TOKEN, FeedbackRequest, FeedbackResponse
 from feedback import repo
 
 router = APIRouter(prefix="/api")
@@ -71,8 +71,8 @@ class VoteIngest:
         token = Headers(scope=scope).get(SESSION_TOKEN_HEADER)
         if not token:
             return 401, {"detail": NO_SESSION_TOKEN}, {}
-        if len(token) > 128:
-            return 422, {"detail": f"{SESSION_TOKEN_HEADER} is at most 128 characters."}, {}
+        if len(token) > MAX_SESSION_TOKEN:
+            return 422, {"detail": f"{SESSION_TOKEN_HEADER} is at most {MAX_SESSION_TOKEN} characters."}, {}
         try:
             body = FeedbackRequest.model_validate_json(raw)
         except ValidationError as exc:  # the same shape as FastAPI's 422
