@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from functools import partial
@@ -30,6 +31,11 @@ from feedback.registry import BASE_VERSION, ManifestError, manifest_path, read_m
 log = logging.getLogger(__name__)
 
 PACKED_ATTENTION = "supportloop_packed"
+
+
+def _transfer_of(job_ref: weakref.ref[Job]) -> KVTransfer | None:
+    job = job_ref()
+    return job.transfer if job is not None else None
 
 
 class HFGenerator:
@@ -220,11 +226,15 @@ class HFGenerator:
 
         job.emit = collect
         submitted = self.scheduler.submit_now(job) if now else self.scheduler.submit(job)
+        # The job's future keeps this callback: closing over the job would make a reference cycle that
+        # only a full garbage collection frees, keeping the job's KV handoff (MBs) alive until then.
+        # The job is alive whenever its future completes (the scheduler, or this frame, holds it).
+        job_ref, prompt_tokens = weakref.ref(job), len(job.prompt)
         return result_future(
             submitted,
             lambda done: (
-                job.transfer
-                or GenerationResult("".join(parts).strip(), request.adapter_version, len(job.prompt), *done)
+                _transfer_of(job_ref)
+                or GenerationResult("".join(parts).strip(), request.adapter_version, prompt_tokens, *done)
             ),
         )
 

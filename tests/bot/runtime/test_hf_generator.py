@@ -3,6 +3,7 @@ cancellation, the bounded queue, context truncation, per-row adapters and adapte
 
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 import shutil
@@ -165,6 +166,32 @@ def test_prefill_in_one_generator_and_decode_in_another_gives_the_same_answers(t
     assert [r.finish_reason for r, _ in split] == [r.finish_reason for r, _ in alone]
     assert ["".join(p) for _, p in split] == ["".join(p) for _, p in alone]  # the same stream of text
     assert [r.completion_tokens for r, _ in split[-3:]] == [2, 2, 4]  # stopped after the handoff
+
+
+def _jobs_alive() -> int:
+    from bot.runtime.types import Job
+
+    return sum(isinstance(o, Job) for o in gc.get_objects())
+
+
+def test_finished_requests_leave_nothing_behind_for_the_garbage_collector(tiny_model, generator):
+    """A finished request is freed as soon as nobody holds its result: no reference cycle keeps its job,
+    and with it a handoff's KV (megabytes on the real model), until a full collection happens to run.
+    (It did: a job's future kept a callback that closed over the job; the soak's model workers grew by
+    a gigabyte of handed-off KV in 3 minutes, bench/soak.py.)"""
+    decoder = HFGenerator(tiny_model, device="cpu", max_batch=4)
+    decoder.load()
+    gc.collect()
+    gc.disable()
+    try:
+        results = [_prefill_then_resume(generator, decoder, _request(q)) for q in QUESTIONS]  # submit and resume
+        results += [run(generator, _request(q)) for q in QUESTIONS[:2]]  # plain answers
+        assert all(r.completion_tokens for r, _ in results)
+        del results
+        wait_until(lambda: _jobs_alive() == 0, timeout=10)
+    finally:
+        gc.enable()
+        decoder.close()
 
 
 def test_a_handoff_carries_the_prompts_kv(tiny_model, generator):
