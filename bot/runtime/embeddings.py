@@ -73,8 +73,8 @@ def _loaded(folder: Path) -> Embedder:
 
 
 class LazyEmbedder:
-    """An `Embedder` loaded at its first use (a server whose store has no knowledge base and no approved
-    correction never loads one); its identity is known at once, from the folder. With `threads`, this
+    """An `Embedder` loaded at its first use (a command that never embeds never loads one; the server
+    loads it at start-up, `Retriever.warm`); its identity is known at once, from the folder. With `threads`, this
     process's torch uses that many threads from then on: the server passes 1 when the language model
     runs in worker processes, since with both cores busy decoding a one-thread query embedding took 28 ms
     and a two-thread one 126 ms (the threads wait for each other)."""

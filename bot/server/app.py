@@ -63,7 +63,7 @@ async def _start(app: FastAPI) -> None:
     except Exception:
         log.exception("model failed to load")
         return
-    if app.state.retriever is not None:  # load the embedder now (when there is something to search), not
+    if app.state.retriever is not None:  # load the embedder now (even with nothing to search yet), not
         await asyncio.to_thread(app.state.retriever.warm)  # during the first customers' questions
     await app.state.adapters.run()
 

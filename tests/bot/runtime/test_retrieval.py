@@ -38,6 +38,16 @@ def test_nothing_is_embedded_while_the_store_has_nothing_to_search(store):
     assert retrieval.passages == [] and retrieval.kb_size == 0 and embedder.calls == 0
 
 
+def test_warming_up_loads_the_embedder_even_while_the_store_has_nothing_to_search(store):
+    """The server warms its retriever at start-up: the embedding model is loaded then, not when the first
+    correction is approved, while customers wait (they did, 4.4 s, under the crash test's load)."""
+    embedder = HashEmbedder()
+    Retriever(store, embedder).warm()
+    assert embedder.calls == 1
+    assert Retriever(store, embedder, kb=True, memory=False).retrieve("When is check-in?").passages == []
+    assert embedder.calls == 1  # a question still costs no embedding while there is nothing to search
+
+
 def test_kb_passages_above_the_threshold_best_first(any_store, tmp_path):
     embedder = HashEmbedder()
     add_page(any_store, embedder, tmp_path, "a-and-b.md", PAGE, url="https://help.example.com/a-and-b")

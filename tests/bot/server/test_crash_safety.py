@@ -113,8 +113,8 @@ class Load:
                         return
                     with self.lock:
                         target = random.choice(self.answers)["message_id"] if self.answers else None
-                    time.sleep(0.1)  # an agent between two saves
-                    if target is None:
+                    if target is None:  # nothing answered yet
+                        time.sleep(0.05)
                         continue
                     text = f"A better answer, number {n} by {token[-6:]}."
                     saved = http.post(f"/api/messages/{target}/corrections", json={"text": text, "approve": n % 2 == 0})
