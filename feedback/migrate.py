@@ -2,8 +2,8 @@
 a training round, and by `supportloop db upgrade`.
 
 A database made by supportloop 0.1 (tables created without migrations) is recognised and stamped at
-the baseline revision first, then upgraded. On PostgreSQL an advisory lock makes replicas that start
-together apply the migrations once.
+the baseline revision first, then upgraded. Processes that start together apply the migrations once
+(PostgreSQL: an advisory lock; SQLite: the write lock).
 """
 
 from __future__ import annotations
@@ -41,13 +41,23 @@ def current(engine: Engine) -> str | None:
 def upgrade(engine: Engine, revision: str = "head") -> str | None:
     """Bring the schema to `revision` (the newest by default); returns the revision reached."""
     with engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_ID})
+        _one_at_a_time(connection)
         config = _config(connection)
         if _legacy(connection):
             command.stamp(config, BASELINE)
         command.upgrade(config, revision)
     return current(engine)
+
+
+def _one_at_a_time(connection: Connection) -> None:
+    """Processes that migrate one store at the same moment (replicas starting on a new version, a server
+    and a training round) take turns, each seeing what the one before did: PostgreSQL's advisory lock;
+    on SQLite the write lock, taken before the migration history is read (without it, all of them read
+    "empty" and all but one failed with "table alembic_version already exists")."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_ID})
+    elif connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")  # waits for the others (busy_timeout)
 
 
 def downgrade(engine: Engine, revision: str) -> str | None:

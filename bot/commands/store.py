@@ -1,4 +1,4 @@
-"""`supportloop staff add`, `db upgrade` and `export`: the feedback store from the command line."""
+"""`supportloop staff add`, `db upgrade`, `db backup` and `export`: the feedback store from the command line."""
 
 from __future__ import annotations
 
@@ -42,6 +42,19 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     print(f"database {_redacted(settings.db_url)}: schema {before or 'empty'} → {after}")
+    return 0
+
+
+def cmd_db_backup(args: argparse.Namespace) -> int:
+    from feedback.backup import BackupError, backup, default_name
+
+    url = load_settings().db_url
+    try:
+        made = backup(url, args.out or default_name(url))
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(made.describe())
     return 0
 
 
@@ -92,7 +105,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add.add_argument("--role", choices=["agent", "admin"], default="agent", help="role (default agent)")
     add.set_defaults(func=cmd_staff_add)
 
-    db = commands.add_parser("db", help="manage the feedback store's schema").add_subparsers(
+    db = commands.add_parser("db", help="the feedback store: schema migrations, backups").add_subparsers(
         dest="db_command", required=True, metavar="ACTION"
     )
     upgrade = db.add_parser(
@@ -103,6 +116,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     upgrade.add_argument("--revision", default="head", help="target revision (default head)")
     upgrade.set_defaults(func=cmd_db_upgrade)
+    save = db.add_parser(
+        "backup",
+        help="copy the store while servers keep running (SQLite online backup, PostgreSQL pg_dump)",
+        description="Write a consistent copy of SUPPORTLOOP_DATABASE_URL to OUT (default "
+        "supportloop-<UTC time>.sqlite3 or .pgdump here) while servers keep writing; never overwrites a file. "
+        "PostgreSQL needs pg_dump of the server's major version. Prints how to restore.",
+    )
+    save.add_argument("out", type=Path, nargs="?", metavar="OUT", help="the file to write (must not exist)")
+    save.set_defaults(func=cmd_db_backup)
 
     exp = commands.add_parser(
         "export",

@@ -5,19 +5,13 @@ from __future__ import annotations
 import datetime as dt
 
 import sqlalchemy as sa
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlmodel import SQLModel
 
 from feedback import migrate, repo
 from feedback.db import Store, make_engine, open_store
 from feedback.models import Reason, Role, Thumb
+from tests.support.common import schema_diff
 
-
-def _schema_diff(engine) -> list:
-    with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
-        return compare_metadata(context, SQLModel.metadata)
+_schema_diff = schema_diff
 
 
 def test_upgrade_from_empty_matches_the_models(any_db_url):

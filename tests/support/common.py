@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FAQ = ROOT.parent / "shared" / "data" / "dstc9-faq" / "faq_qa.jsonl"
 ARTIFACTS = Path(os.environ.get("SUPPORTLOOP_ARTIFACTS", ROOT / "test-artifacts"))  # screenshots
 CHROMIUM = shutil.which("chromium")
+CLI = str(Path(sys.executable).parent / "supportloop")
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None,
     reason="NO CHROMIUM: the browser tests (widget, staff console) did not run; install "
@@ -82,3 +85,19 @@ def customer_headers(store, *, message_id: str | None = None, session_id: str | 
         session.add(conversation)
         session.commit()
     return {"X-Session-Token": token}
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The installed `supportloop` command, as a user runs it."""
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def schema_diff(engine) -> list:
+    """What differs between the migrated schema at `engine` and the models (nothing, when they agree)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlmodel import SQLModel
+
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return compare_metadata(context, SQLModel.metadata)

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from feedback import migrate, repo
 from feedback.db import open_store
 from feedback.tokens import hash_token
+from tests.support.common import run_cli
 
-CLI = str(Path(sys.executable).parent / "supportloop")
-
-
-def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([CLI, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+_run = run_cli
 
 
 @pytest.mark.parametrize(
@@ -29,6 +21,7 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         (("staff", "add"), "--role"),
         (("train",), "--epochs"),
         (("db", "upgrade"), "--revision"),
+        (("db", "backup"), "pg_dump"),
         (("export",), "--since"),
         (("adapters", "promote"), "--force"),
         (("adapters", "list"), "--json"),
