@@ -8,11 +8,10 @@ PORT   ?= 8000
 
 .PHONY: install model demo test test-fast check format clean chromium
 
-# torch is pinned here (2.13.0 is the CPU build on these machines); pyproject keeps a range.
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "torch==2.13.0" -e ".[test]"
+# One install script for this and the Docker images (docker/install.sh: torch pinned there, 2.13.0, the CPU
+# build on these machines; pyproject keeps a range).
+$(STAMP): pyproject.toml docker/install.sh
+	PYTHON=$(PYTHON) sh docker/install.sh $(VENV) -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
