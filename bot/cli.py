@@ -32,6 +32,7 @@ def round_config(args: argparse.Namespace, settings):
         lora=lora,
         sft=SFTSettings(**given),
         methods=args.methods,
+        processes=args.processes,
         system_prompt=settings.system_prompt,
         pii_scrub=list(settings.pii_scrub),
         min_new_feedback=args.min_new_feedback if args.if_needed else 0,

@@ -91,6 +91,13 @@ class RoundConfig:
             "they run in that order, each continuing the same adapter."
         },
     )
+    processes: int = field(
+        default=1,
+        metadata={
+            "help": "Processes that train together, data-parallel (DDP: one per GPU, or CPU processes with gloo); "
+            "1 trains in the round's own process (`trainer.launch`)."
+        },
+    )
     lora: LoraSettings = field(default_factory=LoraSettings)
     sft: SFTSettings = field(default_factory=SFTSettings)
     preference: PreferenceSettings = field(default_factory=PreferenceSettings)

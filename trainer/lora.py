@@ -138,7 +138,8 @@ def train_lora(
         )
         trainer.remove_callback(PrinterCallback)  # our callback logs each step once, in our format
         trainer.train()
-        trainer.model.save_pretrained(out_dir)
+        if trainer.is_world_process_zero():  # one writer when several processes train (`trainer.launch`)
+            trainer.model.save_pretrained(out_dir)
     precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
     return TrainStats(
         examples=len(records), steps=steps, seconds=time.perf_counter() - started, losses=losses, precision=precision

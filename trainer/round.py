@@ -111,6 +111,12 @@ def _train(
         progress=config.progress,
         init_adapter=previous,
     )
+    if config.processes > 1:  # the same training, data-parallel in processes of its own
+        from trainer.launch import train_distributed
+
+        settings = config.sft if method == "sft" else config.preference
+        del common["progress"]
+        return train_distributed(method, records, processes=config.processes, settings=settings, **common)
     if method == "sft":
         return train_sft(records, sft=config.sft, **common)
     return (train_dpo if method == "dpo" else train_kto)(records, settings=config.preference, **common)

@@ -92,6 +92,12 @@ def _now():
     return datetime.now(UTC)
 
 
+def _processes(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of processes (1 or more)")
+    return int(value)
+
+
 def _round_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
@@ -113,6 +119,13 @@ def _round_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default SUPPORTLOOP_DEVICE")
+    parser.add_argument(
+        "--processes",
+        type=_processes,
+        default=1,
+        help="train data-parallel on N processes (DDP: one per GPU, or CPU processes; "
+        "launched with torch.distributed.run, docs/architecture.md); default 1: in this process",
+    )
     parser.add_argument(
         "--golden-set",
         type=Path,
