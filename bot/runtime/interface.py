@@ -2,6 +2,7 @@
 `bot.runtime` (tests/test_layering.py holds them to it).
 
 - `build_generator` makes the configured `Generator` (the model in worker processes, or in this one);
+  `build_vllm_generator` one that talks to a vLLM server;
 - `GenerationBridge` streams a `GenerationRequest` into an async iterator of text and gives back a
   `GenerationResult`, without blocking the event loop;
 - `AdapterManager` keeps the serving versions in sync with the store (validate → load → swap, canary);
@@ -43,6 +44,7 @@ __all__ = [
     "Generator",
     "ModelUnavailable",
     "build_generator",
+    "build_vllm_generator",
     "pull_default_model",
     "resolve_base_model",
 ]
@@ -72,3 +74,10 @@ def build_generator(
             threads=threads,
         )
     return HFGenerator(model_path, device, max_batch=max_batch, max_queue=max_queue, threads=threads)
+
+
+def build_vllm_generator(url: str, model: str, max_requests: int) -> Generator:
+    """The model served by a vLLM OpenAI-compatible server (`SUPPORTLOOP_BACKEND=vllm`)."""
+    from bot.runtime.vllm_backend import VLLMGenerator
+
+    return VLLMGenerator(url, model, max_requests=max_requests)

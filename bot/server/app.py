@@ -24,6 +24,7 @@ from bot.runtime.interface import (
     LazyEmbedder,
     Retriever,
     build_generator,
+    build_vllm_generator,
     load_embedder,
     resolve_base_model,
 )
@@ -181,6 +182,10 @@ def create_app(
     embedder: Embedder | LazyEmbedder | None = None,
 ) -> FastAPI:
     settings = settings or Settings()
+    if generator is None and settings.backend == "vllm":
+        generator = build_vllm_generator(
+            settings.vllm_url, settings.vllm_model, settings.max_batch + settings.max_queue
+        )
     if generator is None:
         path = resolve_base_model(settings.base_model, settings.model_cache)
         generator = build_generator(

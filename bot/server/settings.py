@@ -32,6 +32,13 @@ class Settings(BaseSettings):
         Path("~/.cache/supportloop").expanduser(), description="where `supportloop model pull` writes the default model"
     )
     device: str = Field("auto", description="auto, cpu or cuda")
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="who runs the model: 'transformers' in this server's processes, or 'vllm': a vLLM "
+        "OpenAI-compatible server at SUPPORTLOOP_VLLM_URL started with --enable-lora (bot/runtime/vllm_backend.py)",
+    )
+    vllm_url: str = Field("http://127.0.0.1:8001", description="the vLLM server (SUPPORTLOOP_BACKEND=vllm)")
+    vllm_model: str = Field("", description="the base model's name in vLLM (default: the one it serves)")
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_new_tokens: int = Field(128, ge=1, le=4096)
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 = greedy (reproducible answers)")
