@@ -39,8 +39,11 @@ HEALTH_SECONDS = 2.0  # how often vLLM's /health is polled
 
 
 class VLLMGenerator:
-    def __init__(self, url: str, model: str = "", max_requests: int = 256, timeout: float = 600.0) -> None:
+    def __init__(
+        self, url: str, model: str = "", max_requests: int = 256, timeout: float = 600.0, start_timeout: float = 600.0
+    ) -> None:
         self.url, self.model, self.max_requests = url.rstrip("/"), model, max_requests
+        self.start_timeout = start_timeout  # how long `load` waits for vLLM to come up (it loads its model too)
         self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=5.0))
         self.pool = ThreadPoolExecutor(max_workers=max_requests, thread_name_prefix="supportloop-vllm")
         self.adapters: set[str] = set()
@@ -52,8 +55,19 @@ class VLLMGenerator:
     # ---- the Generator protocol -----------------------------------------------------------------
 
     def load(self) -> None:
-        """Find the served base model (`model`, or the one vLLM serves); raises while vLLM is unreachable."""
-        served = [m["id"] for m in self._get("/v1/models").json()["data"] if not m.get("parent")]
+        """Find the served base model (`model`, or the one vLLM serves), waiting up to `start_timeout` for
+        vLLM to answer (started together, it is often still loading its model); raises after that."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                models = self._get("/v1/models").json()["data"]
+                break
+            except ModelUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("waiting for vLLM at %s", self.url)
+                time.sleep(HEALTH_SECONDS)
+        served = [m["id"] for m in models if not m.get("parent")]
         if not self.model:
             self.model = served[0]
         elif self.model not in served:

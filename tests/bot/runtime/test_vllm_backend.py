@@ -6,6 +6,7 @@ cancellation, capacity, and an unreachable or unhealthy vLLM (503 and `model_una
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -139,11 +140,21 @@ def test_cancelling_closes_the_stream_and_capacity_is_enforced(vllm, tmp_path):
         generator.close()
 
 
-def test_an_unreachable_vllm_fails_loading_with_the_reason():
-    generator = VLLMGenerator(f"http://127.0.0.1:{free_port()}")
+def test_loading_waits_for_vllm_to_come_up_then_fails_with_the_reason(vllm):
+    port = free_port()
+    generator = VLLMGenerator(f"http://127.0.0.1:{port}", start_timeout=0.5)
     with pytest.raises(ModelUnavailable, match="cannot be reached"):
         generator.load()
     generator.close()
+    late = VLLMGenerator(f"http://127.0.0.1:{port}", start_timeout=30)
+    starting = threading.Thread(target=late.load)
+    starting.start()  # vLLM is not there yet: it waits
+    time.sleep(1.0)
+    assert starting.is_alive()
+    with LiveServer(vllm.app, port=port):
+        starting.join(timeout=30)
+        assert not starting.is_alive() and late.model == "base-model"
+    late.close()
 
 
 def test_while_vllm_is_down_readyz_says_why_and_chat_refuses_with_model_unavailable(vllm, settings, store):
