@@ -90,7 +90,19 @@ class LiveServer:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("server did not start")
             time.sleep(0.05)
+        self._wait_ready()
         return self
+
+    def _wait_ready(self, timeout: float = 120) -> None:
+        """Until the app says it is ready (`/readyz`: the model and the embedder loaded), as a load balancer
+        waits; before that a chat message is refused. Apps without `/readyz` (test doubles) are ready now."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while httpx.get(self.url + "/readyz", timeout=5).status_code == 503:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready within {timeout} s")
+            time.sleep(0.1)
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
