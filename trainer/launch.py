@@ -65,9 +65,9 @@ def train_distributed(
 
 
 def _launch(processes: int, spec: Path, log: Callable[[str], None]) -> None:
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "trainer.launch", str(spec),
+    command = [  # --standalone: a local rendezvous on a port it picks itself
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+        "-m", "trainer.launch", str(spec),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -79,14 +79,6 @@ def _launch(processes: int, spec: Path, log: Callable[[str], None]) -> None:
     if run.wait() != 0:
         tail = "\n".join(lines[-30:])
         raise RuntimeError(f"distributed training failed (exit code {run.returncode}):\n{tail}")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(spec_path: str) -> None:
