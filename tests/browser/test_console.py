@@ -17,7 +17,7 @@ from bot.server.app import create_app
 from feedback import handoffs, repo
 from feedback.models import CorrectionStatus, GroundingSource, Role, SourceKind, StaffLogin, utcnow
 from feedback.rounds import recent_runs
-from tests.support.common import ARTIFACTS, needs_chromium, wait_until
+from tests.support.common import ARTIFACTS, needs_chromium
 from tests.support.consoledata import WRONG, faq_pairs, seed_console, seed_votes
 from tests.support.services import LiveServer
 
@@ -335,7 +335,6 @@ def test_the_whole_staff_path_on_the_real_model(browser, tmp_path):
     settings = Settings(data_dir=tmp_path / "data", model_cache=cache, max_new_tokens=32)
     app = create_app(settings)
     with LiveServer(app) as bot:
-        wait_until(lambda: httpx.get(bot.url + "/readyz").status_code == 200, timeout=300, interval=0.5)
         store = app.state.store
         with store.session() as s:
             token = repo.create_staff(s, name="bob")[1]

@@ -388,7 +388,6 @@ def test_the_widget_chats_with_the_real_model(browser, tmp_path):
     pull_default_model(cache, progress=False)
     settings = Settings(data_dir=tmp_path / "data", model_cache=cache, max_new_tokens=32)
     with LiveServer(create_app(settings)) as bot, host_site(bot.url) as url:
-        wait_until(lambda: httpx.get(bot.url + "/readyz").status_code == 200, timeout=300, interval=0.5)
         context = browser.new_context()
         page = context.new_page()
         page.goto(url)

@@ -72,7 +72,6 @@ def test_a_worse_canary_on_the_real_model_is_rolled_back(tmp_path):
     store.dispose()
     admin = {"Authorization": f"Bearer {token}"}
     with LiveServer(create_app(settings)) as server:
-        wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, timeout=300, interval=0.5)
         started = httpx.post(
             f"{server.url}/api/admin/adapters/v1/canary", json={"percent": 50}, headers=admin, timeout=120
         )

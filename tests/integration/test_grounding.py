@@ -23,7 +23,7 @@ from bot.server.settings import Settings
 from feedback import repo
 from feedback.db import open_store
 from feedback.models import Message, StaffRole
-from tests.support.common import FAQ, ask_over_websocket, wait_until
+from tests.support.common import FAQ, ask_over_websocket
 from tests.support.services import LiveServer, drop_database, postgres_database
 
 pytestmark = pytest.mark.integration
@@ -58,7 +58,6 @@ def test_answers_are_grounded_in_the_kb_and_in_approved_corrections(tmp_path):
     _kb_add(tmp_path, {**os.environ, "SUPPORTLOOP_DATA_DIR": str(tmp_path / "data")})
     settings = Settings(data_dir=tmp_path / "data", model_cache=cache, max_new_tokens=48)
     with LiveServer(create_app(settings)) as server:
-        wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, timeout=300, interval=0.5)
         ws_url = server.url.replace("http", "ws") + "/ws/chat"
         grounded = ask_over_websocket(ws_url, "What time is check-in at A and B Guest House?")
         print("kb:", grounded)
@@ -109,7 +108,6 @@ def test_a_postgresql_store_with_pgvector_answers_the_same_from_postgresql(tmp_p
         )
         settings = Settings(data_dir=tmp_path / "data", database_url=url, model_cache=cache, max_new_tokens=48)
         with LiveServer(create_app(settings)) as server:
-            wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, timeout=300, interval=0.5)
             ws_url = server.url.replace("http", "ws") + "/ws/chat"
             grounded = ask_over_websocket(ws_url, "What time is check-in at A and B Guest House?")
             elsewhere = ask_over_websocket(ws_url, "Is there parking at Kirkwood House?")

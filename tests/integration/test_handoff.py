@@ -17,7 +17,6 @@ from bot.server.settings import Settings
 from feedback import repo
 from feedback.db import open_store
 from feedback.models import CorrectionStatus, StaffRole
-from tests.support.common import wait_until
 from tests.support.services import LiveServer
 
 pytestmark = pytest.mark.integration
@@ -38,7 +37,6 @@ def test_a_person_takes_over_from_the_real_model_and_hands_back(tmp_path):
         token = repo.create_staff(s, name="bob", role=StaffRole.agent)[1]
     staff = {"Authorization": f"Bearer {token}"}
     with LiveServer(create_app(settings, store=store)) as server:
-        wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, timeout=300, interval=0.5)
         console = connect(server.url.replace("http", "ws") + "/ws/staff", additional_headers=staff)
         customer = connect(server.url.replace("http", "ws") + "/ws/chat")
         customer.send(json.dumps({"type": "hello", "protocol": 2}))

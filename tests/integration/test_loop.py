@@ -48,7 +48,6 @@ def test_correction_is_learned_and_served_after_swap(tmp_path):
         data_dir=tmp_path / "data", model_cache=cache, adapter_poll_seconds=0.5, max_new_tokens=48, memory=False
     )  # the adapter alone: the correction memory would answer from the correction before any training
     with LiveServer(create_app(settings)) as server:
-        wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200, timeout=300, interval=0.5)
         ws_url = server.url.replace("http", "ws") + "/ws/chat"
         before = ask_over_websocket(ws_url, question)
         assert before["adapter_version"] == "base" and before["text"]

@@ -93,9 +93,10 @@ class LiveServer:
         self._wait_ready()
         return self
 
-    def _wait_ready(self, timeout: float = 120) -> None:
+    def _wait_ready(self, timeout: float = 300) -> None:
         """Until the app says it is ready (`/readyz`: the model and the embedder loaded), as a load balancer
-        waits; before that a chat message is refused. Apps without `/readyz` (test doubles) are ready now."""
+        waits; before that a chat message is refused. Apps without `/readyz` (test doubles) are ready now.
+        300 s: the real model's start on a slow 2-core machine."""
         import httpx
 
         deadline = time.monotonic() + timeout

@@ -247,7 +247,6 @@ def test_client_leaving_mid_answer_cancels_generation_over_real_socket(settings,
     fake = FakeGenerator(delay=0.05)
     fake.enqueue(" ".join(f"word{i}" for i in range(200)))
     with LiveServer(create_app(settings, generator=fake, store=store)) as server:
-        wait_until(lambda: client_ready(server.url))
         ws_url = server.url.replace("http", "ws") + "/ws/chat"
         with connect(ws_url) as ws:
             ws.send(json.dumps({"type": "user_message", "text": "tell me everything"}))
@@ -260,12 +259,6 @@ def test_client_leaving_mid_answer_cancels_generation_over_real_socket(settings,
         assert [f["type"] for f in frames] == ["session", "token", "token", "token", "done"]
     with store.session() as s:  # the question is kept; no half answer is stored
         assert [m.role.value for m in repo.list_messages(s, conversation_id=left)] == ["user"]
-
-
-def client_ready(url: str) -> bool:
-    import httpx
-
-    return httpx.get(url + "/readyz").status_code == 200
 
 
 def test_unknown_session_id_is_not_adopted(client):
@@ -407,15 +400,16 @@ def test_exact_frames_over_a_real_websocket(settings, store):
 
     fake = FakeGenerator()
     fake.enqueue("Breakfast is 7-10am.")
-    with LiveServer(create_app(settings, generator=fake, store=store)) as server:
-        wait_until(lambda: client_ready(server.url))
-        with connect(server.url.replace("http", "ws") + "/ws/chat") as ws:
-            ws.send(json.dumps({"type": "hello", "protocol": 1}))
-            session = json.loads(ws.recv(timeout=10))
-            ws.send(json.dumps({"type": "user_message", "text": "Breakfast?"}))
-            frames = [json.loads(ws.recv(timeout=10)) for _ in range(4)]
-            ws.send("{oops")
-            error = json.loads(ws.recv(timeout=10))
+    with (
+        LiveServer(create_app(settings, generator=fake, store=store)) as server,
+        connect(server.url.replace("http", "ws") + "/ws/chat") as ws,
+    ):
+        ws.send(json.dumps({"type": "hello", "protocol": 1}))
+        session = json.loads(ws.recv(timeout=10))
+        ws.send(json.dumps({"type": "user_message", "text": "Breakfast?"}))
+        frames = [json.loads(ws.recv(timeout=10)) for _ in range(4)]
+        ws.send("{oops")
+        error = json.loads(ws.recv(timeout=10))
     assert session == {
         "type": "session", "session_id": session["session_id"], "protocol": 1, "resumed": False,
         "session_token": session["session_token"],
@@ -437,7 +431,6 @@ def test_invalid_utf8_closes_only_that_connection(settings, store):
     from tests.support.services import LiveServer
 
     with LiveServer(create_app(settings, generator=FakeGenerator(), store=store)) as server:
-        wait_until(lambda: client_ready(server.url))
         url = server.url.replace("http", "ws") + "/ws/chat"
         with connect(url) as bystander, connect(url) as ws:
             ws.protocol.send_text(b"\xff\xfe not utf-8")  # a text frame that is not UTF-8

@@ -21,7 +21,6 @@ from bot.server.deps import CSRF_HEADER, LOGIN_COOKIE
 from feedback import repo
 from feedback.logins import find_login
 from feedback.models import StaffRole
-from tests.support.common import wait_until
 from tests.support.fakes import FakeGenerator
 from tests.support.services import LiveServer
 
@@ -170,7 +169,6 @@ def served(tmp_path_factory):
         repo.update_staff(s, actor=repo.staff_by_token(s, token=tokens["ada"]), staff_id=3, disabled=True)
     app = create_app(settings, generator=FakeGenerator("An answer."), store=store)
     with LiveServer(app) as server:
-        wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200)
         login = httpx.post(server.url + "/staff/login", data={"token": tokens["ada"]})
         cookie = login.cookies[LOGIN_COOKIE]
         with store.session() as s:

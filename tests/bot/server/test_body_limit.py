@@ -12,7 +12,6 @@ import pytest
 from bot.server.app import create_app
 from feedback import repo
 from feedback.models import StaffRole
-from tests.support.common import wait_until
 from tests.support.fakes import FakeGenerator, HashEmbedder
 from tests.support.services import LiveServer
 
@@ -21,7 +20,6 @@ from tests.support.services import LiveServer
 def server(settings, store):
     small = settings.model_copy(update={"max_body_bytes": 4096, "max_upload_bytes": 65536, "rate_limit": "1000/minute"})
     with LiveServer(create_app(small, generator=FakeGenerator(), store=store, embedder=HashEmbedder())) as live:
-        wait_until(lambda: httpx.get(live.url + "/readyz").status_code == 200)
         yield live
 
 

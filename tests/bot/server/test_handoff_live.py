@@ -35,7 +35,6 @@ def running(settings, store, fake):
     app = create_app(settings.model_copy(update={"rate_limit": "1000/minute"}), generator=fake, store=store,
                      embedder=HashEmbedder())  # fmt: skip
     with LiveServer(app) as server:
-        wait_until(lambda: httpx.get(server.url + "/readyz").status_code == 200)
         yield server
 
 

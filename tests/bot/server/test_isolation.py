@@ -17,7 +17,6 @@ from websockets.sync.client import connect
 from bot.server.app import create_app
 from feedback import repo
 from feedback.models import Conversation, Feedback, Handoff, Role, StaffRole
-from tests.support.common import wait_until
 from tests.support.fakes import FakeGenerator
 from tests.support.services import LiveServer
 
@@ -27,7 +26,6 @@ def server(settings, any_store):
     app = create_app(settings.model_copy(update={"rate_limit": "1000/minute"}), generator=FakeGenerator("An answer."),
                      store=any_store)  # fmt: skip
     with LiveServer(app) as running:
-        wait_until(lambda: httpx.get(running.url + "/readyz").status_code == 200)
         yield running
 
 
